@@ -1,0 +1,178 @@
+r"""KL estimators, per-token KL reward shaping, and the KL coefficient controllers (chapters 05, 06).
+
+In RLHF the policy :math:`\pi_\theta` is kept near a frozen reference :math:`\pi_{ref}` by
+paying :math:`-\beta \cdot \mathrm{KL}` on every generated token. Only the sampled token's
+log-probabilities are at hand, so the KL is *estimated* from them. With
+:math:`\log r = \log\pi_{ref}(a) - \log\pi_\theta(a)` and :math:`a \sim \pi_\theta`:
+
+=====  ===============================  ===========================================
+kind   per-token estimate               property
+=====  ===============================  ===========================================
+k1     :math:`-\log r`                  unbiased, can be negative, high variance
+k2     :math:`\tfrac12 (\log r)^2`      biased, low variance, always ≥ 0
+k3     :math:`(r - 1) - \log r`         unbiased, always ≥ 0, low variance
+=====  ===============================  ===========================================
+
+References:
+    Schulman (2020), "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html
+    Ziegler et al. (2019), "Fine-Tuning Language Models from Human Preferences", arXiv:1909.08593.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .masking import check_mask, masked_mean, masked_sum
+
+__all__ = [
+    "KL_KINDS",
+    "kl_estimate",
+    "last_token_index",
+    "shape_rewards",
+    "FixedKLController",
+    "AdaptiveKLController",
+]
+
+KL_KINDS = ("k1", "k2", "k3")
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    r"""Per-token estimate of :math:`\mathrm{KL}(\pi_\theta \,\|\, \pi_{ref})`, Eq. (5.12) of chapter 05.
+
+    Args:
+        logprobs: ``(B, T)`` :math:`\log\pi_\theta(a_t|s_t)` of tokens sampled from :math:`\pi_\theta`.
+        ref_logprobs: ``(B, T)`` :math:`\log\pi_{ref}(a_t|s_t)` of the same tokens.
+        kind: ``"k1"``, ``"k2"`` or ``"k3"`` (see the module docstring).
+
+    Returns:
+        ``(B, T)`` estimates; their mean over samples estimates the KL (k1, k3 unbiasedly).
+    """
+    if kind not in KL_KINDS:
+        raise ValueError(f"unknown KL estimator kind={kind!r}; use one of {KL_KINDS}.")
+    if logprobs.shape != ref_logprobs.shape:
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ in shape."
+        )
+    log_ratio = logprobs - ref_logprobs  # log π/π_ref = -log r
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio**2
+    return torch.expm1(-log_ratio) + log_ratio  # (r - 1) - log r, expm1 for accuracy near r = 1
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last True of each right-padded row of a ``(B, T)`` mask, as ``(B,)`` long.
+
+    Raises ``ValueError`` if a row has no True (a response needs at least its EOS).
+    """
+    lengths = mask.long().sum(dim=1)  # (B,)
+    if bool((lengths == 0).any()):  # CPU-GPU sync
+        raise ValueError("a row of the response mask is empty; every response needs ≥ 1 real token.")
+    return lengths - 1
+
+
+def shape_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    kind: str = "k1",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""Per-token rewards of RLHF, Eq. (6.2) of chapter 06.
+
+    .. math:: r_t = -\beta\, \widehat{\mathrm{KL}}_t + [t = T_b]\; s_b,
+
+    a KL penalty on every real token plus the sequence score :math:`s_b` on the last real
+    token :math:`T_b` of row b (Ziegler et al. 2019, Eq. 2; Ouyang et al. 2022, Eq. 2).
+
+    Args:
+        scores: ``(B,)`` sequence scores from the reward function.
+        logprobs: ``(B, T)`` rollout log-probs of the policy.
+        ref_logprobs: ``(B, T)`` reference log-probs of the same tokens.
+        mask: ``(B, T)`` right-padded response mask.
+        kl_coef: :math:`\beta \ge 0`.
+        kind: KL estimator, see :func:`kl_estimate`.
+
+    Returns:
+        ``(rewards, stats)``: ``rewards`` is ``(B, T)``, 0 on padding; ``stats`` holds
+        ``kl`` (mean over sequences of the summed per-token KL, in nats per sequence),
+        ``non_score_reward`` (mean over sequences of the summed penalty) and ``score``.
+    """
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be ≥ 0, got {kl_coef}.")
+    if scores.dim() != 1 or scores.shape[0] != mask.shape[0]:
+        raise ValueError(f"scores must be (B,) = ({mask.shape[0]},), got {tuple(scores.shape)}.")
+    m = check_mask(logprobs, mask, "logprobs").bool()
+    kl = kl_estimate(logprobs, ref_logprobs, kind)  # (B, T)
+    penalty = torch.where(m, -kl_coef * kl, torch.zeros_like(kl))  # (B, T)
+    rewards = penalty.clone()
+    last = last_token_index(m)  # (B,)
+    rewards[torch.arange(len(last), device=rewards.device), last] += scores.to(rewards.dtype)
+    stats = {
+        "kl": masked_sum(kl, m, dim=1).mean().detach(),
+        "non_score_reward": penalty.sum(dim=1).mean().detach(),
+        "score": scores.mean().detach(),
+    }
+    return rewards, stats
+
+
+class FixedKLController:
+    r"""A constant KL coefficient :math:`\beta`. Has the same interface as the adaptive one."""
+
+    def __init__(self, kl_coef: float):
+        if kl_coef < 0 or not math.isfinite(kl_coef):
+            raise ValueError(f"kl_coef must be a finite number ≥ 0, got {kl_coef}.")
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        """Does nothing; returns :math:`\\beta`."""
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController(FixedKLController):
+    r"""Adapt :math:`\beta` towards a target KL, Eq. (5.14) of chapter 05.
+
+    .. math::
+        e_t = \mathrm{clip}\!\left(\frac{\mathrm{KL}_t - \mathrm{KL}_{target}}{\mathrm{KL}_{target}}, -0.2, 0.2\right),
+        \qquad \beta_{t+1} = \beta_t \left(1 + K_\beta\, e_t\right),\quad K_\beta = \frac{n_{steps}}{H}.
+
+    KL above target raises :math:`\beta`, below lowers it, by at most a factor
+    :math:`1 \pm 0.2\, n_{steps}/H` per update.
+
+    Args:
+        init_kl_coef: starting :math:`\beta_0`, e.g. 0.05–0.2.
+        target: :math:`\mathrm{KL}_{target}` in nats per sequence, e.g. 6.
+        horizon: :math:`H`, in samples (e.g. 10000): how slowly :math:`\beta` moves.
+
+    References:
+        Ziegler et al. (2019), arXiv:1909.08593, Section 2.2.
+    """
+
+    clip = 0.2
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float):
+        super().__init__(init_kl_coef)
+        if not target > 0:
+            raise ValueError(f"target KL must be > 0 nats, got {target}.")
+        if not horizon > 0:
+            raise ValueError(f"horizon must be > 0 samples, got {horizon}.")
+        self.target, self.horizon = float(target), float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        """Move :math:`\\beta` after an update that saw ``n_steps`` samples with mean KL ``current_kl``."""
+        current_kl = float(current_kl)
+        if not math.isfinite(current_kl):
+            raise ValueError(f"current_kl is {current_kl}; the KL controller needs a finite KL.")
+        error = min(max(current_kl / self.target - 1.0, -self.clip), self.clip)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
