@@ -1,0 +1,104 @@
+"""Every figure the book shows, and the one command that regenerates them (``python -m ppo_lib figures``).
+
+Each chapter has a module here (``ch02.py``, ``ch03.py``, ...). A figure is a function
+that takes only keyword arguments with defaults, computes what it plots deterministically
+(seeded, on the CPU), and returns a matplotlib ``Figure``. It is registered under the name
+of its file in ``figures/``:
+
+    @figure("04_gae_bias_variance")
+    def gae_bias_variance(gamma=0.9, seed=0):
+        ...
+        return fig
+
+A chapter shows a figure with ``render("04_gae_bias_variance")``, which saves
+``figures/04_gae_bias_variance.png`` and returns the figure (pass keyword arguments to
+explore other settings; only the defaults are saved). ``render_all()`` rebuilds every one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+__all__ = ["figure", "render", "render_all", "figures_dir", "style", "REGISTRY"]
+
+REGISTRY: dict[str, Callable] = {}
+
+
+def figure(name: str):
+    """Register a figure-making function under ``name`` (the PNG's file name, no suffix)."""
+
+    def decorate(fn: Callable) -> Callable:
+        if name in REGISTRY and REGISTRY[name] is not fn:
+            raise ValueError(f"two figures are registered as {name!r}.")
+        REGISTRY[name] = fn
+        fn.figure_name = name
+        return fn
+
+    return decorate
+
+
+def _load_all() -> None:
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def figures_dir() -> Path:
+    """The repository's ``figures/`` folder (next to the ``ppo_lib`` package), else ``./figures``."""
+    repo = Path(__file__).resolve().parents[2] / "figures"
+    return repo if repo.is_dir() else Path.cwd() / "figures"
+
+
+def style() -> None:
+    """The book's plot style: readable on a laptop screen and in a PDF."""
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({
+        "figure.dpi": 100, "savefig.dpi": 120, "figure.figsize": (7.0, 4.0),
+        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+        "grid.alpha": 0.3, "font.size": 10, "legend.frameon": False,
+        "svg.hashsalt": "ppo_lib",  # deterministic output
+    })
+
+
+def render(name: str, save: bool | None = None, **kwargs):
+    """Make figure ``name``; save it to ``figures/`` when called with default arguments.
+
+    Args:
+        name: a registered figure name, e.g. ``"04_gae_bias_variance"``.
+        save: force (True) or prevent (False) saving; by default save only when no
+            keyword arguments change the figure, so exploring never overwrites the book's.
+        **kwargs: passed to the figure function.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    _load_all()
+    if name not in REGISTRY:
+        raise KeyError(f"no figure named {name!r}; known: {sorted(REGISTRY)}")
+    style()
+    fig = REGISTRY[name](**kwargs)
+    if save or (save is None and not kwargs):
+        out = figures_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        # Fixed metadata so the PNG bytes depend only on the pixels.
+        fig.savefig(out / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
+    return fig
+
+
+def render_all(names: list[str] | None = None) -> list[Path]:
+    """Regenerate every registered figure (or ``names``) in ``figures/``; returns the paths."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _load_all()
+    paths = []
+    for name in sorted(names or REGISTRY):
+        fig = render(name, save=True)
+        plt.close(fig)
+        paths.append(figures_dir() / f"{name}.png")
+    return paths

@@ -1,0 +1,249 @@
+"""Sampling responses from a policy and scoring their tokens (chapters 01 and 06).
+
+The padding contract (chapter 06, "The padding contract"):
+
+* Prompts are **left**-padded to a common length P, so every prompt ends at column P-1
+  and the first response token is at column P for every row.
+* Responses are **right**-padded to a common length T. ``response_mask`` (B, T) is True on
+  real response tokens, *including* the first EOS, and False after it. It travels with the
+  ids and is never rebuilt from ``ids != pad_token_id``.
+* Position ids come from the attention mask (``cumsum - 1``), so a prompt gets the same
+  positions alone and inside a padded batch (tested: same log-probs).
+
+Log-probs are taken with one function, :func:`forward_response`, both at rollout time
+(``old_logprobs``) and in the PPO update, with the sampling temperature applied, so the
+first PPO ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import ActorCritic
+
+__all__ = [
+    "Rollout",
+    "tokenize_prompts",
+    "position_ids_from_mask",
+    "logprobs_from_logits",
+    "sample",
+    "truncate_after_eos",
+    "forward_response",
+    "token_logprobs",
+]
+
+
+@dataclass
+class Rollout:
+    """One batch of prompts and sampled responses, with the one mask convention.
+
+    Shapes: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded; ``response_ids``/
+    ``response_mask`` ``(B, T)`` right-padded.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)  # (B, L)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask.long(), self.response_mask.long()], dim=1)  # (B, L)
+
+    def __getitem__(self, index) -> "Rollout":
+        """Rows ``index`` (a slice or an index tensor) of the batch."""
+        return Rollout(self.prompt_ids[index], self.prompt_mask[index], self.response_ids[index], self.response_mask[index])
+
+
+def tokenize_prompts(
+    tokenizer, prompts: Sequence[str], max_prompt_length: int | None = None, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad a list of prompts: returns ``(prompt_ids, prompt_mask)``, both ``(B, P)``.
+
+    Raises:
+        ValueError: on an empty list, an empty prompt, or a prompt longer than
+            ``max_prompt_length`` tokens (never silently truncated).
+    """
+    if isinstance(prompts, str) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of strings.")
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    for i, ids in enumerate(encoded):
+        if len(ids) == 0:
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token.")
+        if max_prompt_length is not None and len(ids) > max_prompt_length:
+            raise ValueError(
+                f"prompt {i} has {len(ids)} tokens, more than max_prompt_length={max_prompt_length}: "
+                f"shorten it or raise max_prompt_length ({prompts[i][:60]!r}...)."
+            )
+    P = max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_token_id
+    prompt_ids = torch.tensor([[pad] * (P - len(ids)) + ids for ids in encoded], device=device)
+    prompt_mask = torch.tensor([[0] * (P - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+    return prompt_ids, prompt_mask.bool()
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` position ids: 0 at each row's first real token, counting real tokens only."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log softmax(logits / temperature)`` at ``tokens``: ``(B, T, V), (B, T) -> (B, T)``.
+
+    Computed in float32 whatever the logits' dtype (bf16 log-probs are too coarse for ratios).
+    """
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering of ``(B, V)`` logits; 0 / 1.0 switch them off."""
+    if top_k > 0:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set with mass ≥ top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int):
+    """Cut each row after its first EOS: returns ``(response_ids, response_mask)``, ``(B, T)``.
+
+    The EOS itself stays (mask True: the policy chose to stop, and that choice is rewarded);
+    everything after it becomes ``pad_token_id`` with mask False.
+    """
+    is_eos = response_ids == eos_token_id  # (B, T)
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    mask = ~after_eos
+    return response_ids.masked_fill(after_eos, pad_token_id), mask
+
+
+def _kv_cache(lm: nn.Module):
+    """An empty KV cache and the keyword it is passed by (transformers ≥ 5.2x renamed
+    ``past_key_values`` to ``cache``; both spellings are supported)."""
+    from transformers import DynamicCache
+
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # unwrap a peft model
+    name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return name, DynamicCache(config=base.config)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    tokenizer,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_at_eos: bool = True,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample responses token by token with a KV cache.
+
+    Args:
+        model: a causal LM or an :class:`~ppo_lib.models.ActorCritic` (its LM is used).
+        tokenizer: gives ``eos_token_id`` and ``pad_token_id``.
+        prompt_ids, prompt_mask: ``(B, P)`` from :func:`tokenize_prompts`.
+        max_new_tokens: T, the most tokens a response may have.
+        temperature: τ > 0; the same τ must be used for log-probs (:func:`forward_response`).
+        top_k, top_p: filtering; 0 and 1.0 (the defaults) sample from the full softmax,
+            the only setting under which the log-probs are those of the sampling policy.
+        stop_at_eos: cut responses after their first EOS; False keeps exactly T tokens.
+        generator: a seeded ``torch.Generator`` on the model's device, for reproducibility.
+
+    Returns:
+        A :class:`Rollout`. T shrinks to the longest response when every row stopped early.
+    """
+    lm = model.lm if isinstance(model, ActorCritic) else model
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    attention_mask = prompt_mask.long()
+    input_ids = prompt_ids
+    cache_kwarg, cache = _kv_cache(lm)  # filled in place by every forward call
+    position_ids = position_ids_from_mask(attention_mask)
+    done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 use_cache=True, **{cache_kwarg: cache})
+        logits = _filter_logits(out.logits[:, -1, :].float() / temperature, top_k, top_p)  # (B, V)
+        next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (B, 1)
+        tokens.append(next_token)
+        if stop_at_eos:
+            done |= next_token.squeeze(1) == eos
+            if bool(done.all()):  # CPU-GPU sync once per token: stop when every row has ended
+                break
+        input_ids = next_token
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+        position_ids = position_ids[:, -1:] + 1
+    response_ids = torch.cat(tokens, dim=1)  # (B, T)
+    if stop_at_eos:
+        response_ids, response_mask = truncate_after_eos(response_ids, eos, pad)
+    else:
+        response_mask = torch.ones_like(response_ids, dtype=torch.bool)
+    return Rollout(prompt_ids, prompt_mask.bool(), response_ids, response_mask)
+
+
+def forward_response(model: nn.Module, batch: Rollout, temperature: float = 1.0, return_logits: bool = False):
+    """Log-probs (and values) of the response tokens of ``batch`` in one forward pass.
+
+    The logits that predict response token t sit at column ``P + t - 1``, so only the last
+    ``T + 1`` columns are computed and the final one is dropped.
+
+    Args:
+        model: an :class:`~ppo_lib.models.ActorCritic` (log-probs and values) or a plain
+            causal LM such as the reference (log-probs only; values are None).
+        batch: a :class:`Rollout`.
+        temperature: τ used when sampling.
+        return_logits: also return the ``(B, T, V)`` logits (for the entropy).
+
+    Returns:
+        ``(logprobs, values)`` or ``(logprobs, values, logits)``; ``logprobs`` and
+        ``values`` are ``(B, T)``, float32. Values at padded positions are not meaningful;
+        every consumer masks them.
+    """
+    T = batch.response_ids.shape[1]
+    attention_mask = batch.attention_mask
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids_from_mask(attention_mask), logits_to_keep=T + 1)
+    if isinstance(model, ActorCritic):
+        logits, values = model(**kwargs)
+        values = values[:, :-1].float()  # (B, T): V(s_t), the state before response token t
+    else:
+        logits, values = model(**kwargs, use_cache=False).logits, None
+    logits = logits[:, :-1]  # (B, T, V)
+    logprobs = logprobs_from_logits(logits, batch.response_ids, temperature)
+    return (logprobs, values, logits) if return_logits else (logprobs, values)
+
+
+@torch.no_grad()
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """Log-prob of every token given the ones before it: ``(B, L) -> (B, L-1)`` (chapter 01).
+
+    ``out[:, i] = log π(x_{i+1} | x_0..x_i)``; summing over a response's positions gives the
+    sequence log-probability, Eq. (1.2) of chapter 01. Padding positions are not meaningful.
+    """
+    lm = model.lm if isinstance(model, ActorCritic) else model
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    logits = lm(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits  # (B, L, V)
+    return logprobs_from_logits(logits[:, :-1], input_ids[:, 1:], temperature)
