@@ -1,0 +1,37 @@
+"""Command line: ``python -m ppo_lib {train,figures} ...`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from .plotting import render_all
+
+    for path in render_all(args.names or None):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ppo_lib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fig = sub.add_parser("figures", help="regenerate every figure in figures/ (deterministic, CPU)")
+    fig.add_argument("names", nargs="*", help="only these figures (default: all)")
+    fig.set_defaults(run=_figures)
+
+    try:
+        from .cli_train import add_train_parser  # the trainer's command lives with the trainer
+    except ImportError:
+        pass
+    else:
+        add_train_parser(sub)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
