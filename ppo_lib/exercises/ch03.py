@@ -1,0 +1,74 @@
+"""Self-checks for the exercises of chapter 03 (values and TD errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..advantages import discounted_returns, td_errors
+from ..toys import random_walk_true_values
+from . import passed
+
+
+def _ragged(B: int, T: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T  # one full row
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    rewards = torch.randn(B, T, generator=g, dtype=torch.float64)
+    values = torch.randn(B, T, generator=g, dtype=torch.float64)
+    return rewards, values, mask
+
+
+def check_returns(fn, hidden: bool = False) -> None:
+    """Check ``fn(rewards, mask, gamma) -> (B, T)`` against Eq. (3.1)."""
+    r = torch.tensor([[1.0, 0.0, 2.0, 0.0]], dtype=torch.float64)
+    m = torch.tensor([[True, True, True, False]])
+    out = fn(r, m, 0.5)
+    assert tuple(out.shape) == (1, 4), f"expected shape (1, 4), got {tuple(out.shape)}"
+    expected = torch.tensor([[1.5, 1.0, 2.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(out[m], expected[m]), (
+        f"on rewards [1, 0, 2] with γ = 0.5 the returns are [1.5, 1.0, 2.0], got {out[m].tolist()}: "
+        "G_t = r_t + γ G_{t+1}, going backwards from the last real token.")
+    assert out[0, 3].abs() < 1e-12, "the return on a padded position must be 0."
+    for seed in range(10 if hidden else 3):
+        r, _, m = _ragged(4, 7, seed + (100 if hidden else 0))
+        for gamma in (1.0, 0.9):
+            torch.testing.assert_close(fn(r, m, gamma), discounted_returns(r, m, gamma),
+                                       msg=lambda s: f"differs from Eq. (3.1) on a padded batch (γ={gamma}): {s}")
+    passed("check_returns")
+
+
+def check_td_errors(fn, hidden: bool = False) -> None:
+    """Check ``fn(rewards, values, mask, gamma) -> (B, T)`` against Eq. (3.6)."""
+    r = torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64)
+    v = torch.tensor([[0.5, 1.0, 4.0]], dtype=torch.float64)
+    m = torch.tensor([[True, True, False]])
+    out = fn(r, v, m, 0.9)
+    assert tuple(out.shape) == (1, 3), f"expected shape (1, 3), got {tuple(out.shape)}"
+    d0, d1 = float(out[0, 0]), float(out[0, 1])
+    if abs(d0 + 1.4) < 1e-9:
+        raise AssertionError("δ has the wrong sign: δ_t = r_t + γ V(s_{t+1}) − V(s_t).")
+    assert abs(d0 - 1.4) < 1e-9, f"δ_0 = 1 + 0.9·1.0 − 0.5 = 1.4, got {d0}."
+    if abs(d1 - 2.6) < 1e-9:
+        raise AssertionError("δ at the last real token bootstraps from the padding: the value after the "
+                             "last real token is 0 (the episode has ended).")
+    assert abs(d1 + 1.0) < 1e-9, f"δ_1 = 0 + 0.9·0 − 1.0 = −1.0 (terminal), got {d1}."
+    assert abs(float(out[0, 2])) < 1e-12, "δ on a padded position must be 0."
+    for seed in range(10 if hidden else 3):
+        r, v, m = _ragged(4, 7, seed + (100 if hidden else 0))
+        torch.testing.assert_close(fn(r, v, m, 0.95), td_errors(r, v, m, 0.95),
+                                   msg=lambda s: f"differs from Eq. (3.6) on a padded batch: {s}")
+    passed("check_td_errors")
+
+
+def check_random_walk_values(fn) -> None:
+    """Check ``fn() -> array of 5`` solves the Bellman equations of the random walk exactly."""
+    v = np.asarray(fn(), dtype=float).reshape(-1)
+    assert v.shape == (5,), f"expected the 5 values of A..E, got shape {v.shape}"
+    if np.allclose(v, 0.5):
+        raise AssertionError("0.5 everywhere is the initial guess, not the solution of the Bellman equations.")
+    assert np.allclose(v, random_walk_true_values(), atol=1e-8), (
+        f"got {np.round(v, 4)}; each V(s) must equal ½·(r_left + V(left)) + ½·(r_right + V(right)), "
+        "with V(terminal) = 0 and reward 1 only on the step into the right terminal.")
+    passed("check_random_walk_values")
