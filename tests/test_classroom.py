@@ -313,13 +313,14 @@ def test_sync_setup_writes_badge_setup_cell_and_metadata(pair):
     assert sorted(changed) == sorted([pair, ipynb])
     nb = nbformat.read(ipynb, as_version=4)
     # The badge is the first cell and points at this notebook at the pinned ref.
-    assert nb.cells[0].source == classroom.colab_badge("09_fixture.ipynb")
+    assert nb.cells[0].source.startswith(classroom.colab_badge("09_fixture.ipynb") + "\n\n# Fixture chapter")
     assert f"/blob/{classroom.PINNED_REF}/chapters/09_fixture.ipynb" in nb.cells[0].source
     # The setup cell: the managed block, then the chapter's own lines; its outputs and
     # every other cell's outputs are kept.
     (setup,) = [c for c in nb.cells if "setup" in c.metadata.get("tags", [])]
-    assert setup.source == classroom.setup_block() + "\n\nimport math"
-    assert [c.get("outputs") for c in nb.cells[1:]] == [c.get("outputs") for c in before.cells]
+    assert setup.source == classroom.setup_block() + "\nimport math"
+    assert setup.source.startswith("# NBVAL_IGNORE_OUTPUT\n")
+    assert [c.get("outputs") for c in nb.cells] == [c.get("outputs") for c in before.cells]
     assert nb.metadata["accelerator"] == "GPU"
     assert nb.metadata["colab"] == {"provenance": [], "gpuType": "T4"}
     # The .py says the same, metadata included (jupytext.toml keeps it).
@@ -333,17 +334,24 @@ def test_sync_setup_writes_badge_setup_cell_and_metadata(pair):
     assert pair.read_text() == py_text
 
 
-def test_sync_setup_replaces_an_old_block_and_refuses_an_unsynced_pair(pair, monkeypatch):
-    sync_setup([pair])
+def test_sync_setup_replaces_an_old_setup_and_refuses_an_unsynced_pair(pair, monkeypatch):
+    # A hand-written setup cell and a markdown badge, as a writer might leave them.
+    old_badge = f"[![Open In Colab]({classroom.BADGE_IMAGE})](https://colab.research.google.com/github/x/y/blob/main/a.ipynb)"
+    pair.write_text(pair.read_text()
+                    .replace("# # Fixture chapter", f"# {old_badge}\n#\n# # Fixture chapter")
+                    .replace("import math", "import subprocess\nsubprocess.run(['pip', 'install', 'ppo_lib'])\nimport math"))
+    jupytext_cli(["--sync", "-q", str(pair)])
+    _, notes = sync_setup([pair])
+    assert any("replaced the hand-written setup cell" in n and "import math" in n for n in notes)
     monkeypatch.setattr(classroom, "PINNED_REF", "v9.9.9")
     changed, _ = sync_setup([pair], check=True)
     assert len(changed) == 2
     sync_setup([pair])
     nb = nbformat.read(pair.with_suffix(".ipynb"), as_version=4)
-    assert nb.cells[0].source.count("v9.9.9") == 1 and "badge" not in nb.cells[1].source
+    assert nb.cells[0].source.count("colab-badge.svg") == 1 and "blob/v9.9.9/chapters/09_fixture.ipynb" in nb.cells[0].source
     (setup,) = [c for c in nb.cells if "setup" in c.metadata.get("tags", [])]
-    assert setup.source.count(classroom.SETUP_BEGIN) == 1 and "@v9.9.9" in setup.source
-    pair.write_text(pair.read_text().replace("import math", "import math, os"))
+    assert setup.source == classroom.setup_block() and "@v9.9.9" in setup.source
+    pair.write_text(pair.read_text().replace("def double(x):", "def double(y):"))
     with pytest.raises(ClassroomError, match="jupytext --sync"):
         sync_setup([pair])
 

@@ -1,0 +1,104 @@
+"""Every figure a chapter shows is in ``figures/`` and is what ``python -m ppo_lib figures`` makes.
+
+A chapter shows a figure with ``render("NN_name")`` (see ``ppo_lib/plotting/__init__.py``);
+``python -m ppo_lib figures`` renders every registered figure into ``figures/``. These tests
+read the chapters' ``render("...")`` calls and check the registry, the committed PNGs and
+that rendering is deterministic (identical PNG bytes). Rendering every figure takes long
+(some load a model), so by default one cheap figure is re-rendered and compared with its
+committed file; set ``PPO_LIB_ALL_FIGURES=1`` to compare all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ppo_lib import __main__ as cli  # noqa: E402
+from ppo_lib import plotting  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "figures"
+RENDER_CALL = re.compile(r"""\brender\(\s*["']([^"']+)["']""")
+CHEAP = ["04_gae_weights", "05_value_clip", "05_clip_cases"]  # each renders in about a second
+
+
+def shown_by_chapters() -> dict[str, list[str]]:
+    """figure name -> the chapters (.py, py:percent) that call ``render("name")``."""
+    shown: dict[str, list[str]] = {}
+    for chapter in sorted((ROOT / "chapters").glob("*.py")):
+        for name in RENDER_CALL.findall(chapter.read_text(encoding="utf-8")):
+            shown.setdefault(name, [])
+            if chapter.name not in shown[name]:
+                shown[name].append(chapter.name)
+    return shown
+
+
+def registry() -> dict:
+    plotting._load_all()
+    return plotting.REGISTRY
+
+
+def same_image(a: Path, b: Path) -> bool:
+    """Identical bytes, or (another matplotlib/libpng build) the same pixels up to anti-aliasing."""
+    if a.read_bytes() == b.read_bytes():
+        return True
+    x, y = matplotlib.image.imread(a), matplotlib.image.imread(b)
+    return x.shape == y.shape and float(np.abs(x - y).mean()) < 2e-3
+
+
+@pytest.fixture()
+def render_to(tmp_path, monkeypatch) -> Path:
+    """Make ``render``/``python -m ppo_lib figures`` write into a temporary folder."""
+    monkeypatch.setattr(plotting, "figures_dir", lambda: tmp_path)
+    return tmp_path
+
+
+def test_every_figure_a_chapter_shows_is_registered_and_committed():
+    shown = shown_by_chapters()
+    if not shown:
+        pytest.skip("no chapter calls render(...) yet")
+    known = registry()
+    unregistered = {n: c for n, c in shown.items() if n not in known}
+    assert not unregistered, f"render() names with no @figure in ppo_lib/plotting: {unregistered}"
+    missing = {n: c for n, c in shown.items() if not (FIGURES / f"{n}.png").exists()}
+    assert not missing, f"figures/ lacks these (run `python -m ppo_lib figures`): {missing}"
+
+
+def test_every_committed_figure_is_made_by_the_command():
+    stale = sorted(p.name for p in FIGURES.glob("*.png") if p.stem not in registry())
+    assert not stale, f"figures/ holds PNGs that `python -m ppo_lib figures` does not make: {stale}"
+
+
+def test_figures_command_is_deterministic_and_reproduces_the_committed_file(render_to, capsys):
+    names = [n for n in CHEAP if n in registry()] or sorted(registry())[:1]
+    if not names:
+        pytest.skip("no figure registered yet")
+    name = names[0]
+    assert cli.main(["figures", name]) == 0
+    first = (render_to / f"{name}.png").read_bytes()
+    assert str(render_to / f"{name}.png") in capsys.readouterr().out
+    assert cli.main(["figures", name]) == 0
+    assert (render_to / f"{name}.png").read_bytes() == first, f"{name}: two renders gave different PNG bytes"
+    committed = FIGURES / f"{name}.png"
+    assert committed.exists(), f"figures/{name}.png is missing: run `python -m ppo_lib figures`"
+    assert same_image(render_to / f"{name}.png", committed), (
+        f"figures/{name}.png is out of date: run `python -m ppo_lib figures {name}` and commit it")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PPO_LIB_ALL_FIGURES"),
+                    reason="re-renders every figure (about a minute); set PPO_LIB_ALL_FIGURES=1")
+def test_all_chapter_figures_are_up_to_date(render_to):
+    names = sorted(n for n in shown_by_chapters() if n in registry())
+    assert cli.main(["figures", *names]) == 0
+    stale = [n for n in names if not same_image(render_to / f"{n}.png", FIGURES / f"{n}.png")]
+    assert not stale, f"out of date: run `python -m ppo_lib figures {' '.join(stale)}`"
