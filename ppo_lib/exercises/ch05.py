@@ -18,7 +18,7 @@ def check_ppo_clip_loss(fn, hidden: bool = False) -> None:
     m = torch.ones(1, 3, dtype=torch.bool)
     loss = fn(new, old, A, m, 0.2)
     loss = loss[0] if isinstance(loss, tuple) else loss
-    val = float(loss)
+    val = float(loss.detach())
     if abs(val - 0.3) < 1e-9:
         raise AssertionError("sign error: return the loss to minimise, the negated objective −mean(min(ρA, clip(ρ)A)).")
     if abs(val + 1.0 / 3.0) < 1e-9 or abs(val + 0.4) < 1e-9:
@@ -32,7 +32,7 @@ def check_ppo_clip_loss(fn, hidden: bool = False) -> None:
         loss = fn(lp, old, A, m, 0.2)
         loss = loss[0] if isinstance(loss, tuple) else loss
         ref, _ = ppo_clip_loss(lp, old, A, m, 0.2)
-        assert abs(float(loss) - float(ref)) < 1e-8, "differs from Eq. (5.7) on a padded batch: average over real tokens only."
+        assert abs(float(loss.detach()) - float(ref.detach())) < 1e-8, "differs from Eq. (5.7) on a padded batch: average over real tokens only."
         g, = torch.autograd.grad(loss, lp)
         g_ref, = torch.autograd.grad(ref, lp)
         assert torch.allclose(g, g_ref, atol=1e-10), "value right but gradient wrong: do not detach logprobs."
@@ -48,9 +48,9 @@ def check_value_loss(fn, hidden: bool = False) -> None:
         loss = fn(v, old, R, m, 0.2)
         loss = loss[0] if isinstance(loss, tuple) else loss
         ref, _ = value_loss(v, old, R, m, 0.2)
-        if abs(float(loss) - 0.5 * float(((v - R) ** 2)[m].mean())) < 1e-9:
+        if abs(float(loss.detach()) - 0.5 * float(((v.detach() - R) ** 2)[m].mean())) < 1e-9:
             raise AssertionError("this is the unclipped loss: take the max of the unclipped and clipped errors.")
-        assert abs(float(loss) - float(ref)) < 1e-8, (
+        assert abs(float(loss.detach()) - float(ref.detach())) < 1e-8, (
             "differs from Eq. (5.10): ½·mean over real tokens of max((V−R̂)², (V_old + clip(V−V_old, −ε, ε) − R̂)²).")
         g, = torch.autograd.grad(loss, v)
         g_ref, = torch.autograd.grad(ref, v)

