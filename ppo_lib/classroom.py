@@ -21,7 +21,7 @@ matched by ``grade_id``; the notebook is executed cell by cell with a time limit
 continuing past errors; a check cell earns its points when it runs without an error.
 
 ``sync-setup`` writes, from one template built from :data:`GITHUB_REPO` and
-:data:`PINNED_REF`, the "Open in Colab" badge and the managed block of each chapter's setup
+:data:`PINNED_REF`, the "Open in Colab" badge and the shared part of each chapter's setup
 cell (install what is missing, pick the GPU when present), and sets the notebook metadata
 that asks Colab for a GPU. It edits the ``.py``/``.ipynb`` pair together and keeps outputs.
 """
@@ -459,28 +459,26 @@ def _assemble(student, teacher) -> tuple[nbformat.NotebookNode, dict[str, int], 
     return nb, located, missing
 
 
-class _CurrentEnvKernelSpecs:
-    """Factory for a kernel-spec manager that runs a kernel in *this* Python environment,
-    whatever kernel the notebook names (as nbval's ``--nbval-current-env``)."""
+def _current_env_kernel_manager():
+    """A kernel-manager class that runs the kernel in *this* Python environment, whatever
+    kernel the notebook names (as nbval's ``--nbval-current-env``): the grader then sees the
+    same ``ppo_lib`` and packages as the command that runs it."""
+    import ipykernel.kernelspec
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
 
-    @staticmethod
-    def manager_class():
-        import ipykernel.kernelspec
-        from jupyter_client.kernelspec import KernelSpecManager
-        from jupyter_client.manager import AsyncKernelManager
+    class CurrentEnvSpecs(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return self.kernel_spec_class(
+                resource_dir=ipykernel.kernelspec.RESOURCES, **ipykernel.kernelspec.get_kernel_dict()
+            )
 
-        class CurrentEnvSpecs(KernelSpecManager):
-            def get_kernel_spec(self, kernel_name):
-                return self.kernel_spec_class(
-                    resource_dir=ipykernel.kernelspec.RESOURCES, **ipykernel.kernelspec.get_kernel_dict()
-                )
+    class CurrentEnvKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("kernel_spec_manager", CurrentEnvSpecs())
+            super().__init__(**kwargs)
 
-        class CurrentEnvKernelManager(AsyncKernelManager):
-            def __init__(self, **kwargs):
-                kwargs.setdefault("kernel_spec_manager", CurrentEnvSpecs())
-                super().__init__(**kwargs)
-
-        return CurrentEnvKernelManager
+    return CurrentEnvKernelManager
 
 
 def _execute(nb, cwd: Path, timeout: int, kernel: str | None) -> tuple[dict[int, str | None], str | None]:
@@ -504,7 +502,7 @@ def _execute(nb, cwd: Path, timeout: int, kernel: str | None) -> tuple[dict[int,
     if kernel:
         options["kernel_name"] = kernel
     else:
-        options["kernel_manager_class"] = _CurrentEnvKernelSpecs.manager_class()
+        options["kernel_manager_class"] = _current_env_kernel_manager()
     client = NotebookClient(nb, **options)
     results: dict[int, str | None] = {}
     stopped = None
@@ -525,9 +523,10 @@ def _execute(nb, cwd: Path, timeout: int, kernel: str | None) -> tuple[dict[int,
                     break
     except DeadKernelError:
         stopped = stopped or "the kernel died; the remaining cells were not run"
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError, OSError) as exc:  # KeyError: jupyter_client's NoSuchKernel
         if not results:  # the kernel never started
-            raise ClassroomError(f"could not start a Python kernel ({exc}).") from None
+            raise ClassroomError(f"could not start the kernel ({type(exc).__name__}: {exc}); "
+                                 "check `jupyter kernelspec list`, or leave out --kernel.") from None
         stopped = f"execution stopped: {exc}"
     return results, stopped
 
@@ -806,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sy = sub.add_parser(
         "sync-setup", help="write the Colab badge, setup cell and GPU metadata into every chapter",
-        description=f"Rewrite each chapter's 'Open in Colab' badge and the managed block of its setup cell "
+        description=f"Rewrite each chapter's 'Open in Colab' badge and the shared part of its setup cell "
                     f"(the cell tagged 'setup') from one template: repository {GITHUB_REPO}, ref {PINNED_REF} "
                     f"(GITHUB_REPO / PINNED_REF in ppo_lib/classroom.py). Sets accelerator: GPU and colab "
                     f"metadata. Edits the .py/.ipynb pair together and keeps outputs.",

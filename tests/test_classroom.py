@@ -242,6 +242,7 @@ def test_grade_reports_what_cannot_run(tmp_path, instructor):
         (broken, {"instructor": instructor}, "not a readable Jupyter notebook"),
         (tmp_path / "absent.ipynb", {"instructor": instructor}, "no such file"),
         (instructor, {"instructor": tmp_path}, "cannot find the instructor version"),
+        (instructor, {"instructor": instructor, "kernel": "no-such-kernel"}, "could not start the kernel"),
     ]:
         report = grade(path, **kwargs)
         assert report.error and message in report.error, report.error
