@@ -70,6 +70,6 @@ def check_kl_exact(kl_exact, hidden: bool = False) -> None:
             raise AssertionError("you computed KL(q || p): the expectation is under p, the first argument.")
         _close(got, want, f"wrong KL for shape {shape}")
     z = torch.randn(4, 7, generator=g, dtype=torch.float64)
-    assert torch.allclose(torch.as_tensor(kl_exact(z, z + 5.0), dtype=torch.float64), torch.zeros(4), atol=1e-9), \
+    assert torch.allclose(torch.as_tensor(kl_exact(z, z + 5.0), dtype=torch.float64), torch.zeros(4, dtype=torch.float64), atol=1e-9), \
         "KL(p || p) must be 0 (adding a constant to all logits does not change a softmax)."
     passed("kl_exact")

@@ -67,7 +67,7 @@ def temperature_entropy(prompt: str = PROMPT, taus=(0.5, 1.0, 2.0), top: int = 8
     labels = [repr(t) for t in decode(order)]
     for i, tau in enumerate(taus):
         p = torch.softmax(z / tau, dim=-1)[order]
-        ax2.bar(torch.arange(top) + (i - (len(taus) - 1) / 2) * width, p, width, label=f"τ = {tau}")
+        ax2.bar((torch.arange(top) + (i - (len(taus) - 1) / 2) * width).numpy(), p.numpy(), width, label=f"τ = {tau}")
     ax2.set_xticks(range(top), labels, rotation=45, ha="right")
     ax2.set(ylabel="probability", title=f"Top {top} tokens at three temperatures")
     ax2.legend()
