@@ -285,9 +285,10 @@ class ActorCritic(nn.Module):
         self.value_head = ValueHead(hidden)
         self.value_head.to(dtype=torch.float32, device=next(lm.parameters()).device)
 
-    def forward(self, input_ids, attention_mask, position_ids=None, logits_to_keep: int = 0):
+    def forward(self, input_ids, attention_mask, position_ids=None, logits_to_keep: int = 0, use_cache: bool = False):
         """Args: ``input_ids``, ``attention_mask``, ``position_ids`` all ``(B, L)``.
-        ``logits_to_keep > 0`` computes logits and values for the last that many positions only."""
+        ``logits_to_keep > 0`` computes logits and values for the last that many positions only.
+        ``use_cache`` is accepted for the causal-LM call signature and ignored (no cache in training)."""
         out = self.lm(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             output_hidden_states=self.critic is None, logits_to_keep=logits_to_keep, use_cache=False,

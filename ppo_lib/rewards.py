@@ -102,16 +102,18 @@ def hf_sentiment(
     return reward
 
 
-def target_token_fraction(target: str) -> RewardFn:
-    """Synthetic reward for tests and exercises: the fraction of characters of the response
-    equal to ``target`` (a single character), in ``[0, 1]``."""
-    if len(target) != 1:
-        raise ValueError(f"target must be one character, got {target!r}.")
+def target_token_fraction(targets: str) -> RewardFn:
+    """Synthetic reward for tests and exercises: the fraction of the response's characters
+    that are in ``targets`` (e.g. ``"a"`` or ``string.ascii_lowercase``), in ``[0, 1]``;
+    0 for an empty response."""
+    if not targets:
+        raise ValueError("targets must name at least one character.")
+    wanted = set(targets)
 
     def reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        return [r.count(target) / max(len(r), 1) for r in responses]
+        return [sum(ch in wanted for ch in r) / max(len(r), 1) for r in responses]
 
-    reward.__name__ = f"target_token_fraction({target!r})"
+    reward.__name__ = f"target_token_fraction({targets!r})"
     return reward
 
 

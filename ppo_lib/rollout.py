@@ -208,8 +208,9 @@ def forward_response(model: nn.Module, batch: Rollout, temperature: float = 1.0,
     ``T + 1`` columns are computed and the final one is dropped.
 
     Args:
-        model: an :class:`~ppo_lib.models.ActorCritic` (log-probs and values) or a plain
-            causal LM such as the reference (log-probs only; values are None).
+        model: an :class:`~ppo_lib.models.ActorCritic` (log-probs and values), possibly
+            wrapped by Accelerate/DDP, or a plain causal LM such as the reference
+            (log-probs only; values are None).
         batch: a :class:`Rollout`.
         temperature: τ used when sampling.
         return_logits: also return the ``(B, T, V)`` logits (for the entropy).
@@ -221,13 +222,13 @@ def forward_response(model: nn.Module, batch: Rollout, temperature: float = 1.0,
     """
     T = batch.response_ids.shape[1]
     attention_mask = batch.attention_mask
-    kwargs = dict(input_ids=batch.input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids_from_mask(attention_mask), logits_to_keep=T + 1)
-    if isinstance(model, ActorCritic):
-        logits, values = model(**kwargs)
+    out = model(input_ids=batch.input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), logits_to_keep=T + 1, use_cache=False)
+    if isinstance(out, tuple):  # ActorCritic: (logits, values)
+        logits, values = out
         values = values[:, :-1].float()  # (B, T): V(s_t), the state before response token t
-    else:
-        logits, values = model(**kwargs, use_cache=False).logits, None
+    else:  # a causal LM's output
+        logits, values = out.logits, None
     logits = logits[:, :-1]  # (B, T, V)
     logprobs = logprobs_from_logits(logits, batch.response_ids, temperature)
     return (logprobs, values, logits) if return_logits else (logprobs, values)

@@ -1,0 +1,552 @@
+"""RLHF with PPO: ``PPOConfig`` and ``PPOTrainer`` (chapter 06).
+
+One PPO iteration, as :meth:`PPOTrainer.step` reads it::
+
+    prompts → 1 rollout (ids, response_mask, old_logprobs, old_values)
+            → 2 reference log-probs
+            → 3 scores from the reward function
+            → 4 shape_rewards: −β·KL on every token, the score on the last one
+            → 5 GAE advantages and returns
+            → 6 PPO epochs over minibatches (ppo_clip_loss + vf_coef · value_loss)
+            → 7 KL controller update and statistics
+
+No math lives here: every formula is a call into ``advantages``, ``losses`` and ``kl``,
+which are tested on hand-computed tensors.
+
+References:
+    Ziegler et al. (2019), "Fine-Tuning Language Models from Human Preferences", arXiv:1909.08593.
+    Ouyang et al. (2022), "Training language models to follow instructions with human
+    feedback", arXiv:2203.02155.
+    Huang et al. (2024), "The N+ Implementation Details of RLHF with PPO: A Case Study on
+    TL;DR Summarization", arXiv:2403.17031.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .advantages import gae
+from .kl import KL_KINDS, AdaptiveKLController, FixedKLController, shape_rewards
+from .losses import entropy_from_logits, ppo_clip_loss, value_loss
+from .masking import masked_mean, masked_var, masked_whiten
+from .models import ActorCritic, load_policy, reference_copy
+from .rewards import RewardFn, score
+from .rollout import Rollout, forward_response, sample, tokenize_prompts
+
+__all__ = ["PPOConfig", "PPOTrainer", "build_trainer", "CheckpointError"]
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Every setting of a PPO run. Frozen: a run's configuration never changes under it.
+
+    Each field: meaning, typical range, and its symbol in the book.
+    """
+
+    # --- rollout (chapter 06, step 1)
+    batch_size: int = 16
+    """B, prompts (and responses) per PPO update. 16–512."""
+    max_new_tokens: int = 24
+    """T, the most tokens in a response. 16–256."""
+    max_prompt_length: int = 64
+    """Longest prompt in tokens; a longer prompt is an error, never silently cut."""
+    temperature: float = 0.7
+    """τ, sampling temperature; log-probs use the same τ. 0.7–1.0."""
+    top_k: int = 0
+    """Top-k filter when sampling; 0 is off (keeps rollout log-probs exact)."""
+    top_p: float = 1.0
+    """Nucleus filter when sampling; 1.0 is off (keeps rollout log-probs exact)."""
+    stop_at_eos: bool = True
+    """Cut each response after its first EOS; False always samples exactly T tokens."""
+    missing_eos_penalty: float | None = None
+    """Subtracted from the score of a response that did not end with EOS (e.g. 1.0); None is off."""
+
+    # --- reward shaping and the KL controller (chapters 05, 06, steps 3-4)
+    kl_coef: float = 0.05
+    """β, weight of the per-token KL penalty. 0.01–0.2; 0 lets the policy drift (reward hacking)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator in the reward: "k1" (unbiased, as in Ziegler et al.) or "k3" (≥ 0)."""
+    adaptive_kl: bool = False
+    """Adapt β towards ``kl_target`` (Ziegler et al. 2019) instead of keeping it fixed."""
+    kl_target: float = 6.0
+    """KL_target in nats per sequence for the adaptive controller. 1–10."""
+    kl_horizon: float = 10000.0
+    """H, samples over which the adaptive controller moves β; larger is slower."""
+    whiten_rewards: bool = False
+    """Scale per-token rewards to unit variance over the batch (mean kept)."""
+
+    # --- advantages (chapter 04, step 5)
+    gamma: float = 1.0
+    """γ, discount per token. 1.0 for RLHF (episodes are short)."""
+    lam: float = 0.95
+    """λ of GAE: 0 is one-step TD (low variance, biased), 1 is Monte-Carlo. 0.9–1.0."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, variance 1 over the batch's tokens."""
+
+    # --- PPO update (chapter 05, step 6)
+    ppo_epochs: int = 4
+    """K, passes over the batch per update. 1–4."""
+    num_minibatches: int = 1
+    """Minibatches per epoch (one optimizer step each); must divide ``batch_size``."""
+    grad_accum_steps: int = 1
+    """Micro-batches per minibatch, accumulated into one step (exact); must divide the minibatch."""
+    clip_eps: float = 0.2
+    """ε, the policy clip range. 0.1–0.3."""
+    vf_clip_eps: float | None = 0.2
+    """ε_V, the value clip range in reward units; None turns value clipping off."""
+    vf_coef: float = 0.1
+    """c_V, weight of the value loss in the total loss. 0.05–1."""
+    learning_rate: float = 1e-5
+    """η, AdamW learning rate. 1e-6–5e-5 for full fine-tuning, ~1e-4 with LoRA."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; None is off."""
+
+    # --- models and hardware
+    separate_critic: bool = False
+    """False: one backbone with a value head (cheaper). True: a second backbone for the critic."""
+    lora_rank: int = 0
+    """r of LoRA adapters on every linear layer; 0 trains all weights. Needs ``peft``."""
+    lora_alpha: float = 32.0
+    """LoRA scaling α (the update is scaled by α / r)."""
+    mixed_precision: str = "no"
+    """"no" or "bf16" (GPU): autocast the forward passes, keep float32 weights."""
+    seed: int = 0
+    """Seeds the prompt order, minibatch order and sampling."""
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(f"PPOConfig: {msg}")
+
+        for name in ("batch_size", "max_new_tokens", "max_prompt_length", "ppo_epochs", "num_minibatches", "grad_accum_steps"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{name} must be an integer ≥ 1, got {getattr(self, name)!r}.")
+        need(self.batch_size % self.num_minibatches == 0,
+             f"num_minibatches={self.num_minibatches} must divide batch_size={self.batch_size}.")
+        need(self.minibatch_size % self.grad_accum_steps == 0,
+             f"grad_accum_steps={self.grad_accum_steps} must divide the minibatch size {self.minibatch_size} "
+             f"(= batch_size / num_minibatches).")
+        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}.")
+        need(self.top_k >= 0, f"top_k must be ≥ 0 (0 is off), got {self.top_k}.")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}.")
+        need(0 <= self.gamma <= 1, f"gamma must be in [0, 1], got {self.gamma}.")
+        need(0 <= self.lam <= 1, f"lam must be in [0, 1], got {self.lam}.")
+        need(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}.")
+        need(self.vf_clip_eps is None or self.vf_clip_eps > 0, f"vf_clip_eps must be > 0 or None, got {self.vf_clip_eps}.")
+        need(self.vf_coef >= 0, f"vf_coef must be ≥ 0, got {self.vf_coef}.")
+        need(self.kl_coef >= 0 and math.isfinite(self.kl_coef), f"kl_coef must be a finite number ≥ 0, got {self.kl_coef}.")
+        need(self.kl_estimator in KL_KINDS, f"kl_estimator must be one of {KL_KINDS}, got {self.kl_estimator!r}.")
+        need(self.kl_target > 0 and self.kl_horizon > 0, "kl_target and kl_horizon must be > 0.")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
+        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or None.")
+        need(self.lora_rank >= 0, f"lora_rank must be ≥ 0 (0 is off), got {self.lora_rank}.")
+        need(not (self.lora_rank and self.separate_critic),
+             "LoRA with a separate critic is not supported: use lora_rank=0 or separate_critic=False.")
+        need(self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
+        need(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty must be ≥ 0 or None.")
+
+    @property
+    def minibatch_size(self) -> int:
+        """Sequences per optimizer step: ``batch_size // num_minibatches``."""
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Sequences per forward/backward pass: ``minibatch_size // grad_accum_steps``."""
+        return self.minibatch_size // self.grad_accum_steps
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PPOConfig":
+        """Build from a dict (e.g. a JSON config file); unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"PPOConfig: unknown field(s) {unknown}; known fields: {sorted(known)}.")
+        return cls(**d)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is missing, incomplete or does not match this trainer."""
+
+
+@dataclass
+class _Timer:
+    """Seconds per phase of one update; synchronises CUDA so GPU time is not misattributed."""
+
+    device: torch.device
+    seconds: dict = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+class PPOTrainer:
+    """PPO for a causal LM against a reward function (chapter 06).
+
+    Args:
+        policy: an :class:`~ppo_lib.models.ActorCritic` (its LM may carry LoRA adapters).
+        ref_policy: the frozen reference LM :math:`\\pi_{ref}`; ``None`` when the policy has
+            LoRA adapters, whose base model with adapters disabled is the reference.
+        tokenizer: the policy's tokenizer (pad token distinct from EOS).
+        reward_fn: ``f(prompts, responses) -> list[float]``.
+        config: a :class:`PPOConfig`.
+        accelerator: an ``accelerate.Accelerator``; by default one is made from the config.
+    """
+
+    def __init__(self, policy: ActorCritic, ref_policy: nn.Module | None, tokenizer, reward_fn: RewardFn,
+                 config: PPOConfig, accelerator=None):
+        from accelerate import Accelerator
+
+        if not isinstance(policy, ActorCritic):
+            raise TypeError("policy must be a ppo_lib.models.ActorCritic (see ppo_lib.models.load_policy).")
+        if ref_policy is None and not hasattr(policy.lm, "disable_adapter"):
+            raise ValueError("ref_policy is None but the policy has no LoRA adapter to disable; "
+                             "pass ppo_lib.models.reference_copy(policy.lm).")
+        if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            raise ValueError("the tokenizer's pad token must exist and differ from EOS (see ppo_lib.models).")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.reward_fn = reward_fn
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
+        self.device = self.accelerator.device
+        self.ref_policy = ref_policy.to(self.device).eval() if ref_policy is not None else None
+        self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+                       if config.adaptive_kl else FixedKLController(config.kl_coef))
+        self.step_count = 0
+        # Two seeded generators, saved in checkpoints: prompts/minibatch order, and sampling.
+        seed = config.seed + self.accelerator.process_index
+        self.order_rng = torch.Generator().manual_seed(seed)
+        self.sample_rng = torch.Generator(device=self.device).manual_seed(seed)
+        self.minibatch_stats: list[dict] = []  # per-minibatch stats of the last update
+
+    # ------------------------------------------------------------------ the loop
+    @property
+    def unwrapped(self) -> ActorCritic:
+        return self.accelerator.unwrap_model(self.policy)
+
+    def step(self, prompts: Sequence[str]) -> dict[str, float]:
+        """One PPO update on ``prompts`` (a list of ``batch_size`` strings). Returns its statistics."""
+        c = self.config
+        if isinstance(prompts, str) or len(prompts) != c.batch_size:
+            raise ValueError(f"step() needs a list of batch_size={c.batch_size} prompts, got "
+                             f"{'a string' if isinstance(prompts, str) else len(prompts)}.")
+        timer = _Timer(self.device)
+        t_start = time.perf_counter()
+        with timer("generate"):                                                   # 1. rollout
+            batch = self.rollout(prompts)
+        with timer("forward_old"):
+            old_logprobs, old_values = self.forward_old(batch)
+        with timer("ref_forward"):                                                # 2. reference
+            ref_logprobs = self.ref_logprobs(batch)
+        with timer("score"):                                                      # 3. scores
+            scores, responses = self.score(prompts, batch)
+        mask = batch.response_mask
+        rewards, kl_stats = shape_rewards(scores, old_logprobs, ref_logprobs, mask,     # 4. shaping
+                                          self.kl_ctl.value, c.kl_estimator)
+        if c.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)     # 5. GAE
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)  # 6. PPO
+        kl_coef = self.kl_ctl.value
+        self.kl_ctl.update(kl_stats["kl"].item(), c.batch_size)                   # 7. β, stats
+        self.step_count += 1
+        stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)
+        seconds = time.perf_counter() - t_start
+        stats.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        stats["time/step"] = seconds
+        stats["throughput/tokens_per_s"] = stats["response/length_mean"] * c.batch_size / seconds
+        self.last_samples = list(zip(prompts, responses, scores.tolist()))
+        return stats
+
+    def rollout(self, prompts: Sequence[str]) -> Rollout:
+        """Step 1: left-pad the prompts and sample responses (no gradient, dropout off)."""
+        c = self.config
+        prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, c.max_prompt_length, self.device)
+        self.policy.eval()
+        with self.accelerator.autocast():
+            return sample(self.unwrapped, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
+                          c.top_k, c.top_p, c.stop_at_eos, generator=self.sample_rng)
+
+    @torch.no_grad()
+    def forward_old(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 1b: log-probs and values of the sampled tokens under the current policy (π_old, V_old)."""
+        logprobs, values = [], []
+        for mb in self._micro_batches(batch):
+            with self.accelerator.autocast():
+                lp, v = forward_response(self.policy, mb, self.config.temperature)
+            logprobs.append(lp), values.append(v)
+        return torch.cat(logprobs), torch.cat(values)
+
+    @torch.no_grad()
+    def ref_logprobs(self, batch: Rollout) -> torch.Tensor:
+        """Step 2: log-probs of the sampled tokens under π_ref (or the adapter-free base model)."""
+        out = []
+        for mb in self._micro_batches(batch):
+            with self.accelerator.autocast():
+                if self.ref_policy is not None:
+                    lp, _ = forward_response(self.ref_policy, mb, self.config.temperature)
+                else:
+                    with self.unwrapped.lm.disable_adapter():
+                        lp, _ = forward_response(self.unwrapped.lm, mb, self.config.temperature)
+            out.append(lp)
+        return torch.cat(out)
+
+    def score(self, prompts: Sequence[str], batch: Rollout) -> tuple[torch.Tensor, list[str]]:
+        """Step 3: decode the responses (without EOS and padding) and call the reward function."""
+        responses = [self.tokenizer.decode(ids[m], skip_special_tokens=True)
+                     for ids, m in zip(batch.response_ids, batch.response_mask)]
+        scores = score(self.reward_fn, prompts, responses, device=self.device)
+        if self.config.missing_eos_penalty is not None:
+            scores = scores - self.config.missing_eos_penalty * (~self._ends_with_eos(batch)).float()
+        return scores, responses
+
+    def ppo_epochs(self, batch, old_logprobs, old_values, advantages, returns, timer) -> dict[str, float]:
+        """Step 6: K epochs of minibatch updates on the clipped surrogate plus the value loss.
+
+        Gradient accumulation is exact: each micro-batch's loss is weighted by its share of
+        the minibatch's real tokens, so the summed gradient equals that of one big batch.
+        """
+        c = self.config
+        self.policy.train()
+        self.minibatch_stats = []
+        for _ in range(c.ppo_epochs):
+            order = torch.randperm(c.batch_size, generator=self.order_rng).to(self.device)
+            for mb_idx in order.split(c.minibatch_size):
+                n_tokens = batch.response_mask[mb_idx].sum()
+                sums: dict[str, torch.Tensor] = {}
+                ratio_max = torch.zeros((), device=self.device)
+                for micro_idx in mb_idx.split(c.micro_batch_size):
+                    mask = batch.response_mask[micro_idx]
+                    weight = mask.sum() / n_tokens  # this micro-batch's share of the tokens
+                    with timer("train_forward"), self.accelerator.autocast():
+                        logprobs, values, logits = forward_response(self.policy, batch[micro_idx], c.temperature,
+                                                                    return_logits=True)
+                        pg_loss, pg_stats = ppo_clip_loss(logprobs, old_logprobs[micro_idx], advantages[micro_idx],
+                                                          mask, c.clip_eps)
+                        vf_loss, vf_stats = value_loss(values, old_values[micro_idx], returns[micro_idx], mask,
+                                                       c.vf_clip_eps)
+                        loss = (pg_loss + c.vf_coef * vf_loss) * weight
+                    with timer("backward"):
+                        self.accelerator.backward(loss)
+                    with torch.no_grad():
+                        entropy = masked_mean(entropy_from_logits(logits.float() / c.temperature), mask)
+                    ratio_max = torch.maximum(ratio_max, pg_stats.pop("ratio_max"))
+                    for k, v in {"policy/loss": pg_loss, "value/loss": vf_loss, "policy/entropy": entropy,
+                                 **{f"policy/{k}": v for k, v in pg_stats.items()},
+                                 **{f"value/{k}": v for k, v in vf_stats.items()}}.items():
+                        sums[k] = sums.get(k, 0.0) + v.detach() * weight
+                with timer("optimizer"):
+                    if c.max_grad_norm is not None:
+                        sums["policy/grad_norm"] = torch.as_tensor(
+                            self.accelerator.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)).float()
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                sums["policy/ratio_max"] = ratio_max  # a max, not a token-weighted mean
+                self.minibatch_stats.append({k: float(v) for k, v in sums.items()})  # CPU-GPU sync, once per minibatch
+        keys = self.minibatch_stats[0].keys()
+        mean = {k: sum(s[k] for s in self.minibatch_stats) / len(self.minibatch_stats) for k in keys}
+        mean["policy/ratio_max"] = max(s["policy/ratio_max"] for s in self.minibatch_stats)
+        return mean
+
+    def collect_stats(self, scores, kl_stats, kl_coef, batch, old_values, returns, train_stats) -> dict[str, float]:
+        """Step 7: the statistics of one update under namespaced keys (plain floats)."""
+        mask = batch.response_mask
+        var_returns = masked_var(returns, mask)
+        explained_var = 1.0 - masked_var(returns - old_values, mask) / var_returns
+        lengths = mask.sum(1).float()
+        return {
+            "env/score_mean": scores.mean().item(),
+            "env/score_std": scores.std().item() if len(scores) > 1 else 0.0,
+            "objective/kl": kl_stats["kl"].item(),
+            "objective/kl_coef": kl_coef,
+            "objective/non_score_reward": kl_stats["non_score_reward"].item(),
+            "value/explained_variance": explained_var.item() if var_returns > 0 else float("nan"),
+            "response/length_mean": lengths.mean().item(),
+            "response/eos_fraction": self._ends_with_eos(batch).float().mean().item(),
+            **train_stats,
+        }
+
+    def train(self, prompts: Sequence[str], n_updates: int, log_path: str | Path | None = None,
+              callback: Callable[[int, dict], None] | None = None, progress: bool = True) -> list[dict]:
+        """Run ``n_updates`` calls of :meth:`step` on batches drawn from ``prompts``.
+
+        Prompts are reshuffled (seeded) each time the list is used up. Each update's stats
+        go to a tqdm bar, to ``callback(update, stats)`` (e.g. a live plot), and as one JSON
+        line to ``log_path``. Returns the list of stats.
+        """
+        from tqdm.auto import tqdm
+
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("train() needs a non-empty list of prompts.")
+        if len(prompts) < self.config.batch_size:
+            raise ValueError(f"train() needs at least batch_size={self.config.batch_size} prompts, got {len(prompts)}.")
+        history = []
+        bar = tqdm(range(n_updates), desc="PPO", disable=not progress or not self.accelerator.is_main_process)
+        for _ in bar:
+            stats = self.step(self._next_prompts(prompts))
+            stats["update"] = self.step_count
+            history.append(stats)
+            bar.set_postfix({"score": f"{stats['env/score_mean']:.3f}", "kl": f"{stats['objective/kl']:.2f}",
+                             "clipfrac": f"{stats['policy/clipfrac']:.2f}"})
+            if log_path is not None and self.accelerator.is_main_process:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(stats) + "\n")
+            if callback is not None:
+                callback(self.step_count, stats)
+        return history
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
+        """Sample one response per prompt with the current policy (seeded; for before/after samples)."""
+        c = self.config
+        ids, mask = tokenize_prompts(self.tokenizer, prompts, c.max_prompt_length, self.device)
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        with self.accelerator.autocast():
+            out = sample(self.unwrapped, self.tokenizer, ids, mask, max_new_tokens or c.max_new_tokens,
+                         c.temperature, c.top_k, c.top_p, c.stop_at_eos, generator=g)
+        return [self.tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(out.response_ids, out.response_mask)]
+
+    # ------------------------------------------------------------------ checkpoints
+    CHECKPOINT_FILES = ("policy.safetensors", "optimizer.pt", "trainer_state.json", "rng.pt")
+
+    def save_checkpoint(self, folder: str | Path) -> Path:
+        """Save policy (with value head), optimizer, KL controller, RNG state and step count.
+
+        Written into a temporary folder beside ``folder`` and renamed into place at the end,
+        so a crash leaves either the old checkpoint or the new one, never half of one.
+        """
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+        try:
+            save_model(self.unwrapped, str(tmp / "policy.safetensors"))  # handles tied weights
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save({"order": self.order_rng.get_state(), "sample": self.sample_rng.get_state(),
+                        "torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+            state = {"step_count": self.step_count, "kl_ctl": self.kl_ctl.state_dict(), "config": self.config.to_dict(),
+                     "prompt_queue": getattr(self, "_queue", [])}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            if folder.exists():
+                old = folder.with_name(folder.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(folder, old)
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        """Restore what :meth:`save_checkpoint` wrote. The trainer must have the same config.
+
+        Raises:
+            CheckpointError: the folder is missing, incomplete, corrupt or from another config.
+                Nothing in the trainer is changed in that case.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CheckpointError(f"no checkpoint folder at {folder}.")
+        missing = [f for f in self.CHECKPOINT_FILES if not (folder / f).is_file()]
+        if missing:
+            raise CheckpointError(f"checkpoint {folder} is incomplete: missing {missing}.")
+        try:  # read everything first; change nothing until all of it has loaded
+            state = json.loads((folder / "trainer_state.json").read_text())
+            weights = load_file(str(folder / "policy.safetensors"), device=str(self.device))
+            optim_state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
+            rng = torch.load(folder / "rng.pt", weights_only=False)
+        except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint {folder} is corrupt: {type(e).__name__}: {e}") from e
+        if state.get("config") != self.config.to_dict():
+            diff = {k: (v, self.config.to_dict().get(k)) for k, v in state.get("config", {}).items()
+                    if self.config.to_dict().get(k) != v}
+            raise CheckpointError(f"checkpoint {folder} was written with another config: {diff} (saved, current).")
+        model = self.unwrapped
+        expected = set(model.state_dict())
+        if not set(weights) <= expected or len(set(weights)) == 0:
+            raise CheckpointError(f"checkpoint {folder} holds weights of another model.")
+        model.load_state_dict(weights, strict=False)  # tied duplicates are stored once
+        self.optimizer.load_state_dict(optim_state)
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.step_count = state["step_count"]
+        self._queue = state["prompt_queue"]
+        self.order_rng.set_state(rng["order"])
+        self.sample_rng.set_state(rng["sample"])
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+
+    # ------------------------------------------------------------------ helpers
+    def _micro_batches(self, batch: Rollout):
+        n = self.config.micro_batch_size
+        for i in range(0, batch.response_ids.shape[0], n):
+            yield batch[i : i + n]
+
+    def _ends_with_eos(self, batch: Rollout) -> torch.Tensor:
+        """(B,) True where the response's last real token is EOS."""
+        last = batch.response_mask.long().sum(1) - 1
+        return batch.response_ids.gather(1, last[:, None]).squeeze(1) == self.tokenizer.eos_token_id
+
+    def _next_prompts(self, prompts: list[str]) -> list[str]:
+        """The next ``batch_size`` prompts of a seeded, reshuffled-when-empty queue of indices."""
+        queue = getattr(self, "_queue", [])
+        while len(queue) < self.config.batch_size:
+            queue = queue + torch.randperm(len(prompts), generator=self.order_rng).tolist()
+        self._queue = queue[self.config.batch_size:]
+        return [prompts[i] for i in queue[: self.config.batch_size]]
+
+
+def build_trainer(model_name: str, reward_fn: RewardFn, config: PPOConfig, accelerator=None) -> PPOTrainer:
+    """Load ``model_name`` as policy (+ value head, LoRA if asked) and reference; make the trainer.
+
+    With ``config.lora_rank > 0`` no reference copy is made: the base model with adapters
+    disabled is the reference (half the memory).
+    """
+    policy, tokenizer = load_policy(model_name, separate_critic=config.separate_critic)
+    if config.lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
+                          lora_dropout=0.0, bias="none")
+        policy.lm = get_peft_model(policy.lm, lora)
+        ref = None
+    else:
+        ref = reference_copy(policy.lm)
+    return PPOTrainer(policy, ref, tokenizer, reward_fn, config, accelerator)
