@@ -217,7 +217,7 @@ assert best_td < best_mc
 fig = render("03_random_walk")
 
 # %% [markdown]
-# As in Sutton & Barto's figure, TD(0) learns faster than MC at every step size tried. A larger
+# As in Sutton & Barto's figure, every TD(0) curve lies below every MC curve, at every episode. A larger
 # $\alpha$ learns faster but plateaus higher: with a constant step the estimates keep jittering
 # around $V^\pi$ with the most recent episodes. The same trade-off between a biased but steady
 # bootstrapped target and an unbiased but noisy Monte-Carlo one is what the $\lambda$ of GAE
@@ -425,9 +425,11 @@ check_random_walk_values(random_walk_values)
 # ### BEGIN SOLUTION
 # (a) $\mathbb{E}[\delta_t] = \mathbb{E}[r_t + \gamma(V^\pi(s_{t+1}) + c)] - V^\pi(s_t) - c = A^\pi(s_t,a_t) - (1-\gamma)c$.
 # (b) At the last step $V(s_{t+1}) = 0$ exactly, so $\mathbb{E}[\delta_t] = A^\pi(s_t, a_t) - c$.
-# (c) A shift that is the same for every action in a state, such as $-(1-\gamma)c$ or $-c$, is a
-# baseline: $\mathbb{E}_{a\sim\pi}[\nabla\log\pi(a|s)]\cdot k = 0$, so it changes no expected gradient. It
-# biases the gradient only when it differs between actions of the same state, which happens
-# when the error $c$ depends on the next state (as it does for a real critic), because different
-# actions lead to different next states.
+# (c) A shift $k(s)$ that is the same for every action in a state is a baseline:
+# $\mathbb{E}_{a\sim\pi}[\nabla\log\pi(a|s)\,k(s)] = k(s)\,\nabla\sum_a\pi(a|s) = 0$, so it changes no expected gradient.
+# In (a) the shift $-(1-\gamma)c$ is the same for every action, so it is harmless. The shifts differ
+# between actions of one state when some actions end the episode and others do not: for a
+# language model, choosing EOS ends the response (shift $-c$) while any other token continues it
+# (shift $-(1-\gamma)c$, which is 0 for $\gamma = 1$). Then the critic's error biases the gradient for or against stopping.
+# The same happens whenever the error depends on the next state, as it does for any real critic.
 # ### END SOLUTION

@@ -209,9 +209,19 @@ assert np.all(np.diff(res_wrong["var"][1:]) > 0)  # variance grows with λ here
 fig = render("04_gae_bias_variance")
 
 # %% [markdown]
-# Move the sliders: a larger critic error moves the best $\lambda$ towards 1, a smaller one
-# towards 0; a larger $\gamma$ makes far-away rewards count more and the variance of large
-# $\lambda$ grow. (Each redraw enumerates the MDP again, about a second on a laptop.)
+# How the best $\lambda$ depends on the critic's error, exactly:
+
+# %%
+lam_grid = np.linspace(0, 1, 51)
+for c in (0.0, 0.25, 0.5, 1.0, 2.0):
+    res = mdp.gae_moments(lam_grid, gamma=0.95, critic_error=c)
+    print(f"critic error {c:4.2f}: MSE-optimal λ = {lam_grid[np.argmin(res['mse'])]:.2f}   min MSE = {res['mse'].min():.4f}")
+
+# %% [markdown]
+# The worse the critic, the more of the future the estimator should read from sampled rewards.
+# Move the sliders to see the whole curves: a larger $\gamma$ makes far-away rewards count more,
+# and the variance at large $\lambda$ grows with it (at $\lambda = 1$: 0.46 for $\gamma = 0.8$, 1.16 for 0.95, 1.65 for 1).
+# Each redraw enumerates the MDP again, about a second on a laptop.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -276,9 +286,10 @@ print("row by row == batched; extra padding changes nothing")
 
 # %% [markdown]
 # **Whitening.** PPO implementations usually normalise the advantages of a batch to mean 0 and
-# standard deviation 1 before the policy loss. This changes the scale of the gradient, not its
-# direction in expectation beyond a baseline shift, and makes one learning rate work across
-# reward scales. The statistics must be taken over **real tokens only**: `masked_whiten`.
+# standard deviation 1 before the policy loss. Subtracting a constant is a baseline (chapter 02)
+# and dividing by a positive constant only rescales the gradient, so neither changes the expected
+# direction of the update (up to the small dependence of the batch statistics on the batch
+# itself), and one learning rate then works across reward scales. The statistics must be taken over **real tokens only**: `masked_whiten`.
 
 # %%
 adv_w = masked_whiten(adv, mask)
@@ -352,6 +363,8 @@ assert np.allclose(seed_adv, seed_adv2)
 # `rewards[:-1] + values[1:]` then broadcasts `(T-1,) + (T-1, 1)` into a `(T-1, T-1)` matrix,
 # whose rows mix every time step with every other; numpy then refuses `advantages[t] = gae` with
 # a message that never mentions the shape mismatch (and a framework that broadcasts the assignment would silently store garbage).
+# Worse, `train` calls the function on a whole batch, `rewards` of shape `(batch, T)`: then
+# `rewards[:-1]` drops the last *sequence*, not the last time step, and the loop runs over sequences instead of time.
 
 # %%
 print("integer rewards:", compute_gae_seed(np.array([0, 0, 0, 1]), np.array([0.2, 0.2, 0.7, 0.9]), 1.0, 0.95))

@@ -170,8 +170,8 @@ print(f"−L^CLIP by hand = {-L_clip.item():.6f}   ppo_clip_loss = {loss.item():
 #
 # The maximum again picks the pessimistic (larger) error, so once $V_\phi$ has moved more than $\epsilon_V$
 # from $V_{old}$ *towards* the target, the clipped term is the larger one and its gradient is zero.
-# Engstrom et al. (2020) found that value clipping does not help and can hurt performance in their
-# MuJoCo experiments; it remains common in RLHF code, so `ppo_lib` offers it as an option (`clip_eps=None` switches it off).
+# Engstrom et al. (2020) studied it among PPO's code-level optimisations and found little evidence
+# that it helps; it remains common in RLHF code, so `ppo_lib` offers it as an option (`clip_eps=None` switches it off).
 
 # %%
 fig = render("05_value_clip")
@@ -231,6 +231,8 @@ torch.testing.assert_close(kl_estimate(p.log()[a], q.log()[a], "k3"), torch.expm
 # $$e_t = \mathrm{clip}\!\left(\frac{\mathrm{KL}_t - \mathrm{KL}_{target}}{\mathrm{KL}_{target}}, -0.2, 0.2\right), \qquad
 #   \beta_{t+1} = \beta_t\left(1 + \frac{n_{steps}}{H}\,e_t\right). \tag{5.14}$$
 #
+# The paper uses a fixed gain $K_\beta = 0.1$; its code, TRL and `ppo_lib` scale the gain by the number of samples
+# in the update, $K_\beta = n_{steps}/H$ with a horizon $H$, as written here.
 # `ppo_lib.kl.AdaptiveKLController` implements (5.14). First, one update by hand:
 
 # %%
