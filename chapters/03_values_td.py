@@ -29,9 +29,9 @@ np.set_printoptions(precision=4, suppress=True)
 # %% [markdown]
 # ## Overview
 #
-# Chapter 02 ended with the policy gradient $\nabla_\theta J = \mathbb{E}\big[\sum_t \nabla_\theta \log\pi_\theta(a_t|s_t)\,\Psi_t\big]$
-# and the observation that a baseline subtracted from $\Psi_t$ cuts its variance without
-# changing its mean. The best such baseline is, to a good approximation, *how much return
+# Chapter 02 derived the policy gradient $\nabla_\theta J = \mathbb{E}\big[\sum_t \nabla_\theta \log\pi_\theta(a_t|s_t)\,\Psi_t\big]$
+# and showed that, because the score has zero mean (Eq. 2.6), a baseline subtracted from $\Psi_t$
+# can cut the variance without changing the mean. The best such baseline is, to a good approximation, *how much return
 # the policy expects from here on*: the **value** of the state. This chapter defines
 # values, derives the equation they satisfy (Bellman's), and turns that equation into the
 # quantity every later chapter is built on, the **TD error** $\delta_t$.
