@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli_train import add_train_parser
+
 
 def _figures(args: argparse.Namespace) -> int:
     from .plotting import render_all
@@ -22,12 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     fig.add_argument("names", nargs="*", help="only these figures (default: all)")
     fig.set_defaults(run=_figures)
 
-    try:
-        from .cli_train import add_train_parser  # the trainer's command lives with the trainer
-    except ImportError:
-        pass
-    else:
-        add_train_parser(sub)
+    add_train_parser(sub)
 
     args = parser.parse_args(argv)
     return args.run(args)

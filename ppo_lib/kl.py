@@ -155,7 +155,8 @@ class AdaptiveKLController(FixedKLController):
         horizon: :math:`H`, in samples (e.g. 10000): how slowly :math:`\beta` moves.
 
     References:
-        Ziegler et al. (2019), arXiv:1909.08593, Section 2.2.
+        Ziegler et al. (2019), arXiv:1909.08593, Section 2.2 (the paper uses a fixed gain
+        K_β = 0.1; K_β = n_steps / H is the form of their released code and of TRL).
     """
 
     clip = 0.2

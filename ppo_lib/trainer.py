@@ -42,7 +42,7 @@ from torch import nn
 from .advantages import gae
 from .kl import KL_KINDS, AdaptiveKLController, FixedKLController, shape_rewards
 from .losses import entropy_from_logits, ppo_clip_loss, value_loss
-from .masking import masked_mean, masked_var, masked_whiten
+from .masking import masked_mean, masked_sum, masked_var, masked_whiten
 from .models import ActorCritic, load_policy, reference_copy
 from .rewards import RewardFn, score
 from .rollout import Rollout, forward_response, sample, tokenize_prompts
@@ -411,6 +411,7 @@ class PPOTrainer:
             raise ValueError("train() needs a non-empty list of prompts.")
         if len(prompts) < self.config.batch_size:
             raise ValueError(f"train() needs at least batch_size={self.config.batch_size} prompts, got {len(prompts)}.")
+        tokenize_prompts(self.tokenizer, prompts, self.config.max_prompt_length)  # fail now, not at update 37
         history = []
         bar = tqdm(range(n_updates), desc="PPO", disable=not progress or not self.accelerator.is_main_process)
         for _ in bar:
@@ -427,15 +428,32 @@ class PPOTrainer:
         return history
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
-        """Sample one response per prompt with the current policy (seeded; for before/after samples)."""
+    def evaluate(self, prompts: Sequence[str], seed: int = 0) -> dict:
+        """Sample one response per prompt (seeded), score it, and measure its KL to π_ref.
+
+        Used for held-out prompts before and after training. Does not touch the training RNGs.
+
+        Returns:
+            ``{"score_mean", "kl_mean", "length_mean", "samples": [(prompt, response, score, kl)]}``,
+            KL in nats per sequence (sum of per-token k1 over the response).
+        """
         c = self.config
-        ids, mask = tokenize_prompts(self.tokenizer, prompts, c.max_prompt_length, self.device)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        with self.accelerator.autocast():
-            out = sample(self.unwrapped, self.tokenizer, ids, mask, max_new_tokens or c.max_new_tokens,
-                         c.temperature, c.top_k, c.top_p, c.stop_at_eos, generator=g)
-        return [self.tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(out.response_ids, out.response_mask)]
+        self.policy.eval()
+        samples = []
+        for i in range(0, len(prompts), c.batch_size):
+            chunk = list(prompts[i : i + c.batch_size])
+            ids, mask = tokenize_prompts(self.tokenizer, chunk, c.max_prompt_length, self.device)
+            with self.accelerator.autocast():
+                batch = sample(self.unwrapped, self.tokenizer, ids, mask, c.max_new_tokens, c.temperature,
+                               c.top_k, c.top_p, c.stop_at_eos, generator=g)
+                logprobs, _ = forward_response(self.unwrapped, batch, c.temperature)
+            kl = masked_sum(logprobs - self.ref_logprobs(batch), batch.response_mask, dim=1)  # (B,)
+            scores, responses = self.score(chunk, batch)
+            samples += list(zip(chunk, responses, scores.tolist(), kl.tolist()))
+        n = len(samples)
+        return {"score_mean": sum(s[2] for s in samples) / n, "kl_mean": sum(s[3] for s in samples) / n,
+                "length_mean": sum(len(self.tokenizer(s[1])["input_ids"]) for s in samples) / n, "samples": samples}
 
     # ------------------------------------------------------------------ checkpoints
     CHECKPOINT_FILES = ("policy.safetensors", "optimizer.pt", "trainer_state.json", "rng.pt")

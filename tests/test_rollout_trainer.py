@@ -204,3 +204,34 @@ def test_train_writes_jsonl(tmp_path):
     t.train(PROMPTS, n_updates=2, log_path=tmp_path / "h.jsonl", progress=False)
     lines = [json.loads(x) for x in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert [x["update"] for x in lines] == [1, 2] and "policy/clipfrac" in lines[0]
+
+
+def test_cli_train_writes_a_run_folder_and_refuses_to_overwrite(tmp_path):
+    from ppo_lib.__main__ import main
+
+    out = tmp_path / "run"
+    args = ["train", "--model", "tiny-gpt2", "--updates", "2", "--save-every", "1", "--eval-prompts", "4",
+            "--out", str(out), "--set", "batch_size=4", "--set", "max_prompt_length=96", "--set", "max_new_tokens=6"]
+    assert main(args) == 0
+    for name in ("config.json", "history.jsonl", "samples_before.md", "samples_after.md", "eval.json", "curves.png",
+                 "checkpoint/policy.safetensors"):
+        assert (out / name).exists(), name
+    assert len((out / "history.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(SystemExit, match="--resume"):
+        main(args)
+    with pytest.raises(SystemExit, match="lam must be in"):
+        main(["train", "--set", "lam=3"])
+
+
+@pytest.mark.slow
+def test_sentiment_preset_smoke_on_smollm2(tmp_path):
+    """Two updates of the offline preset on the real 135M model: runs, finite, writes its folder."""
+    from ppo_lib.__main__ import main
+
+    out = tmp_path / "sentiment"
+    assert main(["train", "--preset", "sentiment", "--updates", "2", "--eval-prompts", "8", "--out", str(out)]) == 0
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2
+    for h in history:
+        assert all(math.isfinite(h[k]) for k in ("env/score_mean", "objective/kl", "policy/loss", "value/loss"))
+    assert -1 <= history[0]["env/score_mean"] <= 1  # VADER compound range

@@ -1,0 +1,144 @@
+"""``python -m ppo_lib train``: the trainer of chapter 06 as a command.
+
+    python -m ppo_lib train --preset sentiment                    # offline: SmolLM2-135M + VADER
+    python -m ppo_lib train --preset sentiment-gpt2               # Colab: gpt2 + a DistilBERT IMDB classifier
+    python -m ppo_lib train --model gpt2 --reward lvwerra/distilbert-imdb --updates 100
+    python -m ppo_lib train --preset sentiment --set kl_coef=0.1 --set learning_rate=2e-5
+    python -m ppo_lib train --config my_config.json --out runs/mine --resume
+
+A run folder holds ``config.json``, ``history.jsonl``, ``samples_before.md``,
+``samples_after.md``, ``eval.json`` (held-out reward and KL, before and after),
+``curves.png`` and ``checkpoint/`` (saved every ``--save-every`` updates and at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from .trainer import PPOConfig
+
+__all__ = ["PRESETS", "add_train_parser", "run_training", "write_samples"]
+
+# Each preset: the model, the reward, the number of updates and the PPOConfig fields it sets.
+PRESETS: dict[str, dict] = {
+    "sentiment": {  # offline, a laptop CPU: ~10 minutes on 2 cores (see README, "Benchmarks")
+        "model": "smollm2-135m", "reward": "vader", "updates": 40,
+        "config": dict(batch_size=16, max_new_tokens=24, temperature=0.7, ppo_epochs=2, num_minibatches=2,
+                       learning_rate=2e-5, kl_coef=0.05, vf_coef=0.1, gamma=1.0, lam=0.95),
+    },
+    "sentiment-gpt2": {  # with a network and a GPU: the task of Ziegler et al. (2019) and the TRL example
+        "model": "gpt2", "reward": "lvwerra/distilbert-imdb", "updates": 150,
+        "config": dict(batch_size=64, max_new_tokens=32, temperature=1.0, ppo_epochs=4, num_minibatches=4,
+                       learning_rate=1.41e-5, kl_coef=0.1, adaptive_kl=True, kl_target=6.0, vf_coef=0.1,
+                       mixed_precision="bf16"),
+    },
+}
+
+
+def _parse_value(text: str):
+    """``--set key=value``: JSON values (numbers, true/false, null), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def build_config(args: argparse.Namespace) -> tuple[dict, PPOConfig]:
+    """Merge preset < config file < --set into (run settings, PPOConfig)."""
+    preset = PRESETS[args.preset]
+    run = {"model": args.model or preset["model"], "reward": args.reward or preset["reward"],
+           "updates": args.updates or preset["updates"], "preset": args.preset}
+    fields = dict(preset["config"])
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise SystemExit(f"error: --config {path} does not exist.")
+        fields.update(json.loads(path.read_text()))
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set expects key=value, got {item!r}.")
+        fields[key] = _parse_value(value)
+    if fields.get("mixed_precision") == "bf16":
+        import torch
+
+        if not torch.cuda.is_available():
+            fields["mixed_precision"] = "no"  # bf16 autocast is for GPUs; keep float32 on a CPU
+    try:
+        return run, PPOConfig.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: invalid configuration: {e}") from None
+
+
+def write_samples(path: Path, title: str, evaluation: dict) -> None:
+    """Held-out samples as a markdown table: prompt, response, score, KL."""
+    lines = [f"# {title}", "", f"mean score {evaluation['score_mean']:.3f}, mean KL {evaluation['kl_mean']:.2f} nats",
+             "", "| prompt | response | score | KL |", "| --- | --- | ---: | ---: |"]
+    for prompt, response, s, kl in evaluation["samples"]:
+        cell = response.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {prompt} | {cell} | {s:.3f} | {kl:.2f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_training(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .plotting.training import plot_history
+    from .rewards import get_reward, review_prompts
+    from .trainer import build_trainer
+
+    run, config = build_config(args)
+    out = Path(args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not args.resume and any(out.iterdir()):
+        raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(run["model"], get_reward(run["reward"]), config)
+    train_prompts, heldout = review_prompts("train"), review_prompts("heldout")[: args.eval_prompts]
+    history_path = out / "history.jsonl"
+    if args.resume and (out / "checkpoint").exists():
+        trainer.load_checkpoint(out / "checkpoint")
+        print(f"resumed from {out / 'checkpoint'} at update {trainer.step_count}")
+    else:
+        (out / "config.json").write_text(json.dumps({**run, "config": dataclasses.asdict(config)}, indent=1))
+        history_path.unlink(missing_ok=True)
+        before = trainer.evaluate(heldout)
+        write_samples(out / "samples_before.md", "Before training (held-out prompts)", before)
+        (out / "eval_before.json").write_text(json.dumps({k: v for k, v in before.items() if k != "samples"}))
+    while trainer.step_count < run["updates"]:
+        n = min(args.save_every, run["updates"] - trainer.step_count)
+        trainer.train(train_prompts, n, log_path=history_path)
+        trainer.save_checkpoint(out / "checkpoint")
+    history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    fig = plot_history(history)
+    fig.savefig(out / "curves.png", bbox_inches="tight")
+    after = trainer.evaluate(heldout)
+    write_samples(out / "samples_after.md", f"After {trainer.step_count} PPO updates (held-out prompts)", after)
+    before = json.loads((out / "eval_before.json").read_text())
+    result = {"before": before, "after": {k: v for k, v in after.items() if k != "samples"},
+              "score_gain": after["score_mean"] - before["score_mean"], "updates": trainer.step_count,
+              "train_seconds": sum(h["time/step"] for h in history)}
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    print(f"run folder: {out}")
+    return 0
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a language model with PPO against a reward",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="sentiment", help="task and defaults (default: sentiment)")
+    p.add_argument("--model", help="smollm2-135m, tiny-gpt2, or a Hub id such as gpt2 (overrides the preset)")
+    p.add_argument("--reward", help="'vader' or a Hub sequence-classifier id (overrides the preset)")
+    p.add_argument("--updates", type=int, help="number of PPO updates (overrides the preset)")
+    p.add_argument("--config", help="a JSON file of PPOConfig fields")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="set one PPOConfig field (repeatable)")
+    p.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--save-every", type=int, default=10, help="checkpoint every N updates (default 10)")
+    p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts scored before and after (default 64)")
+    p.set_defaults(run=run_training)
