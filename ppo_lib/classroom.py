@@ -690,41 +690,55 @@ def sync_setup(paths: list[Path | str], check: bool = False) -> tuple[list[Path]
         The files that changed (or would change) and notes for the author.
 
     Raises:
-        ClassroomError: a pair whose two files differ (run ``jupytext --sync`` first).
+        ClassroomError: after the other chapters are done, for the chapters left alone: a
+            pair whose two files differ (run ``jupytext --sync`` first), two setup cells.
     """
-    import jupytext
-    from jupytext.config import load_jupytext_config
-
     stems = {}
     for p in _chapter_notebooks([Path(x) for x in paths]):
         stems.setdefault(p.with_suffix(""), None)
-    changed, notes = [], []
+    changed, notes, errors = [], [], []
     for stem in stems:
-        ipynb, py = stem.with_suffix(".ipynb"), stem.with_suffix(".py")
-        config = load_jupytext_config(str(stem.parent.resolve()))
-        copies = {}
-        if ipynb.exists():
-            copies[ipynb] = _read_notebook(ipynb)
-        if py.exists():
-            copies[py] = _read_notebook(py)
-        if len(copies) == 2 and _inputs(copies[ipynb]) != _inputs(copies[py]):
-            a, b = _inputs(copies[ipynb]), _inputs(copies[py])
-            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            raise ClassroomError(f"{py.name} and {ipynb.name} differ (from cell {at} on); run "
-                                 f"`jupytext --sync {py}` (or on the newer file) first, then sync-setup again.")
-        for path, nb in copies.items():
-            notes.extend(n for n in _apply_template(nb, ipynb.name) if n not in notes)
-            notes.extend(p for p in colab_problems(nb, path.name) if p not in notes)
-            if path.suffix == ".ipynb":
-                new = nbformat.writes(nb)
-                new += "" if new.endswith("\n") else "\n"  # as nbformat.write
-            else:
-                new = jupytext.writes(nb, "py:percent", config=config)
-            if new != path.read_text(encoding="utf-8"):
-                changed.append(path)
-                if not check:
-                    path.write_text(new, encoding="utf-8")
+        try:
+            changed.extend(_sync_chapter(stem, check, notes))
+        except ClassroomError as exc:
+            errors.append(str(exc))
+    if errors:
+        done = f" ({'would change' if check else 'updated'}: {', '.join(p.name for p in changed)})" if changed else ""
+        raise ClassroomError("left unchanged:\n  " + "\n  ".join(errors) + done)
     return changed, notes
+
+
+def _sync_chapter(stem: Path, check: bool, notes: list[str]) -> list[Path]:
+    """sync-setup for one chapter ``stem`` (.ipynb and/or .py); returns the changed files."""
+    import jupytext
+    from jupytext.config import load_jupytext_config
+
+    ipynb, py = stem.with_suffix(".ipynb"), stem.with_suffix(".py")
+    config = load_jupytext_config(str(stem.parent.resolve()))
+    copies = {}
+    if ipynb.exists():
+        copies[ipynb] = _read_notebook(ipynb)
+    if py.exists():
+        copies[py] = _read_notebook(py)
+    if len(copies) == 2 and _inputs(copies[ipynb]) != _inputs(copies[py]):
+        a, b = _inputs(copies[ipynb]), _inputs(copies[py])
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        raise ClassroomError(f"{py.name} and {ipynb.name} differ (from cell {at} on); run "
+                             f"`jupytext --sync {py}` (or on the newer file) first, then sync-setup again.")
+    changed = []
+    for path, nb in copies.items():
+        notes.extend(n for n in _apply_template(nb, ipynb.name) if n not in notes)
+        notes.extend(p for p in colab_problems(nb, path.name) if p not in notes)
+        if path.suffix == ".ipynb":
+            new = nbformat.writes(nb)
+            new += "" if new.endswith("\n") else "\n"  # as nbformat.write
+        else:
+            new = jupytext.writes(nb, "py:percent", config=config)
+        if new != path.read_text(encoding="utf-8"):
+            changed.append(path)
+            if not check:
+                path.write_text(new, encoding="utf-8")
+    return changed
 
 
 # --------------------------------------------------------------------------------------
