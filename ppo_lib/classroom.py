@@ -34,6 +34,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ __all__ = [
     "colab_badge", "setup_block",
     "release_notebook", "release",
     "grade", "GradeReport", "ExerciseResult",
-    "sync_setup",
+    "sync_setup", "colab_problems", "ClassroomError",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -230,7 +231,8 @@ def release_notebook(nb, name: str = "notebook") -> nbformat.NotebookNode:
         ClassroomError: unbalanced markers, a duplicate ``grade_id``, a graded cell
             without points: anything that would leak a solution or break grading.
     """
-    _check_exercises(nb, name)
+    for message in _check_exercises(nb, name):
+        warnings.warn(message, stacklevel=2)
     nb = copy.deepcopy(nb)
     for i, cell in enumerate(nb.cells):
         where = _where(name, i, cell)
