@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,7 +232,10 @@ class PPOTrainer:
         self.config = config
         self.tokenizer = tokenizer
         self.reward_fn = reward_fn
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        # Accelerate places the model and, under `accelerate launch`, makes it data-parallel. Mixed
+        # precision is the config's, applied by self.autocast(): Accelerate's own setting is
+        # process-global and could not change between two trainers in one notebook.
+        self.accelerator = accelerator or Accelerator()
         params = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
@@ -248,6 +251,11 @@ class PPOTrainer:
         self.minibatch_stats: list[dict] = []  # per-minibatch stats of the last update
 
     # ------------------------------------------------------------------ the loop
+    def autocast(self):
+        """bf16 autocast on a GPU when ``mixed_precision="bf16"``; weights stay float32."""
+        enabled = self.config.mixed_precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
     @property
     def unwrapped(self) -> ActorCritic:
         return self.accelerator.unwrap_model(self.policy)
@@ -293,7 +301,7 @@ class PPOTrainer:
         c = self.config
         prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, c.max_prompt_length, self.device)
         self.policy.eval()
-        with self.accelerator.autocast():
+        with self.autocast():
             return sample(self.unwrapped, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
                           c.top_k, c.top_p, c.stop_at_eos, generator=self.sample_rng)
 
@@ -302,7 +310,7 @@ class PPOTrainer:
         """Step 1b: log-probs and values of the sampled tokens under the current policy (π_old, V_old)."""
         logprobs, values = [], []
         for mb in self._micro_batches(batch):
-            with self.accelerator.autocast():
+            with self.autocast():
                 lp, v = forward_response(self.policy, mb, self.config.temperature)
             logprobs.append(lp), values.append(v)
         return torch.cat(logprobs), torch.cat(values)
@@ -312,7 +320,7 @@ class PPOTrainer:
         """Step 2: log-probs of the sampled tokens under π_ref (or the adapter-free base model)."""
         out = []
         for mb in self._micro_batches(batch):
-            with self.accelerator.autocast():
+            with self.autocast():
                 if self.ref_policy is not None:
                     lp, _ = forward_response(self.ref_policy, mb, self.config.temperature)
                 else:
@@ -348,7 +356,7 @@ class PPOTrainer:
                 for micro_idx in mb_idx.split(c.micro_batch_size):
                     mask = batch.response_mask[micro_idx]
                     weight = mask.sum() / n_tokens  # this micro-batch's share of the tokens
-                    with timer("train_forward"), self.accelerator.autocast():
+                    with timer("train_forward"), self.autocast():
                         logprobs, values, logits = forward_response(self.policy, batch[micro_idx], c.temperature,
                                                                     return_logits=True)
                         pg_loss, pg_stats = ppo_clip_loss(logprobs, old_logprobs[micro_idx], advantages[micro_idx],
@@ -444,7 +452,7 @@ class PPOTrainer:
         for i in range(0, len(prompts), c.batch_size):
             chunk = list(prompts[i : i + c.batch_size])
             ids, mask = tokenize_prompts(self.tokenizer, chunk, c.max_prompt_length, self.device)
-            with self.accelerator.autocast():
+            with self.autocast():
                 batch = sample(self.unwrapped, self.tokenizer, ids, mask, c.max_new_tokens, c.temperature,
                                c.top_k, c.top_p, c.stop_at_eos, generator=g)
                 logprobs, _ = forward_response(self.unwrapped, batch, c.temperature)
