@@ -157,7 +157,10 @@ def score(
             raise ValueError(f"reward function {name!r} returned {x!r} (a {type(x).__name__}) at index {i}; it must return numbers.")
         if not math.isfinite(float(x)):
             raise ValueError(f"reward function {name!r} returned {x} at index {i}; scores must be finite.")
-    return torch.tensor([float(x) for x in raw], dtype=torch.float32, device=device)
+    scores = torch.tensor([float(x) for x in raw], dtype=torch.float32, device=device)
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"reward function {name!r} returned a score too large for float32 (|x| > 3.4e38).")
+    return scores
 
 
 def review_prompts(split: str = "train") -> list[str]:

@@ -377,10 +377,16 @@ class PPOTrainer:
                     if c.max_grad_norm is not None:
                         sums["policy/grad_norm"] = torch.as_tensor(
                             self.accelerator.clip_grad_norm_(self.policy.parameters(), c.max_grad_norm)).float()
+                    sums["policy/ratio_max"] = ratio_max  # a max, not a token-weighted mean
+                    stats = {k: float(v) for k, v in sums.items()}  # CPU-GPU sync, once per minibatch
+                    if not all(math.isfinite(stats[k]) for k in ("policy/loss", "value/loss", "policy/grad_norm") if k in stats):
+                        self.optimizer.zero_grad(set_to_none=True)  # never step on a NaN: the weights stay finite
+                        raise FloatingPointError(
+                            f"non-finite loss or gradient in update {self.step_count + 1} ({stats}); "
+                            "lower learning_rate, set max_grad_norm, or check the reward's scale.")
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                sums["policy/ratio_max"] = ratio_max  # a max, not a token-weighted mean
-                self.minibatch_stats.append({k: float(v) for k, v in sums.items()})  # CPU-GPU sync, once per minibatch
+                self.minibatch_stats.append(stats)
         keys = self.minibatch_stats[0].keys()
         mean = {k: sum(s[k] for s in self.minibatch_stats) / len(self.minibatch_stats) for k in keys}
         mean["policy/ratio_max"] = max(s["policy/ratio_max"] for s in self.minibatch_stats)
