@@ -151,11 +151,6 @@ def _is_autograded_test(cell) -> bool:
     return cell.cell_type == "code" and _is_grade(cell) and not _is_solution(cell)
 
 
-def _is_manual(cell) -> bool:
-    """An answer graded by hand: graded *and* a solution (nbgrader's "manually graded answer")."""
-    return _is_grade(cell) and _is_solution(cell)
-
-
 def _where(name: str, index: int, cell) -> str:
     gid = _nbgrader(cell).get("grade_id")
     return f"{name}, cell {index}" + (f" ({gid})" if gid else "")
@@ -570,7 +565,7 @@ def grade(notebook: Path | str, instructor: Path | str | None = None, timeout: i
             continue
         gid, max_points = meta["grade_id"], float(meta.get("points", 0))
         result = ExerciseResult(gid, titles.get(gid, ""), 0.0, max_points, "fail")
-        if _is_manual(cell):
+        if not _is_autograded_test(cell):  # a written answer, or a markdown task
             result.status, result.message = "manual", "written answer: grade by hand"
             report.manual_points += max_points
         elif gid in missing:
