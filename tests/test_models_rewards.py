@@ -86,3 +86,14 @@ def test_vader_and_score_checks():
 def test_review_prompts_split_is_disjoint():
     train, held = review_prompts("train"), review_prompts("heldout")
     assert len(held) == 64 and len(train) >= 64 and not set(train) & set(held)
+
+
+def test_hub_classifier_reward_fails_fast_offline(monkeypatch):
+    from ppo_lib.rewards import get_reward
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(HubUnreachableError, match="vader"):
+        get_reward("lvwerra/distilbert-imdb-not-cached-here")
+    assert time.time() - t0 < 10
+    assert get_reward("vader") is vader_sentiment
