@@ -186,13 +186,7 @@ def gae(
     References:
         Schulman et al. (2015), arXiv:1506.02438, Eq. (16).
     """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam}.")
-    with torch.no_grad():  # advantages are constants in the policy loss
-        deltas = td_errors(rewards, values, mask, gamma)
-        advantages = discounted_cumsum(deltas, mask, gamma * lam)
-        returns = torch.where(mask.bool(), advantages + values, torch.zeros_like(values))
-    return advantages, returns
+    return _gae(rewards, values, mask, gamma, lam, discounted_cumsum)
 
 
 def gae_reference(
@@ -208,8 +202,15 @@ def gae_reference(
 
     Same contract as :func:`gae`; kept for tests and for reading.
     """
-    with torch.no_grad():
+    return _gae(rewards, values, mask, gamma, lam, discounted_cumsum_reference)
+
+
+def _gae(rewards, values, mask, gamma, lam, cumsum):
+    """δ (Eq. 3.6), then the (γλ)-discounted sum of δ by ``cumsum``, then R̂ = Â + V."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}.")
+    with torch.no_grad():  # advantages are constants in the policy loss
         deltas = td_errors(rewards, values, mask, gamma)
-        advantages = discounted_cumsum_reference(deltas, mask, gamma * lam)
+        advantages = cumsum(deltas, mask, gamma * lam)
         returns = torch.where(mask.bool(), advantages + values, torch.zeros_like(values))
     return advantages, returns
