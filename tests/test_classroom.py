@@ -254,20 +254,17 @@ def test_grade_reports_what_cannot_run(tmp_path, instructor):
     assert "not a readable Jupyter notebook" in json.loads(run.stdout)["error"]
 
 
-def test_grade_a_real_chapter_instructor_full_marks_student_zero(tmp_path):
+def test_grade_a_real_chapter_gives_full_marks():
     found = [p for pattern in FAST_CHAPTERS for p in sorted(CHAPTERS.glob(pattern))]
     if not found:
         pytest.skip(f"none of chapters/{', '.join(FAST_CHAPTERS)} exists yet")
-    chapter = found[0]  # one chapter keeps the unit tests fast; CI executes every chapter by nbval
+    # One chapter keeps the unit tests fast (CI executes every chapter by nbval); the
+    # released version's zero is shown on the fixture, which grades in a second.
+    chapter = found[0]
     report = grade(chapter)
     assert report.error is None, report.error
     assert report.exercises, f"{chapter.name} has no graded exercises"
     assert report.total == report.max_total > 0, report.format()
-    (student,) = release([chapter], tmp_path)
-    report = grade(student)
-    assert report.error is None, report.error
-    assert report.total == 0, report.format()
-    assert all(e.status in {"fail", "manual"} for e in report.exercises)
 
 
 # --- Colab: badge, setup cell, metadata ----------------------------------------------------
