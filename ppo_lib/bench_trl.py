@@ -1,0 +1,217 @@
+"""The TRL side of ``python -m ppo_lib bench``: TRL 1.12.0's PPO on the benchmark workload.
+
+Run as a file with the python of a separate virtual environment that has ``trl==1.12.0``
+(``python -m ppo_lib bench`` creates it); it never imports ``ppo_lib`` and ``ppo_lib``
+never imports it. TRL removed its PPOTrainer in release 1.13; 1.12.0 is the last one that
+has it, at ``trl.experimental.ppo``.
+
+    .venv-trl/bin/python ppo_lib/bench_trl.py --model-dir MODEL_DIR --prompts prompts.json \\
+        --updates 8 --out trl.json
+
+The workload matches ``ppo_lib.bench.WORKLOAD`` setting by setting. Two pieces are needed
+because TRL's PPO only accepts ``nn.Module``\\ s shaped like sequence classifiers:
+
+* the **value model** is ``AutoModelForSequenceClassification(num_labels=1)`` of the same
+  checkpoint: a second backbone plus a linear ``score`` head (TRL's design, and what its
+  example scripts do);
+* the **reward model** is :class:`VaderRewardModel`: its ``backbone`` decodes the response
+  (the tokens after the prompt, padding dropped) and puts its VADER compound score into a
+  one-dimensional "hidden state" at every position; its ``score`` head is the identity, so
+  TRL's ``get_reward`` reads the VADER score at the last token.
+
+Per-phase times come from wrapping the functions that ``PPOTrainer.train`` calls through
+its module globals (``batch_generation``, ``forward``, ``get_reward``) and the
+``accelerator.backward`` / ``optimizer.step`` / ``optimizer.zero_grad`` of the trainer;
+update boundaries come from a ``TrainerCallback.on_step_end``. Nothing inside TRL's loop
+is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+PAD_TOKEN = "<empty_output>"  # distinct from the EOS <|im_end|>, as on the ppo_lib side
+THREADS = 2
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _VaderBackbone(nn.Module):
+    """Decodes the response part of each row and returns its VADER score as a (B, L, 1) "hidden state"."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.tokenizer = tokenizer
+        self.analyzer = SentimentIntensityAnalyzer()
+        self.context_length: int | None = None  # set before each call (TRL passes it to get_reward)
+
+    def forward(self, input_ids, attention_mask, position_ids=None, return_dict=True, output_hidden_states=True,
+                use_cache=False):
+        P = self.context_length
+        texts = [self.tokenizer.decode(ids[P:][m[P:].bool()], skip_special_tokens=True)
+                 for ids, m in zip(input_ids, attention_mask)]
+        s = torch.tensor([self.analyzer.polarity_scores(t)["compound"] for t in texts], dtype=torch.float32,
+                         device=input_ids.device)
+        hidden = s[:, None, None].expand(input_ids.shape[0], input_ids.shape[1], 1)  # (B, L, 1)
+        return SimpleNamespace(hidden_states=(hidden,))
+
+
+class VaderRewardModel(nn.Module):
+    """A sequence-classifier-shaped reward: ``backbone`` (``base_model_prefix``) + ``score`` head."""
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.backbone = _VaderBackbone(tokenizer)
+        self.score = nn.Identity()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="folder of the SmolLM2-135M safetensors (ppo_lib's cache)")
+    p.add_argument("--prompts", required=True, help="JSON list of prompt strings")
+    p.add_argument("--updates", type=int, default=8)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=42)
+    a = p.parse_args(argv)
+    load_before = os.getloadavg()
+    torch.set_num_threads(THREADS)
+
+    import accelerate
+    import transformers
+    import trl
+    import trl.experimental.ppo.ppo_trainer as ppo_module
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(a.model_dir)
+    tok.pad_token = PAD_TOKEN
+    tok.padding_side = "left"
+    assert tok.pad_token_id != tok.eos_token_id
+    policy = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32)
+    value_model = AutoModelForSequenceClassification.from_pretrained(a.model_dir, num_labels=1, dtype=torch.float32)
+    for m in (policy, value_model):
+        m.config.pad_token_id = tok.pad_token_id
+    policy.generation_config.pad_token_id = tok.pad_token_id
+    reward_model = VaderRewardModel(tok)
+    prompts = json.loads(Path(a.prompts).read_text())
+    dataset = Dataset.from_dict({"input_ids": [tok(x)["input_ids"] for x in prompts]})
+    B = 16
+    out_dir = tempfile.mkdtemp(prefix="trl_ppo_bench-")
+    config = PPOConfig(
+        output_dir=out_dir, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+        use_cpu=True, bf16=False, fp16=False, seed=a.seed, dataloader_num_workers=0,
+        per_device_train_batch_size=B, gradient_accumulation_steps=1, local_rollout_forward_batch_size=B,
+        total_episodes=B * a.updates, num_ppo_epochs=1, num_mini_batches=1,
+        learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        response_length=24, stop_token=None, missing_eos_penalty=None, temperature=0.7,
+        kl_coef=0.05, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
+        whiten_rewards=False, num_sample_generations=0,
+    )
+    trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=None, reward_model=reward_model,
+                         train_dataset=dataset, value_model=value_model, eval_dataset=None)
+    load_s = time.perf_counter() - t0
+
+    # ---- instrumentation: accumulate seconds per phase for the current update
+    current: dict[str, float] = defaultdict(float)
+    checks: dict[str, list] = defaultdict(list)
+
+    def timed(name_of, fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                current[name_of(*args, **kwargs) if callable(name_of) else name_of] += time.perf_counter() - t
+        return wrapper
+
+    orig_batch_generation = ppo_module.batch_generation
+
+    def batch_generation(model, queries, *args, **kwargs):
+        t = time.perf_counter()
+        query_responses, logits = orig_batch_generation(model, queries, *args, **kwargs)
+        current["generate"] += time.perf_counter() - t
+        response = query_responses[:, queries.shape[1]:]
+        checks["response_length"].append(response.shape[1])
+        checks["pad_in_responses"].append(int((response == tok.pad_token_id).sum()))
+        checks["eos_in_responses"].append(int((response == tok.eos_token_id).sum()))
+        return query_responses, logits
+
+    ppo_module.batch_generation = batch_generation
+    ppo_module.forward = timed(lambda *args, **kw: "train_forward" if torch.is_grad_enabled() else "ref_forward",
+                               ppo_module.forward)
+    orig_get_reward = ppo_module.get_reward
+
+    def get_reward(model, query_responses, pad_token_id, context_length):
+        if model is reward_model:
+            reward_model.backbone.context_length = context_length
+        name = "score" if model is reward_model else "old_forward"
+        return timed(name, orig_get_reward)(model, query_responses, pad_token_id, context_length)
+
+    ppo_module.get_reward = get_reward
+    trainer.accelerator.backward = timed("backward", trainer.accelerator.backward)
+    trainer.optimizer.step = timed("optimizer", trainer.optimizer.step)
+    trainer.optimizer.zero_grad = timed("optimizer", trainer.optimizer.zero_grad)
+
+    per_update: list[dict] = []
+    scores: list[float] = []
+    marks = {}
+
+    class Timing(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            current.clear()
+            marks["t"] = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "objective/scores" in logs:
+                scores.append(logs["objective/scores"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            per_update.append({**current, "total": now - marks["t"]})
+            current.clear()
+            marks["t"] = now
+
+    trainer.add_callback(Timing())
+    trainer.train()
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    result = {
+        "per_update": per_update, "peak_rss_mb": peak_rss_mb(), "load_s": load_s, "score_mean": scores,
+        "checks": {k: sorted(set(v)) if k == "response_length" else sum(v) for k, v in checks.items()},
+        "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
+                     "accelerate": accelerate.__version__, "python": sys.version.split()[0]},
+        "optimizer": f"{type(inner).__module__}.{type(inner).__name__}(fused={inner.defaults.get('fused')}) "
+                     f"via optim={config.optim}, no grad clip",
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "reference": "frozen copy (create_reference_model)",
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+    }
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
