@@ -1,10 +1,11 @@
-"""Command line: ``python -m ppo_lib {train,figures} ...`` (see ``--help``)."""
+"""Command line: ``python -m ppo_lib {train,figures,bench} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .bench import add_bench_parser
 from .cli_train import add_train_parser
 
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     fig.set_defaults(run=_figures)
 
     add_train_parser(sub)
+    add_bench_parser(sub)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -237,7 +237,9 @@ class PPOTrainer:
         # process-global and could not change between two trainers in one notebook.
         self.accelerator = accelerator or Accelerator()
         params = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # fused=True: one kernel for all parameters (CPU and CUDA) instead of one per tensor;
+        # the optimizer step was the largest library-side cost in the CPU benchmark.
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
         self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
         self.device = self.accelerator.device
         self.ref_policy = ref_policy.to(self.device).eval() if ref_policy is not None else None
