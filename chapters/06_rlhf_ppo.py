@@ -99,7 +99,7 @@ print(f"policy: {MODEL_NAME}   reward: {getattr(REWARD_FN, '__name__', REWARD_FN
 #
 # A prompt $x$ is drawn from a dataset $\mathcal D$, the policy $\pi_\theta$ samples a response
 # $y = (y_0, \dots, y_{T_b})$, and a reward function scores the whole response: $s(x, y)$. Maximising
-# $s$ alone lets the policy wander anywhere the reward function is wrong (Section 5 shows it).
+# $s$ alone lets the policy wander anywhere the reward function is wrong (Section 6 shows it).
 # RLHF therefore maximises the score minus a KL divergence to a frozen copy of the starting model,
 # the **reference** $\pi_{ref}$ (Ziegler et al. 2019, Eq. 2; Ouyang et al. 2022, Eq. 2):
 #
@@ -492,7 +492,9 @@ for label, run in load_hacking_history()["runs"].items():
 # On a GPU (Colab) the next cell runs the `sentiment-gpt2` preset of `ppo_lib.cli_train.PRESETS`: GPT-2 against the
 # DistilBERT IMDB classifier, 64 prompts per update, 150 updates, an adaptive β towards a KL of 6 nats (chapter 05),
 # bf16 autocast, about the setting of Ziegler et al. (2019) and the TRL example. Offline with a GPU it runs the
-# `sentiment` preset (SmolLM2 + VADER). On a CPU it only says what it would do. The same runs from a terminal,
+# `sentiment` preset (SmolLM2 + VADER). On a CPU it only says what it would do. For scale: on one H200, 60 updates of
+# SmolLM2 + VADER at 64 responses × 32 tokens took 165 s and raised the held-out mean score from 0.27 to 0.76 at a
+# KL of 7.5 nats (`figures/runs/sentiment_gpu_h200/`, command in the README). The same runs from a terminal,
 # with checkpoints, a history file and held-out samples in a run folder:
 #
 # ```bash
