@@ -2,7 +2,7 @@
 
     python -m ppo_lib bench                      # everything: ppo_lib (3 modes), floors, TRL; ~15 min on 2 cores
     python -m ppo_lib bench --updates 2 --skip-trl   # a quick check of the harness
-    python -m ppo_lib bench --report-only        # redraw figures/bench_cpu.{md,png} from figures/bench_cpu.json
+    python -m ppo_lib bench --report-only        # redraw figures/runs/bench_cpu.{md,png} from its .json
 
 One workload on both sides: SmolLM2-135M in float32 on the CPU with 2 torch threads; 64
 movie-review openings, left-padded; B = 16 prompts per update; exactly T = 24 response
@@ -79,7 +79,7 @@ WORKLOAD = dict(model=MODEL, dtype="float32", device="cpu", torch_threads=THREAD
 TARGETS = {"separate": (1.0, None), "shared": (0.65, 0.6), "lora": (0.4, 0.35)}
 MAX_OVERHEAD = 0.10
 
-FIG_DIR = Path("figures")
+FIG_DIR = Path("figures") / "runs"  # benchmark results live with the other run records
 STEM = "bench_cpu"
 
 
@@ -570,7 +570,7 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--skip-trl", action="store_true", help="do not run TRL")
     p.add_argument("--skip-floor", action="store_true", help="do not run the floors")
     p.add_argument("--trl-venv", default=".venv-trl", help="virtual environment for TRL (default .venv-trl/, created once)")
-    p.add_argument("--out-dir", default=str(FIG_DIR), help="where bench_cpu.{json,md,png} go (default figures/)")
+    p.add_argument("--out-dir", default=str(FIG_DIR), help="where bench_cpu.{json,md,png} go (default figures/runs/)")
     p.add_argument("--report-only", action="store_true", help="only redraw the table and figure from the JSON")
     p.set_defaults(run=run_bench)
 
