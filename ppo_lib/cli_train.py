@@ -106,7 +106,7 @@ def run_training(args: argparse.Namespace) -> int:
     else:
         (out / "config.json").write_text(json.dumps({**run, "config": dataclasses.asdict(config)}, indent=1))
         history_path.unlink(missing_ok=True)
-        before = trainer.evaluate(heldout)
+        before = trainer.evaluate(heldout, batch_size=args.eval_batch_size)
         write_samples(out / "samples_before.md", "Before training (held-out prompts)", before)
         (out / "eval_before.json").write_text(json.dumps({k: v for k, v in before.items() if k != "samples"}))
     while trainer.step_count < run["updates"]:
@@ -116,7 +116,7 @@ def run_training(args: argparse.Namespace) -> int:
     history = [json.loads(line) for line in history_path.read_text().splitlines()]
     fig = plot_history(history)
     fig.savefig(out / "curves.png", bbox_inches="tight")
-    after = trainer.evaluate(heldout)
+    after = trainer.evaluate(heldout, batch_size=args.eval_batch_size)
     write_samples(out / "samples_after.md", f"After {trainer.step_count} PPO updates (held-out prompts)", after)
     before = json.loads((out / "eval_before.json").read_text())
     result = {"before": before, "after": {k: v for k, v in after.items() if k != "samples"},
@@ -141,4 +141,5 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--save-every", type=int, default=10, help="checkpoint every N updates (default 10)")
     p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts scored before and after (default 64)")
+    p.add_argument("--eval-batch-size", type=int, default=64, help="held-out prompts sampled at once (default 64)")
     p.set_defaults(run=run_training)

@@ -12,7 +12,10 @@ The padding contract (chapter 06, "The padding contract"):
 
 Log-probs are taken with one function, :func:`forward_response`, both at rollout time
 (``old_logprobs``) and in the PPO update, with the sampling temperature applied, so the
-first PPO ratio is exactly 1.
+first PPO ratio is exactly 1. :func:`sample` can also return the log-probs (and shared-head
+values) it saw while sampling, which saves that forward pass at the price of a first ratio
+that is 1 only up to the rounding difference between cached and full-sequence attention
+(``PPOConfig.reuse_sampling_logprobs``; TRL's design).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "sample",
     "truncate_after_eos",
     "forward_response",
+    "critic_values",
     "token_logprobs",
 ]
 
@@ -44,13 +48,17 @@ class Rollout:
     """One batch of prompts and sampled responses, with the one mask convention.
 
     Shapes: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded; ``response_ids``/
-    ``response_mask`` ``(B, T)`` right-padded.
+    ``response_mask`` ``(B, T)`` right-padded. ``logprobs`` and ``values`` ``(B, T)`` are
+    filled only by ``sample(..., return_logprobs=True)``: the sampling policy's log-probs
+    of the response tokens and, for a shared value head, V(s_t).
     """
 
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -62,7 +70,11 @@ class Rollout:
 
     def __getitem__(self, index) -> "Rollout":
         """Rows ``index`` (a slice or an index tensor) of the batch."""
-        return Rollout(self.prompt_ids[index], self.prompt_mask[index], self.response_ids[index], self.response_mask[index])
+        def rows(x):
+            return None if x is None else x[index]
+
+        return Rollout(self.prompt_ids[index], self.prompt_mask[index], self.response_ids[index],
+                       self.response_mask[index], rows(self.logprobs), rows(self.values))
 
 
 def tokenize_prompts(
@@ -153,6 +165,7 @@ def sample(
     top_p: float = 1.0,
     stop_at_eos: bool = True,
     generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
 ) -> Rollout:
     """Sample responses token by token with a KV cache.
 
@@ -166,6 +179,9 @@ def sample(
             the only setting under which the log-probs are those of the sampling policy.
         stop_at_eos: cut responses after their first EOS; False keeps exactly T tokens.
         generator: a seeded ``torch.Generator`` on the model's device, for reproducibility.
+        return_logprobs: also keep ``log softmax(logits / τ)`` of each sampled token (unfiltered,
+            as :func:`forward_response` computes it) in ``Rollout.logprobs`` and, when ``model``
+            is an ActorCritic with a shared value head, V(s_t) in ``Rollout.values``.
 
     Returns:
         A :class:`Rollout`. T shrinks to the longest response when every row stopped early.
@@ -178,14 +194,20 @@ def sample(
     input_ids = prompt_ids
     cache_kwarg, cache = _kv_cache(lm)  # filled in place by every forward call
     position_ids = position_ids_from_mask(attention_mask)
+    shared_head = return_logprobs and isinstance(model, ActorCritic) and model.critic is None
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-    tokens = []
+    tokens, logprobs, values = [], [], []
     for _ in range(max_new_tokens):
-        out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                 use_cache=True, **{cache_kwarg: cache})
-        logits = _filter_logits(out.logits[:, -1, :].float() / temperature, top_k, top_p)  # (B, V)
-        next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)  # (B, 1)
+        # logits_to_keep=1: the prompt's pass computes logits for its last column only
+        out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1,
+                 use_cache=True, output_hidden_states=shared_head, **{cache_kwarg: cache})
+        scaled = out.logits[:, -1, :].float() / temperature  # (B, V)
+        next_token = torch.multinomial(_filter_logits(scaled, top_k, top_p).softmax(-1), 1, generator=generator)  # (B, 1)
         tokens.append(next_token)
+        if return_logprobs:
+            logprobs.append(scaled.log_softmax(-1).gather(-1, next_token))  # (B, 1)
+        if shared_head:
+            values.append(model.value_head(out.hidden_states[-1][:, -1:]))  # (B, 1): V(s_t)
         if stop_at_eos:
             done |= next_token.squeeze(1) == eos
             if bool(done.all()):  # CPU-GPU sync once per token: stop when every row has ended
@@ -198,7 +220,9 @@ def sample(
         response_ids, response_mask = truncate_after_eos(response_ids, eos, pad)
     else:
         response_mask = torch.ones_like(response_ids, dtype=torch.bool)
-    return Rollout(prompt_ids, prompt_mask.bool(), response_ids, response_mask)
+    return Rollout(prompt_ids, prompt_mask.bool(), response_ids, response_mask,
+                   torch.cat(logprobs, dim=1) if logprobs else None,
+                   torch.cat(values, dim=1).float() if values else None)
 
 
 def forward_response(model: nn.Module, batch: Rollout, temperature: float = 1.0, return_logits: bool = False):
@@ -232,6 +256,19 @@ def forward_response(model: nn.Module, batch: Rollout, temperature: float = 1.0,
     logits = logits[:, :-1]  # (B, T, V)
     logprobs = logprobs_from_logits(logits, batch.response_ids, temperature)
     return (logprobs, values, logits) if return_logits else (logprobs, values)
+
+
+@torch.no_grad()
+def critic_values(model: ActorCritic, batch: Rollout) -> torch.Tensor:
+    """V(s_t) ``(B, T)`` from a separate critic's backbone alone, without the LM's forward pass."""
+    if model.critic is None:
+        raise ValueError("critic_values needs an ActorCritic with a separate critic; a shared value head "
+                         "gets its values from forward_response or sample(..., return_logprobs=True).")
+    T = batch.response_ids.shape[1]
+    attention_mask = batch.attention_mask
+    hidden = model.critic(input_ids=batch.input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    return model.value_head(hidden[:, -(T + 1):-1]).float()  # (B, T)
 
 
 @torch.no_grad()

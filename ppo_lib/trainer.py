@@ -45,7 +45,7 @@ from .losses import entropy_from_logits, ppo_clip_loss, value_loss
 from .masking import masked_mean, masked_sum, masked_var, masked_whiten
 from .models import ActorCritic, load_policy, reference_copy
 from .rewards import RewardFn, score
-from .rollout import Rollout, forward_response, sample, tokenize_prompts
+from .rollout import Rollout, critic_values, forward_response, sample, tokenize_prompts
 
 __all__ = ["PPOConfig", "PPOTrainer", "build_trainer", "CheckpointError"]
 
@@ -74,6 +74,10 @@ class PPOConfig:
     """Cut each response after its first EOS; False always samples exactly T tokens."""
     missing_eos_penalty: float | None = None
     """Subtracted from the score of a response that did not end with EOS (e.g. 1.0); None is off."""
+    reuse_sampling_logprobs: bool = False
+    """Take log π_old (and a shared head's V_old) from the sampling pass instead of a second
+    forward pass: one forward fewer per update (~10% of a CPU update), but the first ratio is
+    then 1 only up to rounding (~1e-6 in float32, ~1e-2 under bf16). False keeps it exact."""
 
     # --- reward shaping and the KL controller (chapters 05, 06, steps 3-4)
     kl_coef: float = 0.05
@@ -305,11 +309,22 @@ class PPOTrainer:
         self.policy.eval()
         with self.autocast():
             return sample(self.unwrapped, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
-                          c.top_k, c.top_p, c.stop_at_eos, generator=self.sample_rng)
+                          c.top_k, c.top_p, c.stop_at_eos, generator=self.sample_rng,
+                          return_logprobs=c.reuse_sampling_logprobs)
 
     @torch.no_grad()
     def forward_old(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 1b: log-probs and values of the sampled tokens under the current policy (π_old, V_old)."""
+        """Step 1b: log-probs and values of the sampled tokens under the current policy (π_old, V_old).
+
+        With ``reuse_sampling_logprobs`` the rollout already holds log π_old (and a shared
+        head's values); only a separate critic still needs its own forward pass.
+        """
+        if batch.logprobs is not None:
+            if batch.values is not None:
+                return batch.logprobs, batch.values
+            with self.autocast():
+                values = [critic_values(self.unwrapped, mb) for mb in self._micro_batches(batch)]
+            return batch.logprobs, torch.cat(values)
         logprobs, values = [], []
         for mb in self._micro_batches(batch):
             with self.autocast():
@@ -444,10 +459,12 @@ class PPOTrainer:
         return history
 
     @torch.no_grad()
-    def evaluate(self, prompts: Sequence[str], seed: int = 0) -> dict:
+    def evaluate(self, prompts: Sequence[str], seed: int = 0, batch_size: int | None = None) -> dict:
         """Sample one response per prompt (seeded), score it, and measure its KL to π_ref.
 
         Used for held-out prompts before and after training. Does not touch the training RNGs.
+        ``batch_size`` prompts are sampled at a time (default: the config's); a larger batch
+        is faster per prompt, and the result depends on it through the sampling RNG stream.
 
         Returns:
             ``{"score_mean", "kl_mean", "length_mean", "samples": [(prompt, response, score, kl)]}``,
@@ -457,8 +474,9 @@ class PPOTrainer:
         g = torch.Generator(device=self.device).manual_seed(seed)
         self.policy.eval()
         samples = []
-        for i in range(0, len(prompts), c.batch_size):
-            chunk = list(prompts[i : i + c.batch_size])
+        batch_size = batch_size or c.batch_size
+        for i in range(0, len(prompts), batch_size):
+            chunk = list(prompts[i : i + batch_size])
             ids, mask = tokenize_prompts(self.tokenizer, chunk, c.max_prompt_length, self.device)
             with self.autocast():
                 batch = sample(self.unwrapped, self.tokenizer, ids, mask, c.max_new_tokens, c.temperature,

@@ -10,7 +10,8 @@ import torch
 
 from ppo_lib.models import load_policy, reference_copy
 from ppo_lib.rewards import target_token_fraction
-from ppo_lib.rollout import forward_response, sample, tokenize_prompts, token_logprobs, truncate_after_eos
+from ppo_lib.rollout import (critic_values, forward_response, sample, tokenize_prompts, token_logprobs,
+                             truncate_after_eos)
 from ppo_lib.trainer import CheckpointError, PPOConfig, PPOTrainer, build_trainer
 
 PROMPTS = ["hello there", "a", "the quick brown fox", "to be or not", "PPO!", "lorem ipsum dolor", "xy", "once upon"]
@@ -63,6 +64,40 @@ def test_prompt_alone_and_inside_a_padded_batch_get_the_same_logprobs():
     batched = token_logprobs(policy, ids, mask.long())
     n = alone.shape[1]
     torch.testing.assert_close(batched[0, -n:], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_sampling_pass_logprobs_and_values_equal_a_forward_pass(separate_critic):
+    """``return_logprobs=True`` keeps what the cached sampling pass saw; it must agree with the
+    full-sequence forward pass up to rounding, and must not change what is sampled."""
+    torch.manual_seed(0)
+    policy, tok = load_policy("tiny-gpt2", separate_critic=separate_critic)
+    torch.nn.init.normal_(policy.value_head.linear.weight, std=0.5)  # zero-initialised heads would hide errors
+    ids, mask = tokenize_prompts(tok, PROMPTS)
+    plain = sample(policy, tok, ids, mask, 10, temperature=0.8, generator=torch.Generator().manual_seed(1))
+    batch = sample(policy, tok, ids, mask, 10, temperature=0.8, generator=torch.Generator().manual_seed(1),
+                   return_logprobs=True)
+    assert torch.equal(batch.response_ids, plain.response_ids) and plain.logprobs is None
+    lp, values = forward_response(policy, batch, temperature=0.8)
+    m = batch.response_mask
+    torch.testing.assert_close(batch.logprobs[m], lp[m], atol=1e-5, rtol=0)
+    if separate_critic:
+        assert batch.values is None  # a separate critic needs its own pass
+        torch.testing.assert_close(critic_values(policy, batch)[m], values[m], atol=1e-5, rtol=0)
+    else:
+        assert values[m].std() > 0.1
+        torch.testing.assert_close(batch.values[m], values[m], atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="separate critic"):
+            critic_values(policy, batch)
+
+
+@pytest.mark.parametrize("separate_critic", [False, True])
+def test_reused_sampling_logprobs_give_a_first_ratio_of_one_up_to_rounding(separate_critic):
+    trainer = tiny_trainer(reuse_sampling_logprobs=True, separate_critic=separate_critic)
+    trainer.step(PROMPTS)
+    first = trainer.minibatch_stats[0]
+    assert first["policy/ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert abs(first["policy/approx_kl_k3"]) < 1e-6 and first["policy/clipfrac"] == 0.0
 
 
 def test_sampling_is_reproducible_with_a_generator():
