@@ -14,10 +14,15 @@ What runs, each in its own process (so each peak RSS is its own):
 
 * ``ppo_lib`` in three modes: ``separate`` (a second backbone for the critic, TRL's
   design), ``shared`` (one backbone with a value head) and ``lora`` (LoRA adapters; the
-  reference is the base model with the adapter disabled, no copy);
+  reference is the base model with the adapter disabled, no copy). Like TRL, they keep
+  π_old's log-probs from the sampling pass (``reuse_sampling_logprobs``) and clip no
+  gradient norm; LoRA also checkpoints activations (``gradient_checkpointing``). Two
+  variants show what those settings cost or save: ``shared_exact`` (the library's default,
+  one more no-grad forward pass for a first ratio of exactly 1) and ``lora_no_ckpt``;
 * the **floor** of each mode: the same model operations on the same shapes (a KV-cache
-  sampling loop, no-grad forwards of policy/critic and reference, one training forward,
-  backward, AdamW step) written inline with no library logic;
+  sampling loop that keeps the log-probs, a no-grad forward of the separate critic, the
+  reference forward, one training forward, backward, fused AdamW step) written inline
+  with no library logic;
 * TRL 1.12.0's ``trl.experimental.ppo.PPOTrainer`` (``ppo_lib/bench_trl.py``), in its own
   virtual environment (``.venv-trl/`` by default, created on first use), since TRL is never
   a dependency of ``ppo_lib``.
@@ -28,8 +33,8 @@ Phases (seconds per update, the first update excluded):
 phase          ppo_lib (``time/*`` stats)             TRL (timed by wrapping its module functions)
 ============== ====================================== =============================================
 generate       ``time/generate``                      ``batch_generation``
-old_forward    ``time/forward_old`` (π_old + V_old)   value model forward (log-probs come from the
-                                                      generation scores)
+old_forward    ``time/forward_old`` (V_old; and       value model forward (log-probs come from the
+               π_old in the exact mode)               generation scores)
 ref_forward    ``time/ref_forward``                   ``forward(ref_model)``
 score          ``time/score``                         ``get_reward(reward_model)``
 train_forward  ``time/train_forward`` (incl. losses)  ``forward(policy+value)``
@@ -66,7 +71,10 @@ PHASE_LABELS = {"generate": "generation", "old_forward": "old log-probs / value 
                 "score": "reward (VADER)", "train_forward": "training forward", "backward": "backward",
                 "optimizer": "optimizer", "other": "other"}
 MODES = ("separate", "shared", "lora")
-MODE_LABELS = {"separate": "ppo_lib, separate critic", "shared": "ppo_lib, shared value head", "lora": "ppo_lib, LoRA"}
+MODE_LABELS = {"separate": "ppo_lib, separate critic", "shared": "ppo_lib, shared value head", "lora": "ppo_lib, LoRA",
+               "shared_exact": "ppo_lib, shared value head, exact π_old", "lora_no_ckpt": "ppo_lib, LoRA, no checkpointing"}
+# mode -> (system name, child flag): the same mode once more with the library's other setting
+VARIANTS = {"shared": ("shared_exact", "--exact"), "lora": ("lora_no_ckpt", "--no-checkpointing")}
 LORA_RANK = 16
 
 WORKLOAD = dict(model=MODEL, dtype="float32", device="cpu", torch_threads=THREADS, n_prompts=64, batch_size=16,
@@ -160,16 +168,23 @@ def peak_rss_mb() -> float:
 
 
 # ----------------------------------------------------------------------------- children
-def bench_config(mode: str):
-    """The benchmark's :class:`~ppo_lib.trainer.PPOConfig` for ``mode`` in :data:`MODES`."""
+def bench_config(mode: str, exact: bool = False, checkpointing: bool | None = None):
+    """The benchmark's :class:`~ppo_lib.trainer.PPOConfig` for ``mode`` in :data:`MODES`.
+
+    Like TRL, the three modes take π_old's log-probs from the sampling pass; ``exact=True``
+    is the library's default instead, one more no-grad forward for a first ratio of exactly 1.
+    ``checkpointing`` (activation checkpointing) defaults to on for LoRA, the memory-lean mode.
+    """
     from .trainer import PPOConfig
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}.")
     return PPOConfig(batch_size=16, max_new_tokens=24, stop_at_eos=False, temperature=0.7, ppo_epochs=1,
                      num_minibatches=1, learning_rate=1e-5, kl_coef=0.05, clip_eps=0.2, vf_clip_eps=0.2, vf_coef=0.1,
-                     gamma=1.0, lam=0.95, seed=42, whiten_advantages=True, separate_critic=mode == "separate",
-                     lora_rank=LORA_RANK if mode == "lora" else 0)
+                     gamma=1.0, lam=0.95, seed=42, whiten_advantages=True, max_grad_norm=None,  # TRL clips nothing
+                     reuse_sampling_logprobs=not exact,  # TRL takes π_old from its generation scores
+                     separate_critic=mode == "separate", lora_rank=LORA_RANK if mode == "lora" else 0,
+                     gradient_checkpointing=(mode == "lora") if checkpointing is None else checkpointing)
 
 
 def bench_prompts() -> list[str]:
@@ -179,7 +194,7 @@ def bench_prompts() -> list[str]:
     return review_prompts("train")[:WORKLOAD["n_prompts"]]
 
 
-def _child_ppo_lib(mode: str, updates: int) -> dict:
+def _child_ppo_lib(mode: str, updates: int, exact: bool = False, checkpointing: bool | None = None) -> dict:
     import torch
 
     from .rewards import vader_sentiment
@@ -188,7 +203,8 @@ def _child_ppo_lib(mode: str, updates: int) -> dict:
     torch.set_num_threads(THREADS)
     torch.manual_seed(WORKLOAD["seed"])
     t0 = time.perf_counter()
-    trainer = build_trainer(MODEL, vader_sentiment, bench_config(mode))
+    config = bench_config(mode, exact, checkpointing)
+    trainer = build_trainer(MODEL, vader_sentiment, config)
     load_s = time.perf_counter() - t0
     history = trainer.train(bench_prompts(), updates, progress=False)
     per_update = [{"generate": h["time/generate"], "old_forward": h["time/forward_old"],
@@ -201,7 +217,9 @@ def _child_ppo_lib(mode: str, updates: int) -> dict:
             "score_mean": [h["env/score_mean"] for h in history], "kl": [h["objective/kl"] for h in history],
             "trainable_params": n_trainable,
             "reference": "base model, adapter disabled" if mode == "lora" else "frozen copy",
-            "optimizer": "torch.optim.AdamW (default, for-each off on CPU), grad-norm clip 1.0"}
+            "optimizer": "torch.optim.AdamW(fused=True), no grad clip",
+            "old_logprobs": "a no-grad forward pass (exact)" if exact else "kept from the sampling pass",
+            "activation_checkpointing": config.gradient_checkpointing}
 
 
 def _child_floor(mode: str, updates: int) -> dict:
@@ -220,6 +238,8 @@ def _child_floor(mode: str, updates: int) -> dict:
     torch.manual_seed(WORKLOAD["seed"])
     t0 = time.perf_counter()
     lm, tok = load_model(MODEL)
+    if mode == "lora":  # the LoRA mode checkpoints activations (bench_config)
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     B, T, tau = WORKLOAD["batch_size"], WORKLOAD["response_length"], WORKLOAD["temperature"]
     H = lm.config.hidden_size
     critic = copy.deepcopy(lm.model) if mode == "separate" else None
@@ -235,7 +255,7 @@ def _child_floor(mode: str, updates: int) -> dict:
     params = [p for p in lm.parameters() if p.requires_grad] + list(head.parameters())
     if critic is not None:
         params += list(critic.parameters())
-    opt = torch.optim.AdamW(params, lr=WORKLOAD["learning_rate"])
+    opt = torch.optim.AdamW(params, lr=WORKLOAD["learning_rate"], fused=True)
     load_s = time.perf_counter() - t0
     base = lm.get_base_model() if mode == "lora" else lm
     cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -248,6 +268,9 @@ def _child_floor(mode: str, updates: int) -> dict:
                                                                       position_ids=pos).last_hidden_state
         return head(hidden[:, -(T + 1):-1]).squeeze(-1)  # (B, T)
 
+    def head_last(hidden):  # the value of the last position, (B, 1)
+        return head(hidden[:, -1:]).squeeze(-1)
+
     per_update = []
     for u in range(updates):
         times = {}
@@ -255,34 +278,38 @@ def _child_floor(mode: str, updates: int) -> dict:
         t_start = time.perf_counter()
         enc = tok(batch, return_tensors="pt", padding=True)
         ids, am = enc["input_ids"], enc["attention_mask"]
-        # generate: a KV-cache sampling loop
+        # generate: a KV-cache sampling loop that keeps log π_old (and a shared head's values)
         t = time.perf_counter()
+        lm.eval()
         with torch.no_grad():
             cache, x, mask = DynamicCache(config=base.config), ids, am
             pos = (am.cumsum(-1) - 1).clamp(min=0)
-            new = []
+            new, old_lp, old_v = [], [], []
             for _ in range(T):
-                logits = lm(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True,
-                            **{cache_kw: cache}).logits[:, -1]
-                x = torch.multinomial(F.softmax(logits / tau, -1), 1, generator=gen)
+                out = lm(input_ids=x, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=True,
+                         output_hidden_states=critic is None, **{cache_kw: cache})
+                logp = F.log_softmax(out.logits[:, -1] / tau, -1)  # (B, V)
+                x = torch.multinomial(logp.exp(), 1, generator=gen)  # (B, 1)
                 new.append(x)
+                old_lp.append(logp.gather(-1, x))
+                if critic is None:
+                    old_v.append(head_last(out.hidden_states[-1]))
                 mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
                 pos = pos[:, -1:] + 1
         times["generate"] = time.perf_counter() - t
-        resp = torch.cat(new, 1)  # (B, T)
+        resp, old_lp = torch.cat(new, 1), torch.cat(old_lp, 1)  # (B, T)
         full, fam = torch.cat([ids, resp], 1), mask  # (B, L)
         fpos = (fam.cumsum(-1) - 1).clamp(min=0)
 
         def logprobs(model):
-            out = model(input_ids=full, attention_mask=fam, position_ids=fpos, logits_to_keep=T + 1,
+            out = model(input_ids=full, attention_mask=fam, position_ids=fpos, logits_to_keep=T + 1, use_cache=False,
                         output_hidden_states=critic is None and model is lm)
             lp = F.log_softmax(out.logits[:, :-1] / tau, -1).gather(-1, resp[..., None]).squeeze(-1)
             return lp, out
 
         t = time.perf_counter()
-        with torch.no_grad():
-            old_lp, out = logprobs(lm)
-            old_v = values_of(full, fam, fpos, out)
+        with torch.no_grad():  # only a separate critic needs a pass of its own
+            old_v = values_of(full, fam, fpos, None) if critic is not None else torch.cat(old_v, 1)
         times["old_forward"] = time.perf_counter() - t
         t = time.perf_counter()
         with torch.no_grad():
@@ -301,6 +328,7 @@ def _child_floor(mode: str, updates: int) -> dict:
         ret = adv + old_v
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         t = time.perf_counter()
+        lm.train()  # (activation checkpointing acts in train mode only; the model has no dropout)
         lp, out = logprobs(lm)
         v = values_of(full, fam, fpos, out)
         ratio = (lp - old_lp).exp()
@@ -318,19 +346,8 @@ def _child_floor(mode: str, updates: int) -> dict:
         times["optimizer"] = time.perf_counter() - t
         times["total"] = time.perf_counter() - t_start
         per_update.append(times)
-    rss = peak_rss_mb()
-    # What a fused CPU AdamW (TRL's default optimizer, via transformers) would cost on the same parameters.
-    del opt  # free the first optimizer's state before the fused one allocates its own
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    fused = torch.optim.AdamW(params, lr=WORKLOAD["learning_rate"], fused=True)
-    fused_times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        fused.step()
-        fused_times.append(time.perf_counter() - t)
-    return {"per_update": per_update, "peak_rss_mb": rss, "load_s": load_s, "optimizer_fused_s": steady_mean(fused_times),
-            "trainable_params": sum(p.numel() for p in params), "optimizer": "torch.optim.AdamW (default), no grad clip"}
+    return {"per_update": per_update, "peak_rss_mb": peak_rss_mb(), "load_s": load_s,
+            "trainable_params": sum(p.numel() for p in params), "optimizer": "torch.optim.AdamW(fused=True), no grad clip"}
 
 
 def _child_main(argv: list[str]) -> int:
@@ -338,10 +355,15 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("kind", choices=("ppo_lib", "floor"))
     p.add_argument("mode", choices=MODES)
     p.add_argument("--updates", type=int, required=True)
+    p.add_argument("--exact", action="store_true", help="ppo_lib: old log-probs from a forward pass (the default config)")
+    p.add_argument("--no-checkpointing", action="store_true", help="ppo_lib lora: keep activations (no checkpointing)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     load_before = os.getloadavg()
-    result = (_child_ppo_lib if a.kind == "ppo_lib" else _child_floor)(a.mode, a.updates)
+    if a.kind == "ppo_lib":
+        result = _child_ppo_lib(a.mode, a.updates, a.exact, False if a.no_checkpointing else None)
+    else:
+        result = _child_floor(a.mode, a.updates)
     result["loadavg_before"], result["loadavg_after"] = load_before, os.getloadavg()
     Path(a.out).write_text(json.dumps(result, indent=1))
     return 0
@@ -406,6 +428,9 @@ def run_all(args: argparse.Namespace, json_path: Path | None = None) -> dict:
     jobs = []
     for mode in args.modes:
         jobs.append((mode, [sys.executable, "-m", "ppo_lib.bench", "ppo_lib", mode, "--updates", str(args.updates)]))
+        if not args.skip_variants and mode in VARIANTS:
+            name, flag = VARIANTS[mode]
+            jobs.append((name, [sys.executable, "-m", "ppo_lib.bench", "ppo_lib", mode, flag, "--updates", str(args.updates)]))
         if not args.skip_floor:
             jobs.append((f"floor_{mode}", [sys.executable, "-m", "ppo_lib.bench", "floor", mode,
                                            "--updates", str(args.floor_updates)]))
@@ -444,7 +469,8 @@ def run_all(args: argparse.Namespace, json_path: Path | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-SYSTEM_ORDER = ("trl", "separate", "floor_separate", "shared", "floor_shared", "lora", "floor_lora")
+SYSTEM_ORDER = ("trl", "separate", "floor_separate", "shared", "shared_exact", "floor_shared", "lora", "lora_no_ckpt",
+                "floor_lora")
 
 
 def system_label(name: str) -> str:
@@ -569,6 +595,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--modes", nargs="+", choices=MODES, help="ppo_lib modes (default: all three)")
     p.add_argument("--skip-trl", action="store_true", help="do not run TRL")
     p.add_argument("--skip-floor", action="store_true", help="do not run the floors")
+    p.add_argument("--skip-variants", action="store_true",
+                   help="do not run shared with exact π_old and LoRA without checkpointing")
     p.add_argument("--trl-venv", default=".venv-trl", help="virtual environment for TRL (default .venv-trl/, created once)")
     p.add_argument("--out-dir", default=str(FIG_DIR), help="where bench_cpu.{json,md,png} go (default figures/runs/)")
     p.add_argument("--report-only", action="store_true", help="only redraw the table and figure from the JSON")

@@ -128,6 +128,9 @@ class PPOConfig:
     """r of LoRA adapters on every linear layer; 0 trains all weights. Needs ``peft``."""
     lora_alpha: float = 32.0
     """LoRA scaling α (the update is scaled by α / r)."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: about a
+    third more training compute for activation memory that no longer grows with depth."""
     mixed_precision: str = "no"
     """"no" or "bf16" (GPU): autocast the forward passes, keep float32 weights."""
     seed: int = 0
@@ -240,6 +243,10 @@ class PPOTrainer:
         # precision is the config's, applied by self.autocast(): Accelerate's own setting is
         # process-global and could not change between two trainers in one notebook.
         self.accelerator = accelerator or Accelerator()
+        if config.gradient_checkpointing:  # active in train() mode only, so sampling is unaffected
+            for backbone in (policy.lm, policy.critic):
+                if backbone is not None:
+                    _enable_checkpointing(backbone)
         params = [p for p in policy.parameters() if p.requires_grad]
         # fused=True: one kernel for all parameters (CPU and CUDA) instead of one per tensor;
         # the optimizer step was the largest library-side cost in the CPU benchmark.
@@ -381,10 +388,11 @@ class PPOTrainer:
                         vf_loss, vf_stats = value_loss(values, old_values[micro_idx], returns[micro_idx], mask,
                                                        c.vf_clip_eps)
                         loss = (pg_loss + c.vf_coef * vf_loss) * weight
-                    with timer("backward"):
-                        self.accelerator.backward(loss)
                     with torch.no_grad():
                         entropy = masked_mean(entropy_from_logits(logits.float() / c.temperature), mask)
+                    del logits  # the (B, T, V) logits are not needed by the backward pass: free them first
+                    with timer("backward"):
+                        self.accelerator.backward(loss)
                     ratio_max = torch.maximum(ratio_max, pg_stats.pop("ratio_max"))
                     for k, v in {"policy/loss": pg_loss, "value/loss": vf_loss, "policy/entropy": entropy,
                                  **{f"policy/{k}": v for k, v in pg_stats.items()},
@@ -583,6 +591,15 @@ class PPOTrainer:
             queue = queue + torch.randperm(len(prompts), generator=self.order_rng).tolist()
         self._queue = queue[self.config.batch_size:]
         return [prompts[i] for i in queue[: self.config.batch_size]]
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Per-layer activation checkpointing (non-reentrant, so frozen LoRA bases need no tricks);
+    transformers ≥ 5.x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_trainer(model_name: str, reward_fn: RewardFn, config: PPOConfig, accelerator=None) -> PPOTrainer:

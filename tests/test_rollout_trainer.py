@@ -294,3 +294,13 @@ def test_a_non_finite_loss_stops_training_before_the_weights_change(monkeypatch)
     with pytest.raises(FloatingPointError, match="non-finite"):
         t.step(PROMPTS)
     assert all(torch.equal(before[k], v) for k, v in t.unwrapped.state_dict().items())
+
+
+def test_gradient_checkpointing_gives_the_same_update():
+    """Recomputing activations in the backward pass changes memory, not arithmetic."""
+    trainers = [tiny_trainer(gradient_checkpointing=ckpt) for ckpt in (False, True)]
+    lm = trainers[1].unwrapped.lm
+    assert getattr(lm, "is_activation_checkpointing", False) or lm.is_gradient_checkpointing
+    stats = [t.step(PROMPTS) for t in trainers]
+    for key in ("policy/loss", "value/loss", "policy/grad_norm", "policy/clipfrac", "env/score_mean"):
+        assert stats[1][key] == pytest.approx(stats[0][key], rel=1e-5, abs=1e-7), key
