@@ -94,9 +94,11 @@ def main(argv=None) -> int:
     p.add_argument("--updates", type=int, default=8)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 mixed precision on the GPU")
     a = p.parse_args(argv)
     load_before = os.getloadavg()
     torch.set_num_threads(THREADS)
+    gpu = a.device == "cuda"
 
     import accelerate
     import transformers
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
     out_dir = tempfile.mkdtemp(prefix="trl_ppo_bench-")
     config = PPOConfig(
         output_dir=out_dir, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-        use_cpu=True, bf16=False, fp16=False, seed=a.seed, dataloader_num_workers=0,
+        use_cpu=not gpu, bf16=gpu, fp16=False, seed=a.seed, dataloader_num_workers=0,
         per_device_train_batch_size=B, gradient_accumulation_steps=1, local_rollout_forward_batch_size=B,
         total_episodes=B * a.updates, num_ppo_epochs=1, num_mini_batches=1,
         learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -139,20 +141,28 @@ def main(argv=None) -> int:
     current: dict[str, float] = defaultdict(float)
     checks: dict[str, list] = defaultdict(list)
 
+    def sync():  # GPU work is asynchronous: wait for it so that each phase gets its own time
+        if gpu:
+            torch.cuda.synchronize()
+
     def timed(name_of, fn):
         def wrapper(*args, **kwargs):
+            sync()
             t = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                sync()
                 current[name_of(*args, **kwargs) if callable(name_of) else name_of] += time.perf_counter() - t
         return wrapper
 
     orig_batch_generation = ppo_module.batch_generation
 
     def batch_generation(model, queries, *args, **kwargs):
+        sync()
         t = time.perf_counter()
         query_responses, logits = orig_batch_generation(model, queries, *args, **kwargs)
+        sync()
         current["generate"] += time.perf_counter() - t
         response = query_responses[:, queries.shape[1]:]
         checks["response_length"].append(response.shape[1])
@@ -190,16 +200,21 @@ def main(argv=None) -> int:
                 scores.append(logs["objective/scores"])
 
         def on_step_end(self, args, state, control, **kwargs):
+            sync()
             now = time.perf_counter()
             per_update.append({**current, "total": now - marks["t"]})
             current.clear()
             marks["t"] = now
 
     trainer.add_callback(Timing())
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
     inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     result = {
         "per_update": per_update, "peak_rss_mb": peak_rss_mb(), "load_s": load_s, "score_mean": scores,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
         "checks": {k: sorted(set(v)) if k == "response_length" else sum(v) for k, v in checks.items()},
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
                      "accelerate": accelerate.__version__, "python": sys.version.split()[0]},

@@ -90,6 +90,23 @@ def test_markdown_table_has_every_system_and_the_targets():
     assert "ImportError: boom" in md
 
 
+def test_a_floor_beaten_by_more_than_noise_is_flagged():
+    results = {"systems": {"shared": FIXTURE["systems"]["shared"], "floor_shared": _system(8.0, 3300.0)}}
+    (row,) = bench.evaluate_targets(results)
+    assert row["value"] == pytest.approx(-0.125) and row["met"] and "noise" in row["note"]
+    assert "yes (the floor ran slower" in bench.render_markdown({**FIXTURE, **results, "targets": [row]})
+
+
+def test_gpu_results_compare_gpu_memory():
+    gpu = {**FIXTURE, "workload": {**FIXTURE["workload"], "device": "cuda", "gpu": "NVIDIA H200", "dtype": "bf16"}}
+    gpu["systems"] = {"trl": {**FIXTURE["systems"]["trl"], "peak_gpu_mb": 4000.0},
+                      "shared": {**FIXTURE["systems"]["shared"], "peak_gpu_mb": 1000.0}}
+    rows = {(r["system"], r["target"]): r for r in bench.evaluate_targets(gpu)}
+    assert rows[("shared", "peak GPU memory / TRL")]["value"] == pytest.approx(0.25)  # not the host RSS ratio
+    md = bench.render_markdown({**gpu, "targets": list(rows.values())})
+    assert "NVIDIA H200" in md and "peak GPU memory (MiB)" in md and "torch threads" not in md
+
+
 def test_report_only_regenerates_table_and_figure(tmp_path):
     (tmp_path / "bench_cpu.json").write_text(json.dumps(FIXTURE))
     parser = argparse.ArgumentParser()
@@ -120,6 +137,11 @@ def test_bench_config_matches_the_workload():
     assert (cfg.gamma, cfg.lam, cfg.seed) == (1.0, 0.95, 42)
     assert bench.bench_config("separate").separate_critic and not cfg.separate_critic
     assert bench.bench_config("lora").lora_rank == bench.LORA_RANK
+    # TRL's choices: π_old from the sampling pass, no gradient clipping; the variants switch one setting back
+    assert cfg.reuse_sampling_logprobs and cfg.max_grad_norm is None
+    assert not bench.bench_config("shared", exact=True).reuse_sampling_logprobs
+    assert bench.bench_config("lora").gradient_checkpointing and not cfg.gradient_checkpointing
+    assert not bench.bench_config("lora", checkpointing=False).gradient_checkpointing
     assert len(bench.bench_prompts()) == 64
     with pytest.raises(ValueError):
         bench.bench_config("nope")
