@@ -51,6 +51,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,9 @@ def summarise_run(per_update: list[dict], tokens_per_update: int) -> dict:
         rows.append(row)
     phases = {p: steady_mean([r[p] for r in rows]) for p in PHASES}
     total = steady_mean([r["total"] for r in rows])
+    steady = [r["total"] for r in rows][1:] or [rows[0]["total"]]
     return {"phases": phases, "total": total, "tokens_per_s": tokens_per_update / total,
+            "median": statistics.median(steady),  # robust to a few disturbed updates
             "n_steady": max(len(rows) - 1, 1), "per_update_total": [r["total"] for r in rows]}
 
 
@@ -532,16 +535,17 @@ def render_markdown(results: dict) -> str:
              f"T = {w['response_length']} tokens, {w['updates']} updates (first excluded). "
              f"Load average (1, 5, 15 min) before {_fmt_load(results.get('loadavg_before'))}, "
              f"after {_fmt_load(results.get('loadavg_after'))}.", "",
-             "Seconds per update (steady state) by phase:", "",
-             "| system | " + " | ".join(PHASE_LABELS[p] for p in PHASES) + f" | **total** | tokens/s | {mem} (MiB) |"
+             "Seconds per update by phase: the mean over the updates after the first (the median of their totals beside it):", "",
+             "| system | " + " | ".join(PHASE_LABELS[p] for p in PHASES) + f" | **total** | median | tokens/s | {mem} (MiB) |"
              + (" time / TRL | memory / TRL |" if trl else ""),
-             "| --- | " + " | ".join("---:" for _ in PHASES) + " | ---: | ---: | ---: |" + (" ---: | ---: |" if trl else "")]
+             "| --- | " + " | ".join("---:" for _ in PHASES) + " | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if trl else "")]
     for n in names:
         s = systems[n]
         row = f"| {system_label(n)} | " + " | ".join(f"{s['phases'][p]:.2f}" for p in PHASES)
         digits = 3 if w["device"] == "cuda" else 2
         row = f"| {system_label(n)} | " + " | ".join(f"{s['phases'][p]:.{digits}f}" for p in PHASES)
-        row += f" | **{s['total']:.{digits}f}** | {s['tokens_per_s']:.1f} | {s[mem_key]:.0f} |"
+        median = f"{s['median']:.{digits}f}" if "median" in s else "–"
+        row += f" | **{s['total']:.{digits}f}** | {median} | {s['tokens_per_s']:.1f} | {s[mem_key]:.0f} |"
         if trl:
             row += f" {s['total'] / trl['total']:.2f} | {s[mem_key] / trl[mem_key]:.2f} |"
         lines.append(row)

@@ -76,8 +76,9 @@ class PPOConfig:
     """Subtracted from the score of a response that did not end with EOS (e.g. 1.0); None is off."""
     reuse_sampling_logprobs: bool = False
     """Take log π_old (and a shared head's V_old) from the sampling pass instead of a second
-    forward pass: one forward fewer per update (~10% of a CPU update), but the first ratio is
-    then 1 only up to rounding (~1e-6 in float32, ~1e-2 under bf16). False keeps it exact."""
+    forward pass, as TRL does: one forward fewer per update (about a tenth of a CPU update),
+    but the first ratio is then 1 only up to the rounding difference between the cached,
+    token-by-token pass and the full-sequence pass. False keeps it exactly 1."""
 
     # --- reward shaping and the KL controller (chapters 05, 06, steps 3-4)
     kl_coef: float = 0.05

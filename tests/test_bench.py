@@ -50,7 +50,7 @@ def test_summarise_run_other_is_the_rest_of_the_update():
     assert s["phases"]["other"] == pytest.approx(1.5)  # (4-3 + 6-4) / 2
     assert sum(s["phases"].values()) == pytest.approx(s["total"])
     assert s["tokens_per_s"] == pytest.approx(384 / 5.0)
-    assert s["n_steady"] == 2
+    assert s["n_steady"] == 2 and s["median"] == 5.0  # median of the steady totals 4 and 6
 
 
 def test_overhead_is_the_fraction_beyond_the_floor():
