@@ -60,7 +60,7 @@ from pathlib import Path
 
 __all__ = [
     "WORKLOAD", "MODES", "PHASES", "TARGETS", "add_bench_parser", "bench_config", "steady_mean", "summarise_run",
-    "overhead", "evaluate_targets", "render_markdown", "render_figure", "peak_rss_mb",
+    "system_summary", "overhead", "evaluate_targets", "render_markdown", "render_figure", "peak_rss_mb",
 ]
 
 MODEL = "smollm2-135m"
@@ -126,6 +126,15 @@ def summarise_run(per_update: list[dict], tokens_per_update: int) -> dict:
     return {"phases": phases, "total": total, "tokens_per_s": tokens_per_update / total,
             "median": statistics.median(steady),  # robust to a few disturbed updates
             "n_steady": max(len(rows) - 1, 1), "per_update_total": [r["total"] for r in rows]}
+
+
+def system_summary(raw: dict, tokens_per_update: int) -> dict:
+    """One system's raw child result → its summary: :func:`summarise_run` plus its peak memory."""
+    summary = summarise_run(raw["per_update"], tokens_per_update)
+    summary["peak_rss_mb"] = raw["peak_rss_mb"]
+    if raw.get("peak_gpu_mb") is not None:
+        summary["peak_gpu_mb"] = raw["peak_gpu_mb"]
+    return summary
 
 
 def overhead(library_seconds: float, floor_seconds: float) -> float:
@@ -490,11 +499,7 @@ def run_all(args: argparse.Namespace, json_path: Path | None = None) -> dict:
             print(f"  {name} FAILED: {str(e)[-1500:]}", flush=True)
             continue
         results["raw"][name] = raw
-        summary = summarise_run(raw["per_update"], tokens)
-        summary["peak_rss_mb"] = raw["peak_rss_mb"]
-        if raw.get("peak_gpu_mb") is not None:
-            summary["peak_gpu_mb"] = raw["peak_gpu_mb"]
-        results["systems"][name] = summary
+        results["systems"][name] = summary = system_summary(raw, tokens)
         mem_key = memory_key(results)
         print(f"  {name}: {summary['total']:.2f} s/update, {summary[mem_key]:.0f} MiB {MEMORY_LABELS[mem_key]}", flush=True)
         if json_path is not None:  # a partial result survives an interrupted run
@@ -624,6 +629,9 @@ def run_bench(args: argparse.Namespace) -> int:
         if not json_path.exists():
             raise SystemExit(f"error: {json_path} does not exist; run `python -m ppo_lib bench` first.")
         results = json.loads(json_path.read_text())
+        w = results["workload"]
+        for name, raw in results.get("raw", {}).items():  # the summaries are recomputed from the raw timings
+            results["systems"][name] = system_summary(raw, w["batch_size"] * w["response_length"])
         results["targets"] = evaluate_targets(results)
     else:
         args.modes = args.modes or list(MODES)

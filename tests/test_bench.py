@@ -145,3 +145,19 @@ def test_bench_config_matches_the_workload():
     assert len(bench.bench_prompts()) == 64
     with pytest.raises(ValueError):
         bench.bench_config("nope")
+
+
+def test_report_only_recomputes_the_summaries_from_the_raw_timings(tmp_path):
+    raw = {"per_update": [{"generate": 9.0, "total": 20.0}, {"generate": 2.0, "total": 4.0},
+                          {"generate": 2.0, "total": 6.0}, {"generate": 2.0, "total": 5.0}],
+           "peak_rss_mb": 3000.0, "peak_gpu_mb": 900.0}
+    stale = {**FIXTURE, "raw": {"shared": raw}, "systems": {"shared": FIXTURE["systems"]["shared"]}}  # says 7.0 s
+    (tmp_path / "bench_gpu.json").write_text(json.dumps({**stale, "workload": {**stale["workload"], "device": "cuda",
+                                                                              "gpu": "NVIDIA H200"}}))
+    parser = argparse.ArgumentParser()
+    bench.add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--report-only", "--device", "cuda", "--out-dir", str(tmp_path)])
+    assert args.run(args) == 0
+    md = (tmp_path / "bench_gpu.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| ppo_lib, shared value head |"))
+    assert "| **5.000** | 5.000 |" in row and "| 900 |" in row  # mean and median of 4, 6, 5; GPU memory
