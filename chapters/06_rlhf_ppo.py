@@ -353,6 +353,16 @@ print("dropout off: max |log ρ| =", f"{(lp1 - lp2).abs().max().item():.3f}")
 assert torch.equal(lp1, lp2)
 
 # %% [markdown]
+# **Why compute $\log\pi_{\theta_{old}}$ a second time?** The sampling loop saw the logits of every token it drew, so it
+# could have kept their log-probs, and TRL does. `forward_old` computes them again because the two passes are two
+# computations of the same function: sampling feeds one token at a time against cached keys and values, the full pass
+# feeds the whole sequence at once, and their matrix products add up in different orders. On SmolLM2 in float32 the
+# two log-probs of the same 384 sampled tokens differ by up to $1.6\cdot10^{-5}$, so the first ratio would be
+# $1 \pm 1.6\cdot10^{-5}$ and the check above could not be `==`. `PPOConfig(reuse_sampling_logprobs=True)` keeps the
+# sampling loop's log-probs (and the shared value head's values) and skips that pass: 10.5 s per update instead of
+# 12.6 s on two CPU cores in the benchmark of the README (`figures/runs/bench_cpu.md`).
+
+# %% [markdown]
 # Now the whole update, steps 1–7 in one call. It samples a fresh batch, runs the epochs and returns the statistics
 # under namespaced keys. `trainer.minibatch_stats` keeps each minibatch's numbers: the first has ratio 1, clip fraction 0
 # and approximate KL 0; later minibatches see a policy that has already moved.

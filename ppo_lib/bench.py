@@ -1,6 +1,7 @@
 """``python -m ppo_lib bench``: ppo_lib against TRL 1.12.0's PPO and against the raw-compute floor (chapter 07).
 
-    python -m ppo_lib bench                      # everything: ppo_lib (3 modes), floors, TRL; ~15 min on 2 cores
+    python -m ppo_lib bench                      # everything: ppo_lib (3 modes + 2 variants), floors, TRL; ~20 min on 2 cores
+    python -m ppo_lib bench --device cuda        # the same workload on a GPU in bf16 (no floors) -> bench_gpu.*
     python -m ppo_lib bench --updates 2 --skip-trl   # a quick check of the harness
     python -m ppo_lib bench --report-only        # redraw figures/runs/bench_cpu.{md,png} from its .json
 
