@@ -265,10 +265,31 @@ class PPOTrainer:
         self.minibatch_stats: list[dict] = []  # per-minibatch stats of the last update
 
     # ------------------------------------------------------------------ the loop
+    @contextmanager
     def autocast(self):
-        """bf16 autocast on a GPU when ``mixed_precision="bf16"``; weights stay float32."""
+        """bf16 autocast on a GPU when ``mixed_precision="bf16"``; weights stay float32. Every
+        forward pass of the trainer runs in it, with :meth:`attention_kernels`."""
         enabled = self.config.mixed_precision == "bf16" and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled), self.attention_kernels():
+            yield
+
+    @contextmanager
+    def attention_kernels(self):
+        """Under bf16 on a GPU, attention without the cuDNN kernel, which builds a plan for every
+        new sequence length; an RLHF batch brings new lengths every update. Measured on an H200
+        (shared head, B = 16, 24 tokens): sampling took 5.5, 1.9 and 1.2 s in the first three
+        updates with it, 1.1, 0.8 and 0.7 s without it, and 0.7 s in steady state either way.
+
+        The backward pass runs in it too: activation checkpointing recomputes the forward pass
+        there, and must pick the same kernel as the first time.
+        """
+        if self.config.mixed_precision == "bf16" and self.device.type == "cuda":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                yield
+        else:
+            yield
 
     @property
     def unwrapped(self) -> ActorCritic:
@@ -392,7 +413,7 @@ class PPOTrainer:
                     with torch.no_grad():
                         entropy = masked_mean(entropy_from_logits(logits.float() / c.temperature), mask)
                     del logits  # the (B, T, V) logits are not needed by the backward pass: free them first
-                    with timer("backward"):
+                    with timer("backward"), self.attention_kernels():
                         self.accelerator.backward(loss)
                     ratio_max = torch.maximum(ratio_max, pg_stats.pop("ratio_max"))
                     for k, v in {"policy/loss": pg_loss, "value/loss": vf_loss, "policy/entropy": entropy,
