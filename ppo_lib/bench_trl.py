@@ -6,7 +6,7 @@ never imports it. TRL removed its PPOTrainer in release 1.13; 1.12.0 is the last
 has it, at ``trl.experimental.ppo``.
 
     .venv-trl/bin/python ppo_lib/bench_trl.py --model-dir MODEL_DIR --prompts prompts.json \\
-        --updates 8 --out trl.json
+        --updates 8 --out trl.json [--device cuda]   # cuda: TRL's bf16=True on the GPU
 
 The workload matches ``ppo_lib.bench.WORKLOAD`` setting by setting. Two pieces are needed
 because TRL's PPO only accepts ``nn.Module``\\ s shaped like sequence classifiers:

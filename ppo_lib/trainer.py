@@ -130,8 +130,8 @@ class PPOConfig:
     lora_alpha: float = 32.0
     """LoRA scaling α (the update is scaled by α / r)."""
     gradient_checkpointing: bool = False
-    """Recompute each layer's activations in the backward pass instead of keeping them: about a
-    third more training compute for activation memory that no longer grows with depth."""
+    """Recompute each layer's activations in the backward pass instead of keeping them: one more
+    forward pass per training step for activation memory that no longer grows with depth."""
     mixed_precision: str = "no"
     """"no" or "bf16" (GPU): autocast the forward passes, keep float32 weights."""
     seed: int = 0
@@ -616,8 +616,9 @@ class PPOTrainer:
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
-    """Per-layer activation checkpointing (non-reentrant, so frozen LoRA bases need no tricks);
-    transformers ≥ 5.x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``."""
+    """Per-layer activation checkpointing (non-reentrant, so frozen LoRA bases need no tricks).
+    Recent transformers 5 releases call it ``activation_checkpointing_enable`` and deprecate
+    ``gradient_checkpointing_enable``; earlier ones have only the old name."""
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
