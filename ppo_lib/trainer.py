@@ -476,7 +476,7 @@ class PPOTrainer:
         history = []
         bar = tqdm(range(n_updates), desc="PPO", disable=not progress or not self.accelerator.is_main_process)
         for _ in bar:
-            stats = self.step(self._next_prompts(prompts))
+            stats = self.step(self.next_prompts(prompts))
             stats["update"] = self.step_count
             history.append(stats)
             bar.set_postfix({"score": f"{stats['env/score_mean']:.3f}", "kl": f"{stats['objective/kl']:.2f}",
@@ -606,8 +606,12 @@ class PPOTrainer:
         last = batch.response_mask.long().sum(1) - 1
         return batch.response_ids.gather(1, last[:, None]).squeeze(1) == self.tokenizer.eos_token_id
 
-    def _next_prompts(self, prompts: list[str]) -> list[str]:
-        """The next ``batch_size`` prompts of a seeded, reshuffled-when-empty queue of indices."""
+    def next_prompts(self, prompts: list[str]) -> list[str]:
+        """The next ``batch_size`` prompts for :meth:`step`, as :meth:`train` draws them.
+
+        They come from a queue of indices into ``prompts``, reshuffled (seeded) whenever it runs
+        out; the queue is saved in checkpoints, so a resumed run draws what an uninterrupted one would.
+        """
         queue = getattr(self, "_queue", [])
         while len(queue) < self.config.batch_size:
             queue = queue + torch.randperm(len(prompts), generator=self.order_rng).tolist()

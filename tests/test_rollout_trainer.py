@@ -135,11 +135,11 @@ def test_resume_gives_the_same_next_update(tmp_path):
     a = tiny_trainer()
     a.train(PROMPTS * 2, n_updates=2, progress=False)
     a.save_checkpoint(tmp_path / "ckpt")
-    expected = a.step(a._next_prompts(PROMPTS * 2))
+    expected = a.step(a.next_prompts(PROMPTS * 2))
 
     b = tiny_trainer(seed=0)
     b.load_checkpoint(tmp_path / "ckpt")
-    got = b.step(b._next_prompts(PROMPTS * 2))
+    got = b.step(b.next_prompts(PROMPTS * 2))
     for k, v in expected.items():
         if not k.startswith(("time/", "throughput/")):
             assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-7, nan_ok=True), k
