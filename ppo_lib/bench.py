@@ -444,7 +444,9 @@ def _run_child(cmd: list[str], out: Path, log: Path) -> dict:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0 or not out.exists():
         tail = log.read_text()[-3000:]
-        raise RuntimeError(f"benchmark child failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+        error = RuntimeError(f"benchmark child failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+        error.returncode = proc.returncode
+        raise error
     result = json.loads(out.read_text())
     result["wall_s"] = time.perf_counter() - t0
     return result
@@ -496,8 +498,10 @@ def run_all(args: argparse.Namespace, json_path: Path | None = None) -> dict:
         try:
             raw = _run_child(cmd + ["--out", str(out)], out, tmp / f"{name}.log")
         except RuntimeError as e:
-            results["errors"][name] = str(e)
             print(f"  {name} FAILED: {str(e)[-1500:]}", flush=True)
+            # the JSON keeps the exception's last line only: a traceback holds this machine's paths
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            results["errors"][name] = f"exit status {getattr(e, 'returncode', '?')}: {lines[-1] if lines else e}"
             continue
         results["raw"][name] = raw
         results["systems"][name] = summary = system_summary(raw, tokens)
