@@ -100,11 +100,16 @@ def memory_key(results: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- arithmetic
+def _steady(values: list[float], skip_first: bool = True) -> list[float]:
+    """Per-update values with the first (warm-up) one left out when there are at least two."""
+    if not values:
+        raise ValueError("a steady state needs at least one value.")
+    return values[1:] if skip_first and len(values) > 1 else values
+
+
 def steady_mean(values: list[float], skip_first: bool = True) -> float:
     """Mean of per-update values, the first (warm-up) one left out when there are at least two."""
-    if not values:
-        raise ValueError("steady_mean needs at least one value.")
-    vals = values[1:] if skip_first and len(values) > 1 else values
+    vals = _steady(values, skip_first)
     return sum(vals) / len(vals)
 
 
@@ -122,10 +127,10 @@ def summarise_run(per_update: list[dict], tokens_per_update: int) -> dict:
         row["total"] = float(u["total"])
         rows.append(row)
     phases = {p: steady_mean([r[p] for r in rows]) for p in PHASES}
-    total = steady_mean([r["total"] for r in rows])
-    steady = [r["total"] for r in rows][1:] or [rows[0]["total"]]
+    totals = [r["total"] for r in rows]
+    total = steady_mean(totals)
     return {"phases": phases, "total": total, "tokens_per_s": tokens_per_update / total,
-            "median": statistics.median(steady),  # robust to a few disturbed updates
+            "median": statistics.median(_steady(totals)),  # robust to a few disturbed updates
             "n_steady": max(len(rows) - 1, 1), "per_update_total": [r["total"] for r in rows]}
 
 

@@ -269,9 +269,13 @@ class PPOTrainer:
     def autocast(self):
         """bf16 autocast on a GPU when ``mixed_precision="bf16"``; weights stay float32. Every
         forward pass of the trainer runs in it, with :meth:`attention_kernels`."""
-        enabled = self.config.mixed_precision == "bf16" and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled), self.attention_kernels():
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16), self.attention_kernels():
             yield
+
+    @property
+    def _bf16(self) -> bool:
+        """bf16 autocast is on: ``mixed_precision="bf16"`` and a GPU."""
+        return self.config.mixed_precision == "bf16" and self.device.type == "cuda"
 
     @contextmanager
     def attention_kernels(self):
@@ -283,7 +287,7 @@ class PPOTrainer:
         The backward pass runs in it too: activation checkpointing recomputes the forward pass
         there, and must pick the same kernel as the first time.
         """
-        if self.config.mixed_precision == "bf16" and self.device.type == "cuda":
+        if self._bf16:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
             with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
