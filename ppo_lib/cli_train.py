@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
 from .trainer import PPOConfig
 
-__all__ = ["PRESETS", "add_train_parser", "run_training", "write_samples"]
+__all__ = ["PRESETS", "add_train_parser", "run_training", "write_samples", "truncate_history"]
 
 # Each preset: the model, the reward, the number of updates and the PPOConfig fields it sets.
 PRESETS: dict[str, dict] = {
@@ -48,16 +49,14 @@ def _parse_value(text: str):
 
 
 def build_config(args: argparse.Namespace) -> tuple[dict, PPOConfig]:
-    """Merge preset < config file < --set into (run settings, PPOConfig)."""
-    preset = PRESETS[args.preset]
+    """Merge preset < config file < --set into (run settings, PPOConfig), all validated."""
+    preset_name = args.preset or "sentiment"
+    preset = PRESETS[preset_name]
     run = {"model": args.model or preset["model"], "reward": args.reward or preset["reward"],
-           "updates": args.updates or preset["updates"], "preset": args.preset}
+           "updates": preset["updates"] if args.updates is None else args.updates, "preset": preset_name}
     fields = dict(preset["config"])
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise SystemExit(f"error: --config {path} does not exist.")
-        fields.update(json.loads(path.read_text()))
+        fields.update(_read_json(Path(args.config), "--config"))
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -68,10 +67,77 @@ def build_config(args: argparse.Namespace) -> tuple[dict, PPOConfig]:
 
         if not torch.cuda.is_available():
             fields["mixed_precision"] = "no"  # bf16 autocast is for GPUs; keep float32 on a CPU
+    return run, _config(fields, "the configuration")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``, or a one-line error that names the file and the problem."""
+    if not path.is_file():
+        raise SystemExit(f"error: {what} {path} does not exist or is not a file.")
     try:
-        return run, PPOConfig.from_dict(fields)
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {what} {path} is not valid JSON: {e}.") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: {what} {path} must hold a JSON object of PPOConfig fields, not a {type(data).__name__}.")
+    return data
+
+
+def _config(fields: dict, where: str) -> PPOConfig:
+    try:
+        return PPOConfig.from_dict(fields)
     except (TypeError, ValueError) as e:
-        raise SystemExit(f"error: invalid configuration: {e}") from None
+        raise SystemExit(f"error: invalid {where}: {e}") from None
+
+
+def resume_config(args: argparse.Namespace, out: Path) -> tuple[dict, PPOConfig]:
+    """The run settings and PPOConfig recorded in ``out/config.json``: a resumed run is the run
+    that was started, so flags that would change it are refused. ``--updates`` may raise the
+    total number of updates."""
+    changed = [flag for flag, value in (("--preset", args.preset), ("--model", args.model), ("--reward", args.reward),
+                                        ("--config", args.config), ("--set", args.set)) if value]
+    if changed:
+        raise SystemExit(f"error: --resume continues the run recorded in {out / 'config.json'}; leave out "
+                         f"{', '.join(changed)} (to change the configuration, start a new run in another --out).")
+    saved = _read_json(out / "config.json", "the run's config file")
+    missing = [k for k in ("model", "reward", "updates", "config") if k not in saved]
+    if missing or not isinstance(saved.get("config"), dict):
+        raise SystemExit(f"error: {out / 'config.json'} lacks {missing or ['config']}; it was not written by this command.")
+    run = {k: saved[k] for k in ("model", "reward", "updates")}
+    run["preset"] = saved.get("preset")
+    if args.updates is not None:
+        run["updates"] = args.updates
+    return run, _config(saved["config"], f"{out / 'config.json'}")
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """``--updates``, ``--save-every``, ``--eval-prompts`` and ``--eval-batch-size`` are ≥ 1."""
+    for flag in ("updates", "save_every", "eval_prompts", "eval_batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be ≥ 1, got {value}.")
+
+
+def truncate_history(path: Path, step: int) -> int:
+    """Keep the lines of ``history.jsonl`` up to update ``step`` (the checkpoint's): a run killed
+    after logging an update but before saving it redoes that update on resume. Returns the
+    number of lines dropped. The file is replaced atomically."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            update = json.loads(line)["update"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by the crash
+        if update <= step:
+            keep.append(line)
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        os.replace(tmp, path)
+    return len(lines) - len(keep)
 
 
 def write_samples(path: Path, title: str, evaluation: dict) -> None:
@@ -85,60 +151,104 @@ def write_samples(path: Path, title: str, evaluation: dict) -> None:
 
 
 def run_training(args: argparse.Namespace) -> int:
+    """The ``train`` command. Every input is validated and the model is loaded before the run
+    folder is touched; under ``accelerate launch`` only the main process writes files."""
+    from .checkpoint import CheckpointError
+    from .models import HubUnreachableError
+
+    check_counts(args)
+    if args.resume:
+        if not args.out:
+            raise SystemExit("error: --resume needs --out, the run folder to continue.")
+        out = Path(args.out)
+        if not out.is_dir():
+            raise SystemExit(f"error: --resume: {out} is not a run folder.")
+        run, config = resume_config(args, out)
+    else:
+        run, config = build_config(args)
+        out = Path(args.out or f"runs/{run['preset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if out.exists() and not out.is_dir():
+            raise SystemExit(f"error: --out {out} is a file; choose a folder.")
+        if out.exists() and any(out.iterdir()):
+            raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out.")
+    try:
+        return _train(args, run, config, out)
+    except (CheckpointError, HubUnreachableError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    from .checkpoint import CheckpointError, recover_checkpoint
     from .plotting.training import plot_history
     from .rewards import get_reward, review_prompts
     from .trainer import build_trainer
 
-    run, config = build_config(args)
-    out = Path(args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and not args.resume and any(out.iterdir()):
-        raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(run["model"], get_reward(run["reward"]), config)
+    acc = trainer.accelerator
+    main = acc.is_main_process
     train_prompts, heldout = review_prompts("train"), review_prompts("heldout")[: args.eval_prompts]
-    history_path = out / "history.jsonl"
-    if args.resume and (out / "checkpoint").exists():
-        trainer.load_checkpoint(out / "checkpoint")
-        print(f"resumed from {out / 'checkpoint'} at update {trainer.step_count}")
+    history_path, ckpt = out / "history.jsonl", out / "checkpoint"
+    if args.resume:
+        if main:
+            for note in recover_checkpoint(ckpt):
+                print(note)
+        acc.wait_for_everyone()
+        if not ckpt.is_dir():
+            raise CheckpointError(f"{out} has no checkpoint to resume from (nothing was changed); "
+                                  "start a new run in another --out.")
+        trainer.load_checkpoint(ckpt)
+        if main:
+            dropped = truncate_history(history_path, trainer.step_count)
+            if dropped:
+                print(f"dropped {dropped} line(s) of history.jsonl after update {trainer.step_count}, "
+                      "the last one the checkpoint holds")
+            print(f"resumed from {ckpt} at update {trainer.step_count}")
     else:
-        (out / "config.json").write_text(json.dumps({**run, "config": dataclasses.asdict(config)}, indent=1))
-        history_path.unlink(missing_ok=True)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps({**run, "config": dataclasses.asdict(config)}, indent=1))
         before = trainer.evaluate(heldout, batch_size=args.eval_batch_size)
-        write_samples(out / "samples_before.md", "Before training (held-out prompts)", before)
-        (out / "eval_before.json").write_text(json.dumps({k: v for k, v in before.items() if k != "samples"}))
+        if main:
+            write_samples(out / "samples_before.md", "Before training (held-out prompts)", before)
+            (out / "eval_before.json").write_text(json.dumps({k: v for k, v in before.items() if k != "samples"}))
     while trainer.step_count < run["updates"]:
         n = min(args.save_every, run["updates"] - trainer.step_count)
         trainer.train(train_prompts, n, log_path=history_path)
-        trainer.save_checkpoint(out / "checkpoint")
-    history = [json.loads(line) for line in history_path.read_text().splitlines()]
-    fig = plot_history(history)
-    fig.savefig(out / "curves.png", bbox_inches="tight")
+        trainer.save_checkpoint(ckpt)
     after = trainer.evaluate(heldout, batch_size=args.eval_batch_size)
-    write_samples(out / "samples_after.md", f"After {trainer.step_count} PPO updates (held-out prompts)", after)
-    before = json.loads((out / "eval_before.json").read_text())
-    result = {"before": before, "after": {k: v for k, v in after.items() if k != "samples"},
-              "score_gain": after["score_mean"] - before["score_mean"], "updates": trainer.step_count,
-              "train_seconds": sum(h["time/step"] for h in history)}
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    print(f"run folder: {out}")
+    if main:
+        history = [json.loads(line) for line in history_path.read_text().splitlines()]
+        fig = plot_history(history)
+        fig.savefig(out / "curves.png", bbox_inches="tight")
+        write_samples(out / "samples_after.md", f"After {trainer.step_count} PPO updates (held-out prompts)", after)
+        before = json.loads((out / "eval_before.json").read_text())
+        result = {"before": before, "after": {k: v for k, v in after.items() if k != "samples"},
+                  "score_gain": after["score_mean"] - before["score_mean"], "updates": trainer.step_count,
+                  "train_seconds": sum(h["time/step"] for h in history)}
+        (out / "eval.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        print(f"run folder: {out}")
+    acc.wait_for_everyone()
     return 0
 
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a language model with PPO against a reward",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="sentiment", help="task and defaults (default: sentiment)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="task and defaults (default: sentiment)")
     p.add_argument("--model", help="smollm2-135m, tiny-gpt2, or a Hub id such as gpt2 (overrides the preset)")
-    p.add_argument("--reward", help="'vader' or a Hub sequence-classifier id (overrides the preset)")
+    p.add_argument("--reward", help="'vader', 'chars:<characters>' (a toy reward: the fraction of the response's "
+                   "characters among them), or a Hub sequence-classifier id (overrides the preset)")
     p.add_argument("--updates", type=int, help="number of PPO updates (overrides the preset)")
     p.add_argument("--config", help="a JSON file of PPOConfig fields")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="set one PPOConfig field (repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with the settings in its config.json "
+                        "(--updates may raise the total)")
     p.add_argument("--save-every", type=int, default=10, help="checkpoint every N updates (default 10)")
     p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts scored before and after (default 64)")
     p.add_argument("--eval-batch-size", type=int, default=64, help="held-out prompts sampled at once (default 64)")

@@ -117,13 +117,21 @@ def target_token_fraction(targets: str) -> RewardFn:
     return reward
 
 
+def _short(x, n: int = 60) -> str:
+    text = repr(x)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def get_reward(name: str | RewardFn) -> RewardFn:
-    """``"vader"`` → :func:`vader_sentiment`; a callable is returned as is; any other string
-    is taken for a Hub classifier id (:func:`hf_sentiment`)."""
+    """``"vader"`` → :func:`vader_sentiment`; ``"chars:abc"`` → :func:`target_token_fraction`
+    of those characters (a learnable toy reward for tests and tiny models); a callable is
+    returned as is; any other string is taken for a Hub classifier id (:func:`hf_sentiment`)."""
     if callable(name):
         return name
     if name == "vader":
         return vader_sentiment
+    if name.startswith("chars:"):
+        return target_token_fraction(name[len("chars:"):])
     return hf_sentiment(name)
 
 
@@ -149,6 +157,10 @@ def score(
         raise ValueError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
     if isinstance(raw, torch.Tensor):
         raw = raw.detach().flatten().tolist()
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        # A dict would be scored by its keys, a generator consumed unseen: ask for a list.
+        raise ValueError(f"reward function {name!r} returned {type(raw).__name__} {_short(raw)}; it must return a "
+                         f"list (or 1-D tensor) of {len(responses)} numbers, one per response.")
     raw = list(raw)
     if len(raw) != len(responses):
         raise ValueError(f"reward function {name!r} returned {len(raw)} scores for {len(responses)} responses.")

@@ -27,10 +27,8 @@ import dataclasses
 import json
 import math
 import os
-import random
-import shutil
-import tempfile
 import time
+import typing
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +37,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import checkpoint
 from .advantages import gae
+from .checkpoint import CheckpointError
 from .kl import KL_KINDS, AdaptiveKLController, FixedKLController, shape_rewards
 from .losses import entropy_from_logits, ppo_clip_loss, value_loss
 from .masking import masked_mean, masked_sum, masked_var, masked_whiten
@@ -47,7 +47,7 @@ from .models import ActorCritic, load_policy, reference_copy
 from .rewards import RewardFn, score
 from .rollout import Rollout, critic_values, forward_response, sample, tokenize_prompts
 
-__all__ = ["PPOConfig", "PPOTrainer", "build_trainer", "CheckpointError"]
+__all__ = ["PPOConfig", "PPOTrainer", "build_trainer", "CheckpointError"]  # CheckpointError: from .checkpoint
 
 
 @dataclass(frozen=True)
@@ -138,35 +138,46 @@ class PPOConfig:
     """Seeds the prompt order, minibatch order and sampling."""
 
     def __post_init__(self):
+        """Check every field's type and range; say what to change. Ints are accepted for float
+        fields (and stored as floats); bools are not numbers here, and strings are not parsed."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            optional = type(None) in typing.get_args(hint)
+            kind = next(t for t in (typing.get_args(hint) or (hint,)) if t is not type(None))
+            if value is None and optional:
+                continue
+            ok = (type(value) is bool if kind is bool else type(value) is int if kind is int
+                  else type(value) in (int, float) if kind is float else isinstance(value, kind))
+            if not ok:
+                raise ValueError(f"PPOConfig: {f.name} must be {_TYPE_NAMES[kind]}{' or None' if optional else ''}, "
+                                 f"got {value!r} (a {type(value).__name__}).")
+            if kind is float:
+                if not math.isfinite(value):
+                    raise ValueError(f"PPOConfig: {f.name} must be a finite number, got {value!r}.")
+                object.__setattr__(self, f.name, float(value))
+        for name, (low, high, low_open, high_open) in _RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value < low or (low_open and value == low) or value > high or (high_open and value == high):
+                where = (f"{'>' if low_open else '≥'} {low}" if high == math.inf
+                         else f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+                raise ValueError(f"PPOConfig: {name} must be {where}, got {value!r}. {_RANGE_HINTS.get(name, '')}".rstrip())
+
         def need(ok: bool, msg: str):
             if not ok:
                 raise ValueError(f"PPOConfig: {msg}")
 
-        for name in ("batch_size", "max_new_tokens", "max_prompt_length", "ppo_epochs", "num_minibatches", "grad_accum_steps"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{name} must be an integer ≥ 1, got {getattr(self, name)!r}.")
         need(self.batch_size % self.num_minibatches == 0,
              f"num_minibatches={self.num_minibatches} must divide batch_size={self.batch_size}.")
         need(self.minibatch_size % self.grad_accum_steps == 0,
              f"grad_accum_steps={self.grad_accum_steps} must divide the minibatch size {self.minibatch_size} "
              f"(= batch_size / num_minibatches).")
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}.")
-        need(self.top_k >= 0, f"top_k must be ≥ 0 (0 is off), got {self.top_k}.")
-        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}.")
-        need(0 <= self.gamma <= 1, f"gamma must be in [0, 1], got {self.gamma}.")
-        need(0 <= self.lam <= 1, f"lam must be in [0, 1], got {self.lam}.")
-        need(self.clip_eps > 0, f"clip_eps must be > 0, got {self.clip_eps}.")
-        need(self.vf_clip_eps is None or self.vf_clip_eps > 0, f"vf_clip_eps must be > 0 or None, got {self.vf_clip_eps}.")
-        need(self.vf_coef >= 0, f"vf_coef must be ≥ 0, got {self.vf_coef}.")
-        need(self.kl_coef >= 0 and math.isfinite(self.kl_coef), f"kl_coef must be a finite number ≥ 0, got {self.kl_coef}.")
         need(self.kl_estimator in KL_KINDS, f"kl_estimator must be one of {KL_KINDS}, got {self.kl_estimator!r}.")
-        need(self.kl_target > 0 and self.kl_horizon > 0, "kl_target and kl_horizon must be > 0.")
-        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0 or None.")
-        need(self.lora_rank >= 0, f"lora_rank must be ≥ 0 (0 is off), got {self.lora_rank}.")
         need(not (self.lora_rank and self.separate_critic),
              "LoRA with a separate critic is not supported: use lora_rank=0 or separate_critic=False.")
         need(self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
-        need(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "missing_eos_penalty must be ≥ 0 or None.")
 
     @property
     def minibatch_size(self) -> int:
@@ -191,8 +202,27 @@ class PPOConfig:
         return cls(**d)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is missing, incomplete or does not match this trainer."""
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+# field: (low, high, low excluded, high excluded). Every numeric field has a range; inf is
+# never allowed (checked above), so "no upper bound" is written as math.inf.
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "batch_size": (1, math.inf, False, True), "max_new_tokens": (1, math.inf, False, True),
+    "max_prompt_length": (1, math.inf, False, True), "ppo_epochs": (1, math.inf, False, True),
+    "num_minibatches": (1, math.inf, False, True), "grad_accum_steps": (1, math.inf, False, True),
+    "temperature": (0, math.inf, True, True), "top_k": (0, math.inf, False, True), "top_p": (0, 1, True, False),
+    "missing_eos_penalty": (0, math.inf, False, True),
+    "kl_coef": (0, math.inf, False, True), "kl_target": (0, math.inf, True, True), "kl_horizon": (0, math.inf, True, True),
+    "gamma": (0, 1, False, False), "lam": (0, 1, False, False),
+    "clip_eps": (0, math.inf, True, True), "vf_clip_eps": (0, math.inf, True, True), "vf_coef": (0, math.inf, False, True),
+    "learning_rate": (0, math.inf, True, True), "weight_decay": (0, math.inf, False, True),
+    "max_grad_norm": (0, math.inf, True, True), "lora_rank": (0, math.inf, False, True),
+    "lora_alpha": (0, math.inf, True, True), "seed": (0, 2**63 - 1, False, False),
+}
+_RANGE_HINTS = {"top_k": "0 turns it off.", "lora_rank": "0 trains all weights.", "top_p": "1.0 turns it off.",
+                "vf_clip_eps": "None turns value clipping off.", "max_grad_norm": "None turns clipping off.",
+                "missing_eos_penalty": "None turns it off."}
+
 
 
 @dataclass
@@ -244,6 +274,15 @@ class PPOTrainer:
         # precision is the config's, applied by self.autocast(): Accelerate's own setting is
         # process-global and could not change between two trainers in one notebook.
         self.accelerator = accelerator or Accelerator()
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if launched > 1 and self.accelerator.num_processes == 1:
+            # Each process would believe it is the only one: N copies of one run, one folder.
+            raise RuntimeError(
+                f"WORLD_SIZE={launched} but Accelerate runs this process undistributed, so every process would "
+                "train alone and write the same files. On CPUs launch with `accelerate launch --multi_cpu "
+                "--num_processes N ...` (or torchrun with ACCELERATE_USE_CPU=true); on GPUs with "
+                "`accelerate launch --multi_gpu --num_processes N ...`.")
+        _check_fits_model(policy.lm, config)
         if config.gradient_checkpointing:  # active in train() mode only, so sampling is unaffected
             for backbone in (policy.lm, policy.critic):
                 if backbone is not None:
@@ -258,11 +297,14 @@ class PPOTrainer:
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.step_count = 0
-        # Two seeded generators, saved in checkpoints: prompts/minibatch order, and sampling.
-        seed = config.seed + self.accelerator.process_index
-        self.order_rng = torch.Generator().manual_seed(seed)
-        self.sample_rng = torch.Generator(device=self.device).manual_seed(seed)
+        # Two seeded generators, saved in checkpoints. The order of prompts and minibatches is the
+        # same on every process (they shard one permutation); sampling differs per process.
+        self.order_rng = torch.Generator().manual_seed(config.seed)
+        self.sample_rng = torch.Generator(device=self.device).manual_seed(config.seed + self.accelerator.process_index)
+        self._queue: list[int] = []  # indices of the prompts still to draw (see next_prompts)
+        self._prompt_count: int | None = None  # length of the prompt list the queue indexes
         self.minibatch_stats: list[dict] = []  # per-minibatch stats of the last update
+        self.last_samples: list[tuple[str, str, float]] = []  # (prompt, response, score) of the last update
 
     # ------------------------------------------------------------------ the loop
     @contextmanager
@@ -325,9 +367,9 @@ class PPOTrainer:
             advantages = masked_whiten(advantages, mask)
         train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)  # 6. PPO
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(kl_stats["kl"].item(), c.batch_size)                   # 7. β, stats
+        stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)  # 7. stats, β
+        self.kl_ctl.update(stats["objective/kl"], c.batch_size * self.accelerator.num_processes)
         self.step_count += 1
-        stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)
         seconds = time.perf_counter() - t_start
         stats.update({f"time/{k}": v for k, v in timer.seconds.items()})
         stats["time/step"] = seconds
@@ -449,9 +491,10 @@ class PPOTrainer:
         var_returns = masked_var(returns, mask)
         explained_var = 1.0 - masked_var(returns - old_values, mask) / var_returns
         lengths = mask.sum(1).float()
-        return {
-            "env/score_mean": scores.mean().item(),
-            "env/score_std": scores.std().item() if len(scores) > 1 else 0.0,
+        all_scores = self.accelerator.gather(scores)  # (B × processes,), the same on every process
+        stats = {
+            "env/score_mean": all_scores.mean().item(),
+            "env/score_std": all_scores.std().item() if len(all_scores) > 1 else 0.0,
             "objective/kl": kl_stats["kl"].item(),
             "objective/kl_coef": kl_coef,
             "objective/non_score_reward": kl_stats["non_score_reward"].item(),
@@ -460,6 +503,21 @@ class PPOTrainer:
             "response/eos_fraction": self._ends_with_eos(batch).float().mean().item(),
             **train_stats,
         }
+        return self._mean_across_processes(stats)
+
+    def _mean_across_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        """Under data parallelism, every process's statistics → their mean over processes (the
+        maximum for ``*_max``), identical on every process; the KL controller then moves β the
+        same way everywhere. Scores are gathered whole (above), so their std is the global one."""
+        if self.accelerator.num_processes == 1:
+            return stats
+        keys = sorted(k for k in stats if not k.startswith("env/score"))
+        local = torch.tensor([[stats[k] for k in keys]], dtype=torch.float64, device=self.device)
+        gathered = self.accelerator.gather(local)  # (processes, len(keys))
+        for j, k in enumerate(keys):
+            column = gathered[:, j]
+            stats[k] = (column.max() if k.endswith("_max") else column.mean()).item()
+        return stats
 
     def train(self, prompts: Sequence[str], n_updates: int, log_path: str | Path | None = None,
               callback: Callable[[int, dict], None] | None = None, progress: bool = True) -> list[dict]:
@@ -472,10 +530,14 @@ class PPOTrainer:
         from tqdm.auto import tqdm
 
         prompts = list(prompts)
+        if type(n_updates) is not int or n_updates < 1:
+            raise ValueError(f"train() needs n_updates ≥ 1 (an integer), got {n_updates!r}.")
         if not prompts:
             raise ValueError("train() needs a non-empty list of prompts.")
-        if len(prompts) < self.config.batch_size:
-            raise ValueError(f"train() needs at least batch_size={self.config.batch_size} prompts, got {len(prompts)}.")
+        need = self.config.batch_size * self.accelerator.num_processes
+        if len(prompts) < need:
+            raise ValueError(f"train() needs at least batch_size={self.config.batch_size} prompts per process "
+                             f"({need} in all), got {len(prompts)}.")
         tokenize_prompts(self.tokenizer, prompts, self.config.max_prompt_length)  # fail now, not at update 37
         history = []
         bar = tqdm(range(n_updates), desc="PPO", disable=not progress or not self.accelerator.is_main_process)
@@ -505,6 +567,8 @@ class PPOTrainer:
             KL in nats per sequence (sum of per-token k1 over the response).
         """
         c = self.config
+        if isinstance(prompts, str) or not len(prompts):
+            raise ValueError("evaluate() needs a non-empty list of prompts.")
         g = torch.Generator(device=self.device).manual_seed(seed)
         self.policy.eval()
         samples = []
@@ -524,80 +588,20 @@ class PPOTrainer:
                 "length_mean": sum(len(self.tokenizer(s[1])["input_ids"]) for s in samples) / n, "samples": samples}
 
     # ------------------------------------------------------------------ checkpoints
-    CHECKPOINT_FILES = ("policy.safetensors", "optimizer.pt", "trainer_state.json", "rng.pt")
-
     def save_checkpoint(self, folder: str | Path) -> Path:
-        """Save policy (with value head), optimizer, KL controller, RNG state and step count.
-
-        Written into a temporary folder beside ``folder`` and renamed into place at the end,
-        so a crash leaves either the old checkpoint or the new one, never half of one.
-        """
-        from safetensors.torch import save_model
-
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-        try:
-            save_model(self.unwrapped, str(tmp / "policy.safetensors"))  # handles tied weights
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save({"order": self.order_rng.get_state(), "sample": self.sample_rng.get_state(),
-                        "torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-            state = {"step_count": self.step_count, "kl_ctl": self.kl_ctl.state_dict(), "config": self.config.to_dict(),
-                     "prompt_queue": getattr(self, "_queue", [])}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-            if folder.exists():
-                old = folder.with_name(folder.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        """Save weights, optimizer, KL controller, RNG states, prompt queue and step count into
+        ``folder``, atomically (see :mod:`ppo_lib.checkpoint`). Every process must call it."""
+        return checkpoint.save_checkpoint(self, folder)
 
     def load_checkpoint(self, folder: str | Path) -> None:
         """Restore what :meth:`save_checkpoint` wrote. The trainer must have the same config.
 
         Raises:
-            CheckpointError: the folder is missing, incomplete, corrupt or from another config.
-                Nothing in the trainer is changed in that case.
+            CheckpointError: naming the file, if the folder is missing, incomplete, corrupt or
+                from another model, config or number of processes. Nothing in the trainer is
+                changed in that case.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise CheckpointError(f"no checkpoint folder at {folder}.")
-        missing = [f for f in self.CHECKPOINT_FILES if not (folder / f).is_file()]
-        if missing:
-            raise CheckpointError(f"checkpoint {folder} is incomplete: missing {missing}.")
-        try:  # read everything first; change nothing until all of it has loaded
-            state = json.loads((folder / "trainer_state.json").read_text())
-            weights = load_file(str(folder / "policy.safetensors"), device=str(self.device))
-            optim_state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
-            rng = torch.load(folder / "rng.pt", weights_only=False)
-        except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"checkpoint {folder} is corrupt: {type(e).__name__}: {e}") from e
-        if state.get("config") != self.config.to_dict():
-            diff = {k: (v, self.config.to_dict().get(k)) for k, v in state.get("config", {}).items()
-                    if self.config.to_dict().get(k) != v}
-            raise CheckpointError(f"checkpoint {folder} was written with another config: {diff} (saved, current).")
-        model = self.unwrapped
-        expected = set(model.state_dict())
-        if not set(weights) <= expected or len(set(weights)) == 0:
-            raise CheckpointError(f"checkpoint {folder} holds weights of another model.")
-        model.load_state_dict(weights, strict=False)  # tied duplicates are stored once
-        self.optimizer.load_state_dict(optim_state)
-        self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.step_count = state["step_count"]
-        self._queue = state["prompt_queue"]
-        self.order_rng.set_state(rng["order"])
-        self.sample_rng.set_state(rng["sample"])
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        checkpoint.load_checkpoint(self, folder)
 
     # ------------------------------------------------------------------ helpers
     def _micro_batches(self, batch: Rollout):
@@ -610,17 +614,40 @@ class PPOTrainer:
         last = batch.response_mask.long().sum(1) - 1
         return batch.response_ids.gather(1, last[:, None]).squeeze(1) == self.tokenizer.eos_token_id
 
-    def next_prompts(self, prompts: list[str]) -> list[str]:
+    def next_prompts(self, prompts: Sequence[str]) -> list[str]:
         """The next ``batch_size`` prompts for :meth:`step`, as :meth:`train` draws them.
 
         They come from a queue of indices into ``prompts``, reshuffled (seeded) whenever it runs
-        out; the queue is saved in checkpoints, so a resumed run draws what an uninterrupted one would.
+        out; the queue is saved in checkpoints, so a resumed run draws what an uninterrupted one
+        would. Under data parallelism every process holds the same queue (one shared
+        permutation) and takes its own slice of the next ``batch_size × processes`` indices, so
+        the processes' prompts are disjoint.
         """
-        queue = getattr(self, "_queue", [])
-        while len(queue) < self.config.batch_size:
-            queue = queue + torch.randperm(len(prompts), generator=self.order_rng).tolist()
-        self._queue = queue[self.config.batch_size:]
-        return [prompts[i] for i in queue[: self.config.batch_size]]
+        c, acc = self.config, self.accelerator
+        if self._prompt_count is not None and self._prompt_count != len(prompts):
+            raise ValueError(f"the prompt queue was built for {self._prompt_count} prompts, but got {len(prompts)}; "
+                             "pass the same prompt list for the whole run (and after a resume).")
+        self._prompt_count = len(prompts)
+        need = c.batch_size * acc.num_processes
+        while len(self._queue) < need:
+            self._queue += torch.randperm(len(prompts), generator=self.order_rng).tolist()
+        take, self._queue = self._queue[:need], self._queue[need:]
+        mine = take[acc.process_index * c.batch_size : (acc.process_index + 1) * c.batch_size]
+        return [prompts[i] for i in mine]
+
+
+def _check_fits_model(lm: nn.Module, config: PPOConfig) -> None:
+    """Prompt plus response must fit the model's context, and top-k its vocabulary: fail when
+    the trainer is built, not with an ``IndexError`` in the middle of sampling."""
+    cfg = lm.config
+    context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if context and config.max_prompt_length + config.max_new_tokens > context:
+        raise ValueError(f"max_prompt_length + max_new_tokens = {config.max_prompt_length} + {config.max_new_tokens} "
+                         f"exceeds the model's context of {context} tokens; lower one of them.")
+    vocab = getattr(cfg, "vocab_size", None)
+    if vocab and config.top_k > vocab:
+        raise ValueError(f"top_k={config.top_k} exceeds the model's vocabulary of {vocab} tokens; "
+                         "use a smaller top_k, or 0 to turn it off.")
 
 
 def _enable_checkpointing(model: nn.Module) -> None:

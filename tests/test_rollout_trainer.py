@@ -156,7 +156,7 @@ def test_bad_checkpoints_are_clear_errors_and_change_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="corrupt"):
         t.load_checkpoint(tmp_path / "ok")
     t.save_checkpoint(tmp_path / "ok2")
-    (tmp_path / "ok2" / "rng.pt").unlink()
+    (tmp_path / "ok2" / "rng.safetensors").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
         t.load_checkpoint(tmp_path / "ok2")
     t.save_checkpoint(tmp_path / "ok3")
