@@ -1,9 +1,10 @@
 """Every figure a chapter shows is in ``figures/`` and is what ``python -m ppo_lib figures`` makes.
 
-A chapter shows a figure with ``render("NN_name")`` (see ``ppo_lib/plotting/__init__.py``);
-``python -m ppo_lib figures`` renders every registered figure into ``figures/``. These tests
-read the chapters' ``render("...")`` calls and check the registry, the committed PNGs and
-that rendering is deterministic (identical PNG bytes). Rendering every figure takes long
+A chapter shows a figure with ``render("NN_name")`` (see ``ppo_lib/plotting/__init__.py``) and
+writes no file; ``python -m ppo_lib figures`` renders every registered figure into ``figures/``.
+These tests read the chapters' ``render("...")`` calls and check the registry, the committed
+PNGs, that rendering is deterministic (identical PNG bytes) and that showing a figure the way a
+chapter does leaves ``figures/`` alone (a test run must not rewrite a tracked file). Rendering every figure takes long
 (some load a model), so by default one cheap figure is re-rendered and compared with its
 committed file; set ``PPO_LIB_ALL_FIGURES=1`` to compare all of them.
 """
@@ -92,6 +93,17 @@ def test_figures_command_is_deterministic_and_reproduces_the_committed_file(rend
     assert committed.exists(), f"figures/{name}.png is missing: run `python -m ppo_lib figures`"
     assert same_image(render_to / f"{name}.png", committed), (
         f"figures/{name}.png is out of date: run `python -m ppo_lib figures {name}` and commit it")
+
+
+def test_a_chapter_showing_a_figure_writes_no_file(render_to):
+    import matplotlib.pyplot as plt
+
+    name = next((n for n in CHEAP if n in registry()), None) or pytest.skip("no figure registered yet")
+    fig = plotting.render(name)  # what a chapter cell does
+    plt.close(fig)
+    assert list(render_to.iterdir()) == [], "render() without save=True must not write figures/"
+    with pytest.raises(ValueError, match="default settings"):
+        plotting.render(name, save=True, not_a_default=1)
 
 
 @pytest.mark.slow

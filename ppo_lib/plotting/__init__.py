@@ -10,9 +10,11 @@ of its file in ``figures/``:
         ...
         return fig
 
-A chapter shows a figure with ``render("04_gae_bias_variance")``, which saves
-``figures/04_gae_bias_variance.png`` and returns the figure (pass keyword arguments to
-explore other settings; only the defaults are saved). ``render_all()`` rebuilds every one.
+A chapter shows a figure with ``render("04_gae_bias_variance")``, which returns the figure
+and writes no file (pass keyword arguments to explore other settings). Only
+``python -m ppo_lib figures`` (``render_all()``) writes ``figures/NAME.png``: running or testing
+a chapter never changes a committed file, and some figures come from a forward pass of a
+real model, whose last digits (and so the PNG's bytes) depend on the CPU.
 """
 
 from __future__ import annotations
@@ -65,13 +67,13 @@ def style() -> None:
     })
 
 
-def render(name: str, save: bool | None = None, **kwargs):
-    """Make figure ``name``; save it to ``figures/`` when called with default arguments.
+def render(name: str, save: bool = False, **kwargs):
+    """Make figure ``name``; write it to ``figures/NAME.png`` only when ``save`` is True.
 
     Args:
         name: a registered figure name, e.g. ``"04_gae_bias_variance"``.
-        save: force (True) or prevent (False) saving; by default save only when no
-            keyword arguments change the figure, so exploring never overwrites the book's.
+        save: write the PNG to :func:`figures_dir` (what ``python -m ppo_lib figures`` does).
+            The chapters leave it False, so running or testing them writes no tracked file.
         **kwargs: passed to the figure function.
 
     Returns:
@@ -80,9 +82,12 @@ def render(name: str, save: bool | None = None, **kwargs):
     _load_all()
     if name not in REGISTRY:
         raise KeyError(f"no figure named {name!r}; known: {sorted(REGISTRY)}")
+    if save and kwargs:
+        raise ValueError(f"figures/{name}.png shows the default settings; render({name!r}, save=True) "
+                         f"takes no keyword arguments (got {sorted(kwargs)}).")
     style()
     fig = REGISTRY[name](**kwargs)
-    if save or (save is None and not kwargs):
+    if save:
         out = figures_dir()
         out.mkdir(parents=True, exist_ok=True)
         # Fixed metadata so the PNG bytes depend only on the pixels.
