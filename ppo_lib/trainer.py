@@ -29,6 +29,7 @@ import math
 import os
 import time
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -274,14 +275,7 @@ class PPOTrainer:
         # precision is the config's, applied by self.autocast(): Accelerate's own setting is
         # process-global and could not change between two trainers in one notebook.
         self.accelerator = accelerator or Accelerator()
-        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if launched > 1 and self.accelerator.num_processes == 1:
-            # Each process would believe it is the only one: N copies of one run, one folder.
-            raise RuntimeError(
-                f"WORLD_SIZE={launched} but Accelerate runs this process undistributed, so every process would "
-                "train alone and write the same files. On CPUs launch with `accelerate launch --multi_cpu "
-                "--num_processes N ...` (or torchrun with ACCELERATE_USE_CPU=true); on GPUs with "
-                "`accelerate launch --multi_gpu --num_processes N ...`.")
+        _check_launch(self.accelerator.num_processes)
         _check_fits_model(policy.lm, config)
         if config.gradient_checkpointing:  # active in train() mode only, so sampling is unaffected
             for backbone in (policy.lm, policy.critic):
@@ -634,6 +628,36 @@ class PPOTrainer:
         take, self._queue = self._queue[:need], self._queue[need:]
         mine = take[acc.process_index * c.batch_size : (acc.process_index + 1) * c.batch_size]
         return [prompts[i] for i in mine]
+
+
+LAUNCH_HELP = ("Data-parallel runs: on GPUs `accelerate launch --multi_gpu --num_processes N -m ppo_lib train ...`; "
+               "on CPUs `ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m ppo_lib train ...`.")
+
+
+def _check_launch(num_processes: int) -> None:
+    """Refuse N processes that each believe they are alone, and warn when N were asked for but one runs.
+
+    ``torchrun`` (or ``accelerate launch --multi_gpu``) on a machine without GPUs starts N
+    processes with ``WORLD_SIZE=N``, but Accelerate, not told to use the CPU, runs each one
+    undistributed: N copies of one run writing one folder. ``accelerate launch --cpu
+    --num_processes N`` starts a single plain process without telling it (multi-CPU needs MPI
+    there); the parent's command line is the only trace of the N (read on Linux).
+    """
+    if num_processes > 1:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise RuntimeError(f"WORLD_SIZE={world} but Accelerate runs this process undistributed, so every process "
+                           f"would train alone and write the same files. {LAUNCH_HELP}")
+    try:
+        words = [w.decode(errors="replace") for w in Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return
+    if any("accelerate" in w for w in words[:3]) and "--num_processes" in words[:-1]:
+        asked = words[words.index("--num_processes") + 1]
+        if asked.isdigit() and int(asked) > 1:
+            warnings.warn(f"`accelerate launch --num_processes {asked}` started one undistributed process, so this "
+                          f"run uses one process. {LAUNCH_HELP}", stacklevel=3)
 
 
 def _check_fits_model(lm: nn.Module, config: PPOConfig) -> None:
