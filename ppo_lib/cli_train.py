@@ -186,7 +186,10 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
     from .rewards import get_reward, review_prompts
     from .trainer import build_trainer
 
-    trainer = build_trainer(run["model"], get_reward(run["reward"]), config)
+    try:  # the model's context and vocabulary are checked against the config here
+        trainer = build_trainer(run["model"], get_reward(run["reward"]), config)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     acc = trainer.accelerator
     main = acc.is_main_process
     train_prompts, heldout = review_prompts("train"), review_prompts("heldout")[: args.eval_prompts]

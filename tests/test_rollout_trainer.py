@@ -193,6 +193,70 @@ def test_bad_inputs_are_clear_errors():
     assert all(torch.equal(before[k], v) for k, v in bad.unwrapped.state_dict().items())  # nothing was updated
 
 
+@pytest.mark.parametrize("returned, message", [
+    (None, "returned NoneType None"), (0.5, "returned float 0.5"), ({"a": 1.0}, "returned dict"),
+    ("good", "returned str"), ([1.0] * 3, "returned 3 scores for 8"), ([True] * 8, "a bool"),
+])
+def test_a_reward_that_returns_no_list_of_numbers_is_named(returned, message):
+    from ppo_lib.rewards import score
+
+    def odd_reward(prompts, responses):
+        return returned
+
+    with pytest.raises(ValueError, match="odd_reward") as info:
+        score(odd_reward, PROMPTS, ["x"] * 8)
+    assert message in str(info.value)
+
+
+def test_train_and_evaluate_refuse_empty_work():
+    t = tiny_trainer()
+    for n in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="n_updates ≥ 1"):
+            t.train(PROMPTS, n)
+    with pytest.raises(ValueError, match="non-empty"):
+        t.evaluate([])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_size", True, "batch_size must be an integer, got True"),
+    ("ppo_epochs", True, "ppo_epochs must be an integer"),
+    ("learning_rate", float("inf"), "learning_rate must be a finite number"),
+    ("clip_eps", float("inf"), "clip_eps must be a finite number"),
+    ("vf_coef", float("nan"), "vf_coef must be a finite number"),
+    ("temperature", float("inf"), "temperature must be a finite number"),
+    ("kl_target", float("inf"), "kl_target must be a finite number"),
+    ("max_grad_norm", float("inf"), "max_grad_norm must be a finite number"),
+    ("weight_decay", -1, "weight_decay must be ≥ 0"),
+    ("stop_at_eos", "no", "stop_at_eos must be true or false"),
+    ("learning_rate", "1e-5", "learning_rate must be a number, got '1e-5'"),
+    ("top_p", 1.5, r"top_p must be in \(0, 1\]"),
+    ("seed", -1, "seed must be in"),
+    ("max_grad_norm", 0, r"max_grad_norm must be > 0, got 0.0. None turns clipping off"),
+])
+def test_every_config_field_is_checked_for_type_and_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        PPOConfig(**{field: value})
+
+
+def test_config_keeps_floats_floats_and_accepts_none_where_documented():
+    c = PPOConfig(kl_coef=0, vf_clip_eps=None, max_grad_norm=None, missing_eos_penalty=None)
+    assert type(c.kl_coef) is float and c.vf_clip_eps is None
+    assert PPOConfig.from_dict(c.to_dict()) == c
+
+
+def test_a_config_the_model_cannot_run_fails_when_the_trainer_is_built():
+    with pytest.raises(ValueError, match="context of 256 tokens"):
+        tiny_trainer(max_prompt_length=250, max_new_tokens=12)
+    with pytest.raises(ValueError, match="top_k=100000 exceeds the model's vocabulary"):
+        tiny_trainer(top_k=100000)
+
+
+def test_n_undistributed_processes_are_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="ACCELERATE_USE_CPU=true torchrun"):
+        tiny_trainer()
+
+
 def test_lora_uses_the_adapter_free_base_as_reference():
     pytest.importorskip("peft")
     t = tiny_trainer(lora_rank=4, learning_rate=1e-2)
@@ -245,7 +309,7 @@ def test_cli_train_writes_a_run_folder_and_refuses_to_overwrite(tmp_path):
     from ppo_lib.__main__ import main
 
     out = tmp_path / "run"
-    args = ["train", "--model", "tiny-gpt2", "--updates", "2", "--save-every", "1", "--eval-prompts", "4",
+    args = ["train", "--model", "tiny-gpt2", "--reward", "chars:abcdefghijklmnopqrstuvwxyz", "--updates", "2", "--save-every", "1", "--eval-prompts", "4",
             "--out", str(out), "--set", "batch_size=4", "--set", "max_prompt_length=96", "--set", "max_new_tokens=6"]
     assert main(args) == 0
     for name in ("config.json", "history.jsonl", "samples_before.md", "samples_after.md", "eval.json", "curves.png",
