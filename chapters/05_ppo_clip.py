@@ -265,7 +265,7 @@ torch.testing.assert_close(kl_estimate(p.log()[a], q.log()[a], "k3"), torch.expm
 # `ppo_lib.kl.AdaptiveKLController` implements (5.14). First, one update by hand:
 
 # %%
-ctl = AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10_000)
+ctl = AdaptiveKLController(kl_coef=0.1, kl_target=6.0, kl_horizon=10_000)
 beta_new = ctl.update(current_kl=9.0, n_steps=256)  # KL 50% above target: error clipped to +0.2
 by_hand = 0.1 * (1 + 256 / 10_000 * min(max((9.0 - 6.0) / 6.0, -0.2), 0.2))
 print(f"β after one update: {beta_new:.6f}  (by hand {by_hand:.6f})")
@@ -279,7 +279,7 @@ assert abs(beta_new - by_hand) < 1e-15
 
 # %%
 for b0 in (0.05, 2.0):
-    sim = adaptive_kl_simulation(init_kl_coef=b0, target=1.0, horizon=500)
+    sim = adaptive_kl_simulation(kl_coef=b0, kl_target=1.0, kl_horizon=500)
     print(f"β0 = {b0}:  KL at iterations 20/100/200 = {sim['kl'][20]:.3f} / {sim['kl'][100]:.3f} / {sim['kl'][200]:.3f}   "
           f"final β = {sim['beta'][-1]:.3f}")
     assert abs(sim["kl"][-1] - 1.0) < 0.05

@@ -289,7 +289,7 @@ assert torch.equal(old_logprobs[mask], ref_logprobs[mask])  # π_θ = π_ref bef
 # recursion $\hat A_t = \delta_t + \gamma\lambda\hat A_{t+1}$ written as a loop.
 
 # %%
-rewards, kl_stats = shape_rewards(scores, old_logprobs, ref_logprobs, mask, trainer.kl_ctl.value)  # step 4
+rewards, kl_stats = shape_rewards(scores, old_logprobs, ref_logprobs, mask, trainer.kl_ctl.kl_coef)  # step 4
 advantages, returns = gae(rewards, old_values, mask, CFG.gamma, CFG.lam)  # step 5
 last = mask.sum(1) - 1
 assert bool((rewards[~mask] == 0).all()), "no reward on padding"

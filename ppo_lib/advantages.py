@@ -2,8 +2,8 @@
 
 Conventions (shared by every function here):
 
-* ``rewards``, ``values`` and ``mask`` are ``(B, T)``: B sequences, T response tokens.
-* Rows are right-padded: ``mask[b]`` is True on a prefix (the real response tokens,
+* ``rewards``, ``values`` and ``response_mask`` are ``(B, T)``: B sequences, T response tokens.
+* Rows are right-padded: ``response_mask[b]`` is True on a prefix (the real response tokens,
   EOS included) and False after it.
 * Row ``b`` is one episode that ends at its last real token, so the value of the state
   after it is 0: there is no bootstrap across the end of a response.
@@ -36,25 +36,25 @@ __all__ = [
 ]
 
 
-def check_right_padded(mask: torch.Tensor) -> torch.Tensor:
-    """Check that ``mask`` is ``(B, T)`` and each row is a run of True then only False.
+def check_right_padded(response_mask: torch.Tensor) -> torch.Tensor:
+    """Check that ``response_mask`` is ``(B, T)`` and each row is a run of True then only False.
 
     Returns the mask as bool. Raises ``ValueError`` otherwise: a hole inside a response
     would make "the value after the last real token is 0" ambiguous.
     """
-    if mask.dim() != 2:
-        raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}.")
-    m = mask.bool()
+    if response_mask.dim() != 2:
+        raise ValueError(f"response_mask must be (B, T), got shape {tuple(response_mask.shape)}.")
+    m = response_mask.bool()
     if bool((m[:, 1:] & ~m[:, :-1]).any()):  # a True right after a False
         raise ValueError(
-            "mask rows must be right-padded (True on a prefix, then False): "
+            "response_mask rows must be right-padded (True on a prefix, then False): "
             "left-pad prompts, right-pad responses, and pass the response_mask of the rollout."
         )
     return m
 
 
-def _check(rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-    m = check_right_padded(mask)
+def _check(rewards: torch.Tensor, values: torch.Tensor | None, response_mask: torch.Tensor) -> torch.Tensor:
+    m = check_right_padded(response_mask)
     check_mask(rewards, m, "rewards")
     if values is not None:
         check_mask(values, m, "values")
@@ -62,7 +62,7 @@ def _check(rewards: torch.Tensor, values: torch.Tensor | None, mask: torch.Tenso
 
 
 def td_errors(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float
+    rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float
 ) -> torch.Tensor:
     r"""One-step TD errors, Eq. (3.6) of chapter 03.
 
@@ -73,7 +73,7 @@ def td_errors(
     Args:
         rewards: ``(B, T)`` per-token rewards :math:`r_t`.
         values: ``(B, T)`` :math:`V(s_t)`, the value of the state before token t.
-        mask: ``(B, T)`` right-padded response mask.
+        response_mask: ``(B, T)`` right-padded response mask.
         gamma: discount :math:`\gamma \in [0, 1]`, 1.0 for RLHF.
 
     Returns:
@@ -82,20 +82,20 @@ def td_errors(
     References:
         Sutton & Barto (2018), Eq. (6.5).
     """
-    m = _check(rewards, values, mask).to(values.dtype)
+    m = _check(rewards, values, response_mask).to(values.dtype)
     next_values = torch.zeros_like(values)
     next_values[:, :-1] = values[:, 1:] * m[:, 1:]  # (B, T); 0 after the last real token
     deltas = rewards + gamma * next_values - values
     return torch.where(m.bool(), deltas, torch.zeros_like(deltas))
 
 
-def discounted_cumsum_reference(x: torch.Tensor, mask: torch.Tensor, factor: float) -> torch.Tensor:
+def discounted_cumsum_reference(x: torch.Tensor, response_mask: torch.Tensor, factor: float) -> torch.Tensor:
     r"""Reference loop for :math:`y_t = \sum_{l \ge 0} \text{factor}^l x_{t+l}` within each row.
 
     The backward recursion :math:`y_t = x_t + \text{factor} \cdot y_{t+1}`, started at 0
     after the last real token; one Python step per element. Slow; for tests and reading.
     """
-    m = check_right_padded(mask)
+    m = check_right_padded(response_mask)
     check_mask(x, m)
     y = torch.zeros_like(x)
     B, T = x.shape
@@ -109,7 +109,7 @@ def discounted_cumsum_reference(x: torch.Tensor, mask: torch.Tensor, factor: flo
     return y
 
 
-def discounted_cumsum(x: torch.Tensor, mask: torch.Tensor, factor: float) -> torch.Tensor:
+def discounted_cumsum(x: torch.Tensor, response_mask: torch.Tensor, factor: float) -> torch.Tensor:
     r"""Vectorised :math:`y_t = \sum_{l \ge 0} \text{factor}^l x_{t+l}` within each row.
 
     Written as one matrix product ``y = x @ D`` with ``D[s, t] = factor**(s - t)`` for
@@ -120,13 +120,13 @@ def discounted_cumsum(x: torch.Tensor, mask: torch.Tensor, factor: float) -> tor
 
     Args:
         x: ``(B, T)``.
-        mask: ``(B, T)``, right-padded.
+        response_mask: ``(B, T)``, right-padded.
         factor: the per-step discount (``gamma`` for returns, ``gamma * lam`` for GAE).
 
     Returns:
         ``(B, T)``, 0 on padding.
     """
-    m = check_right_padded(mask)
+    m = check_right_padded(response_mask)
     check_mask(x, m)
     if not 0.0 <= factor <= 1.0:
         raise ValueError(f"discount factor must be in [0, 1], got {factor}.")
@@ -141,25 +141,25 @@ def discounted_cumsum(x: torch.Tensor, mask: torch.Tensor, factor: float) -> tor
     return torch.where(m, y, torch.zeros_like(y))
 
 
-def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+def discounted_returns(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float) -> torch.Tensor:
     r"""Reward-to-go :math:`G_t = \sum_{l \ge 0} \gamma^l r_{t+l}`, Eq. (3.1) of chapter 03.
 
     Args:
         rewards: ``(B, T)``.
-        mask: ``(B, T)`` right-padded response mask.
+        response_mask: ``(B, T)`` right-padded response mask.
         gamma: discount in ``[0, 1]``.
 
     Returns:
         ``(B, T)`` returns, 0 on padding.
     """
-    _check(rewards, None, mask)
-    return discounted_cumsum(rewards, mask, gamma)
+    _check(rewards, None, response_mask)
+    return discounted_cumsum(rewards, response_mask, gamma)
 
 
 def gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
-    mask: torch.Tensor,
+    response_mask: torch.Tensor,
     gamma: float,
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +176,7 @@ def gae(
     Args:
         rewards: ``(B, T)`` per-token rewards (KL penalty plus the score on the last token).
         values: ``(B, T)`` values :math:`V(s_t)` from the rollout; treated as constants.
-        mask: ``(B, T)`` right-padded response mask.
+        response_mask: ``(B, T)`` right-padded response mask.
         gamma: discount :math:`\gamma`, typically 1.0 for RLHF, 0.99 in control.
         lam: :math:`\lambda \in [0, 1]`, typically 0.95.
 
@@ -186,13 +186,13 @@ def gae(
     References:
         Schulman et al. (2015), arXiv:1506.02438, Eq. (16).
     """
-    return _gae(rewards, values, mask, gamma, lam, discounted_cumsum)
+    return _gae(rewards, values, response_mask, gamma, lam, discounted_cumsum)
 
 
 def gae_reference(
     rewards: torch.Tensor,
     values: torch.Tensor,
-    mask: torch.Tensor,
+    response_mask: torch.Tensor,
     gamma: float,
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,15 +202,15 @@ def gae_reference(
 
     Same contract as :func:`gae`; kept for tests and for reading.
     """
-    return _gae(rewards, values, mask, gamma, lam, discounted_cumsum_reference)
+    return _gae(rewards, values, response_mask, gamma, lam, discounted_cumsum_reference)
 
 
-def _gae(rewards, values, mask, gamma, lam, cumsum):
+def _gae(rewards, values, response_mask, gamma, lam, cumsum):
     """δ (Eq. 3.6), then the (γλ)-discounted sum of δ by ``cumsum``, then R̂ = Â + V."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}.")
     with torch.no_grad():  # advantages are constants in the policy loss
-        deltas = td_errors(rewards, values, mask, gamma)
-        advantages = cumsum(deltas, mask, gamma * lam)
-        returns = torch.where(mask.bool(), advantages + values, torch.zeros_like(values))
+        deltas = td_errors(rewards, values, response_mask, gamma)
+        advantages = cumsum(deltas, response_mask, gamma * lam)
+        returns = torch.where(response_mask.bool(), advantages + values, torch.zeros_like(values))
     return advantages, returns

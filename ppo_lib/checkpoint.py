@@ -210,8 +210,8 @@ def read_checkpoint(trainer, folder: str | Path) -> dict:
         raise bad("trainer_state.json", f"was written by {state['world_size']} process(es); this run has {world}. "
                   "Resume with the same number of processes.")
     kl = state["kl_ctl"]
-    if not (isinstance(kl, dict) and set(kl) == {"value"} and _is_number(kl["value"]) and kl["value"] >= 0):
-        raise bad("trainer_state.json", f"has a bad KL controller state {kl!r}; expected {{'value': β ≥ 0}}.")
+    if not (isinstance(kl, dict) and set(kl) == {"kl_coef"} and _is_number(kl["kl_coef"]) and kl["kl_coef"] >= 0):
+        raise bad("trainer_state.json", f"has a bad KL controller state {kl!r}; expected {{'kl_coef': β ≥ 0}}.")
     queue, count = state["prompt_queue"], state["prompt_count"]
     if not (isinstance(queue, list) and all(_is_int(i, 0) for i in queue)):
         raise bad("trainer_state.json", "has a prompt_queue that is not a list of indices ≥ 0.")

@@ -6,7 +6,7 @@ log-probabilities are at hand, so the KL is *estimated* from them. With
 :math:`\log r = \log\pi_{ref}(a) - \log\pi_\theta(a)` and :math:`a \sim \pi_\theta`:
 
 =====  ===============================  ===========================================
-kind   per-token estimate               property
+kl_est per-token estimate               property
 =====  ===============================  ===========================================
 k1     :math:`-\log r`                  unbiased, can be negative, high variance
 k2     :math:`\tfrac12 (\log r)^2`      biased, low variance, always ≥ 0
@@ -38,37 +38,38 @@ __all__ = [
 KL_KINDS = ("k1", "k2", "k3")
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_estimator: str = "k1") -> torch.Tensor:
     r"""Per-token estimate of :math:`\mathrm{KL}(\pi_\theta \,\|\, \pi_{ref})`, Eq. (5.12) of chapter 05.
 
     Args:
         logprobs: ``(B, T)`` :math:`\log\pi_\theta(a_t|s_t)` of tokens sampled from :math:`\pi_\theta`.
         ref_logprobs: ``(B, T)`` :math:`\log\pi_{ref}(a_t|s_t)` of the same tokens.
-        kind: ``"k1"``, ``"k2"`` or ``"k3"`` (see the module docstring).
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (see the module docstring); the name of the
+            ``PPOConfig`` field that chooses it.
 
     Returns:
         ``(B, T)`` estimates; their mean over samples estimates the KL (k1, k3 unbiasedly).
     """
-    if kind not in KL_KINDS:
-        raise ValueError(f"unknown KL estimator kind={kind!r}; use one of {KL_KINDS}.")
+    if kl_estimator not in KL_KINDS:
+        raise ValueError(f"unknown kl_estimator={kl_estimator!r}; use one of {KL_KINDS}.")
     if logprobs.shape != ref_logprobs.shape:
         raise ValueError(
             f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ in shape."
         )
-    log_ratio = logprobs - ref_logprobs  # log π/π_ref = -log r
-    if kind == "k1":
-        return log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio**2
-    return torch.expm1(-log_ratio) + log_ratio  # (r - 1) - log r, expm1 for accuracy near r = 1
+    log_ratio_ref = logprobs - ref_logprobs  # log π/π_ref = -log r (in losses.py, log_ratio is log π/π_old)
+    if kl_estimator == "k1":
+        return log_ratio_ref
+    if kl_estimator == "k2":
+        return 0.5 * log_ratio_ref**2
+    return torch.expm1(-log_ratio_ref) + log_ratio_ref  # (r - 1) - log r, expm1 for accuracy near r = 1
 
 
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last True of each right-padded row of a ``(B, T)`` mask, as ``(B,)`` long.
+def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last True of each right-padded row of a ``(B, T)`` response_mask, as ``(B,)`` long.
 
     Raises ``ValueError`` if a row has no True (a response needs at least its EOS).
     """
-    lengths = mask.long().sum(dim=1)  # (B,)
+    lengths = response_mask.long().sum(dim=1)  # (B,)
     if bool((lengths == 0).any()):  # CPU-GPU sync
         raise ValueError("a row of the response mask is empty; every response needs ≥ 1 real token.")
     return lengths - 1
@@ -78,9 +79,9 @@ def shape_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
-    mask: torch.Tensor,
+    response_mask: torch.Tensor,
     kl_coef: float,
-    kind: str = "k1",
+    kl_estimator: str = "k1",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""Per-token rewards of RLHF, Eq. (6.2) of chapter 06.
 
@@ -93,9 +94,9 @@ def shape_rewards(
         scores: ``(B,)`` sequence scores from the reward function.
         logprobs: ``(B, T)`` rollout log-probs of the policy.
         ref_logprobs: ``(B, T)`` reference log-probs of the same tokens.
-        mask: ``(B, T)`` right-padded response mask.
+        response_mask: ``(B, T)`` right-padded response mask.
         kl_coef: :math:`\beta \ge 0`.
-        kind: KL estimator, see :func:`kl_estimate`.
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"``, see :func:`kl_estimate`.
 
     Returns:
         ``(rewards, stats)``: ``rewards`` is ``(B, T)``, 0 on padding; ``stats`` holds
@@ -104,10 +105,10 @@ def shape_rewards(
     """
     if kl_coef < 0:
         raise ValueError(f"kl_coef must be ≥ 0, got {kl_coef}.")
-    if scores.dim() != 1 or scores.shape[0] != mask.shape[0]:
-        raise ValueError(f"scores must be (B,) = ({mask.shape[0]},), got {tuple(scores.shape)}.")
-    m = check_mask(logprobs, mask, "logprobs").bool()
-    kl = kl_estimate(logprobs, ref_logprobs, kind)  # (B, T)
+    if scores.dim() != 1 or scores.shape[0] != response_mask.shape[0]:
+        raise ValueError(f"scores must be (B,) = ({response_mask.shape[0]},), got {tuple(scores.shape)}.")
+    m = check_mask(logprobs, response_mask, "logprobs").bool()
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)  # (B, T)
     penalty = torch.where(m, -kl_coef * kl, torch.zeros_like(kl))  # (B, T)
     rewards = penalty.clone()
     last = last_token_index(m)  # (B,)
@@ -126,17 +127,17 @@ class FixedKLController:
     def __init__(self, kl_coef: float):
         if kl_coef < 0 or not math.isfinite(kl_coef):
             raise ValueError(f"kl_coef must be a finite number ≥ 0, got {kl_coef}.")
-        self.value = float(kl_coef)
+        self.kl_coef = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         """Does nothing; returns :math:`\\beta`."""
-        return self.value
+        return self.kl_coef
 
     def state_dict(self) -> dict:
-        return {"value": self.value}
+        return {"kl_coef": self.kl_coef}
 
     def load_state_dict(self, state: dict) -> None:
-        self.value = float(state["value"])
+        self.kl_coef = float(state["kl_coef"])
 
 
 class AdaptiveKLController(FixedKLController):
@@ -150,9 +151,9 @@ class AdaptiveKLController(FixedKLController):
     :math:`1 \pm 0.2\, n_{steps}/H` per update.
 
     Args:
-        init_kl_coef: starting :math:`\beta_0`, e.g. 0.05–0.2.
-        target: :math:`\mathrm{KL}_{target}` in nats per sequence, e.g. 6.
-        horizon: :math:`H`, in samples (e.g. 10000): how slowly :math:`\beta` moves.
+        kl_coef: starting :math:`\beta_0`, e.g. 0.05–0.2 (``PPOConfig.kl_coef``).
+        kl_target: :math:`\mathrm{KL}_{target}` in nats per sequence, e.g. 6 (``PPOConfig.kl_target``).
+        kl_horizon: :math:`H`, in samples (e.g. 10000): how slowly :math:`\beta` moves (``PPOConfig.kl_horizon``).
 
     References:
         Ziegler et al. (2019), arXiv:1909.08593, Section 2.2 (the paper uses a fixed gain
@@ -161,19 +162,19 @@ class AdaptiveKLController(FixedKLController):
 
     clip = 0.2
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: float):
-        super().__init__(init_kl_coef)
-        if not target > 0:
-            raise ValueError(f"target KL must be > 0 nats, got {target}.")
-        if not horizon > 0:
-            raise ValueError(f"horizon must be > 0 samples, got {horizon}.")
-        self.target, self.horizon = float(target), float(horizon)
+    def __init__(self, kl_coef: float, kl_target: float, kl_horizon: float):
+        super().__init__(kl_coef)
+        if not kl_target > 0:
+            raise ValueError(f"kl_target must be > 0 nats, got {kl_target}.")
+        if not kl_horizon > 0:
+            raise ValueError(f"kl_horizon must be > 0 samples, got {kl_horizon}.")
+        self.kl_target, self.kl_horizon = float(kl_target), float(kl_horizon)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         """Move :math:`\\beta` after an update that saw ``n_steps`` samples with mean KL ``current_kl``."""
         current_kl = float(current_kl)
         if not math.isfinite(current_kl):
             raise ValueError(f"current_kl is {current_kl}; the KL controller needs a finite KL.")
-        error = min(max(current_kl / self.target - 1.0, -self.clip), self.clip)
-        self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
+        error = min(max(current_kl / self.kl_target - 1.0, -self.clip), self.clip)
+        self.kl_coef *= 1.0 + error * n_steps / self.kl_horizon
+        return self.kl_coef

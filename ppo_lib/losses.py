@@ -22,7 +22,7 @@ def ppo_clip_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
+    response_mask: torch.Tensor,
     clip_eps: float = 0.2,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""The negated PPO-Clip objective, Eq. (5.7) of chapter 05.
@@ -39,7 +39,7 @@ def ppo_clip_loss(
         logprobs: ``(B, T)`` :math:`\log\pi_\theta(a_t|s_t)`, with gradient.
         old_logprobs: ``(B, T)`` log-probs at rollout time (constants).
         advantages: ``(B, T)`` :math:`\hat A_t` (constants, usually whitened).
-        mask: ``(B, T)`` response mask.
+        response_mask: ``(B, T)`` response mask.
         clip_eps: :math:`\epsilon`, typically 0.1–0.3.
 
     Returns:
@@ -52,7 +52,7 @@ def ppo_clip_loss(
     """
     if not clip_eps > 0:
         raise ValueError(f"clip_eps must be > 0, got {clip_eps}.")
-    m = check_mask(logprobs, mask, "logprobs").bool()
+    m = check_mask(logprobs, response_mask, "logprobs").bool()
     check_mask(old_logprobs, m, "old_logprobs")
     check_mask(advantages, m, "advantages")
     advantages = advantages.detach()
@@ -77,7 +77,7 @@ def value_loss(
     values: torch.Tensor,
     old_values: torch.Tensor,
     returns: torch.Tensor,
-    mask: torch.Tensor,
+    response_mask: torch.Tensor,
     clip_eps: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""Squared-error value loss with optional clipping, Eq. (5.10) of chapter 05.
@@ -93,7 +93,7 @@ def value_loss(
         values: ``(B, T)`` current :math:`V_\phi(s_t)`, with gradient.
         old_values: ``(B, T)`` values at rollout time.
         returns: ``(B, T)`` targets :math:`\hat R_t`.
-        mask: ``(B, T)`` response mask.
+        response_mask: ``(B, T)`` response mask.
         clip_eps: :math:`\epsilon_V` in the units of the value (e.g. 0.2), or None.
 
     Returns:
@@ -103,7 +103,7 @@ def value_loss(
         The value clipping of OpenAI Baselines' ``ppo2``; studied by Engstrom et al. (2020),
         "Implementation Matters in Deep Policy Gradients", arXiv:2005.12729.
     """
-    m = check_mask(values, mask, "values").bool()
+    m = check_mask(values, response_mask, "values").bool()
     check_mask(old_values, m, "old_values")
     check_mask(returns, m, "returns")
     returns, old_values = returns.detach(), old_values.detach()

@@ -48,17 +48,18 @@ class Rollout:
     """One batch of prompts and sampled responses, with the one mask convention.
 
     Shapes: ``prompt_ids``/``prompt_mask`` ``(B, P)`` left-padded; ``response_ids``/
-    ``response_mask`` ``(B, T)`` right-padded. ``logprobs`` and ``values`` ``(B, T)`` are
-    filled only by ``sample(..., return_logprobs=True)``: the sampling policy's log-probs
-    of the response tokens and, for a shared value head, V(s_t).
+    ``response_mask`` ``(B, T)`` right-padded. ``old_logprobs`` and ``old_values`` ``(B, T)``
+    are filled only by ``sample(..., return_logprobs=True)``: log π_old of the response tokens
+    under the sampling policy and, for a shared value head, V_old(s_t), the value of the state
+    before response token t (prompt plus tokens 0..t-1), as everywhere in the library.
     """
 
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
-    logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
+    old_logprobs: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -74,7 +75,7 @@ class Rollout:
             return None if x is None else x[index]
 
         return Rollout(self.prompt_ids[index], self.prompt_mask[index], self.response_ids[index],
-                       self.response_mask[index], rows(self.logprobs), rows(self.values))
+                       self.response_mask[index], rows(self.old_logprobs), rows(self.old_values))
 
 
 def tokenize_prompts(
@@ -180,8 +181,8 @@ def sample(
         stop_at_eos: cut responses after their first EOS; False keeps exactly T tokens.
         generator: a seeded ``torch.Generator`` on the model's device, for reproducibility.
         return_logprobs: also keep ``log softmax(logits / τ)`` of each sampled token (unfiltered,
-            as :func:`forward_response` computes it) in ``Rollout.logprobs`` and, when ``model``
-            is an ActorCritic with a shared value head, V(s_t) in ``Rollout.values``.
+            as :func:`forward_response` computes it) in ``Rollout.old_logprobs`` and, when ``model``
+            is an ActorCritic with a shared value head, V(s_t) in ``Rollout.old_values``.
 
     Returns:
         A :class:`Rollout`. T shrinks to the longest response when every row stopped early.
@@ -207,7 +208,7 @@ def sample(
         if return_logprobs:
             logprobs.append(scaled.log_softmax(-1).gather(-1, next_token))  # (B, 1)
         if shared_head:
-            values.append(model.value_head(out.hidden_states[-1][:, -1:]))  # (B, 1): V(s_t)
+            values.append(model.value_head(out.hidden_states[-1][:, -1:]))  # (B, 1): V(s_t), before token t
         if stop_at_eos:
             done |= next_token.squeeze(1) == eos
             if bool(done.all()):  # CPU-GPU sync once per token: stop when every row has ended

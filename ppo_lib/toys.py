@@ -393,7 +393,7 @@ def bandit_many_batches(clip_eps: float | None, iterations: int = 30, epochs: in
     return {"return": np.array(rets), "entropy": np.array(ents), "best": best}
 
 
-def adaptive_kl_simulation(init_kl_coef: float = 0.05, target: float = 1.0, horizon: float = 500.0,
+def adaptive_kl_simulation(kl_coef: float = 0.05, kl_target: float = 1.0, kl_horizon: float = 500.0,
                            iterations: int = 200, batch_size: int = 64, n_actions: int = 20, seed: int = 0):
     r"""RLHF's KL controller on a one-context bandit, with exact gradients.
 
@@ -401,14 +401,14 @@ def adaptive_kl_simulation(init_kl_coef: float = 0.05, target: float = 1.0, hori
     (exact), measures the KL, and updates β with :class:`ppo_lib.kl.AdaptiveKLController`
     as if a batch of ``batch_size`` samples had been seen.
 
-    Returns ``beta``, ``kl`` (each ``(iterations + 1,)``) and ``target``.
+    Returns ``beta``, ``kl`` (each ``(iterations + 1,)``) and ``target``, the KL target.
     """
     from .kl import AdaptiveKLController
 
     g = torch.Generator().manual_seed(seed)
     reward = 2.0 * torch.randn(n_actions, generator=g, dtype=torch.float64)
     ref = torch.randn(n_actions, generator=g, dtype=torch.float64)
-    ctl = AdaptiveKLController(init_kl_coef, target=target, horizon=horizon)
+    ctl = AdaptiveKLController(kl_coef, kl_target=kl_target, kl_horizon=kl_horizon)
     with _one_thread():
         theta = ref.clone().requires_grad_(True)
         opt = torch.optim.Adam([theta], lr=0.1)
@@ -418,16 +418,16 @@ def adaptive_kl_simulation(init_kl_coef: float = 0.05, target: float = 1.0, hori
             logp = torch.log_softmax(theta, -1)
             return (logp.exp() * (logp - logref)).sum()
 
-        betas, kls = [ctl.value], [kl_now().item()]
+        betas, kls = [ctl.kl_coef], [kl_now().item()]
         for _ in range(iterations):
             for _ in range(2):
                 logp = torch.log_softmax(theta, -1)
-                objective = (logp.exp() * reward).sum() - ctl.value * kl_now()
+                objective = (logp.exp() * reward).sum() - ctl.kl_coef * kl_now()
                 opt.zero_grad()
                 (-objective).backward()
                 opt.step()
             kl = kl_now().item()
             ctl.update(kl, n_steps=batch_size)
-            betas.append(ctl.value)
+            betas.append(ctl.kl_coef)
             kls.append(kl)
-    return {"beta": np.array(betas), "kl": np.array(kls), "target": target}
+    return {"beta": np.array(betas), "kl": np.array(kls), "target": kl_target}

@@ -353,14 +353,14 @@ class PPOTrainer:
             scores, responses = self.score(prompts, batch)
         mask = batch.response_mask
         rewards, kl_stats = shape_rewards(scores, old_logprobs, ref_logprobs, mask,     # 4. shaping
-                                          self.kl_ctl.value, c.kl_estimator)
+                                          self.kl_ctl.kl_coef, c.kl_estimator)
         if c.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)     # 5. GAE
         if c.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)  # 6. PPO
-        kl_coef = self.kl_ctl.value
+        kl_coef = self.kl_ctl.kl_coef
         stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)  # 7. stats, β
         self.kl_ctl.update(stats["objective/kl"], c.batch_size * self.accelerator.num_processes)
         self.step_count += 1
@@ -388,12 +388,12 @@ class PPOTrainer:
         With ``reuse_sampling_logprobs`` the rollout already holds log π_old (and a shared
         head's values); only a separate critic still needs its own forward pass.
         """
-        if batch.logprobs is not None:
-            if batch.values is not None:
-                return batch.logprobs, batch.values
+        if batch.old_logprobs is not None:
+            if batch.old_values is not None:
+                return batch.old_logprobs, batch.old_values
             with self.autocast():
                 values = [critic_values(self.unwrapped, mb) for mb in self._micro_batches(batch)]
-            return batch.logprobs, torch.cat(values)
+            return batch.old_logprobs, torch.cat(values)
         logprobs, values = [], []
         for mb in self._micro_batches(batch):
             with self.autocast():

@@ -28,7 +28,7 @@ def tiny_trainer(**overrides):
 def snapshot(t) -> dict:
     """Everything a load could change."""
     return {"weights": {k: v.clone() for k, v in t.unwrapped.state_dict().items()},
-            "optimizer": repr(t.optimizer.state_dict()["state"]), "step": t.step_count, "beta": t.kl_ctl.value,
+            "optimizer": repr(t.optimizer.state_dict()["state"]), "step": t.step_count, "beta": t.kl_ctl.kl_coef,
             "order": t.order_rng.get_state(), "sample": t.sample_rng.get_state(), "queue": list(t._queue)}
 
 
@@ -117,7 +117,7 @@ BAD = {
                                     lambda f: rewrite_safetensors(f / "policy.safetensors",
                                                                   lambda t: t.update({k: v.double() for k, v in list(t.items())[-1:]}))),
     "no KL controller": ("trainer_state.json", "keys", lambda f: rewrite_state(f, lambda s: s.pop("kl_ctl"))),
-    "a NaN β": ("trainer_state.json", "KL controller", lambda f: rewrite_state(f, lambda s: s.update(kl_ctl={"value": "nan"}))),
+    "a NaN β": ("trainer_state.json", "KL controller", lambda f: rewrite_state(f, lambda s: s.update(kl_ctl={"kl_coef": "nan"}))),
     "a negative step": ("trainer_state.json", "step_count", lambda f: rewrite_state(f, lambda s: s.update(step_count=-1))),
     "a queue beyond the prompts": ("trainer_state.json", "prompt_count",
                                    lambda f: rewrite_state(f, lambda s: s.update(prompt_queue=[99]))),

@@ -108,18 +108,18 @@ def test_shape_rewards_zero_kl_when_policy_is_reference():
 
 
 def test_adaptive_controller_direction_and_clip():
-    c = AdaptiveKLController(0.1, target=6.0, horizon=1000)
+    c = AdaptiveKLController(0.1, kl_target=6.0, kl_horizon=1000)
     c.update(current_kl=60.0, n_steps=100)  # far above target: error clipped to +0.2
-    assert c.value == pytest.approx(0.1 * (1 + 0.2 * 100 / 1000))
-    c2 = AdaptiveKLController(0.1, target=6.0, horizon=1000)
+    assert c.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 100 / 1000))
+    c2 = AdaptiveKLController(0.1, kl_target=6.0, kl_horizon=1000)
     c2.update(current_kl=0.0, n_steps=100)
-    assert c2.value == pytest.approx(0.1 * (1 - 0.2 * 100 / 1000))
-    c3 = AdaptiveKLController(0.1, target=6.0, horizon=1000)
+    assert c2.kl_coef == pytest.approx(0.1 * (1 - 0.2 * 100 / 1000))
+    c3 = AdaptiveKLController(0.1, kl_target=6.0, kl_horizon=1000)
     c3.update(current_kl=6.6, n_steps=100)  # error 0.1, inside the clip
-    assert c3.value == pytest.approx(0.1 * (1 + 0.1 * 0.1))
+    assert c3.kl_coef == pytest.approx(0.1 * (1 + 0.1 * 0.1))
     f = FixedKLController(0.3)
     assert f.update(100.0, 10) == 0.3
     with pytest.raises(ValueError):
-        AdaptiveKLController(0.1, target=0.0, horizon=10)
+        AdaptiveKLController(0.1, kl_target=0.0, kl_horizon=10)
     with pytest.raises(ValueError, match="finite"):
         c.update(float("nan"), 1)

@@ -77,16 +77,16 @@ def test_sampling_pass_logprobs_and_values_equal_a_forward_pass(separate_critic)
     plain = sample(policy, tok, ids, mask, 10, temperature=0.8, generator=torch.Generator().manual_seed(1))
     batch = sample(policy, tok, ids, mask, 10, temperature=0.8, generator=torch.Generator().manual_seed(1),
                    return_logprobs=True)
-    assert torch.equal(batch.response_ids, plain.response_ids) and plain.logprobs is None
+    assert torch.equal(batch.response_ids, plain.response_ids) and plain.old_logprobs is None
     lp, values = forward_response(policy, batch, temperature=0.8)
     m = batch.response_mask
-    torch.testing.assert_close(batch.logprobs[m], lp[m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch.old_logprobs[m], lp[m], atol=1e-5, rtol=0)
     if separate_critic:
-        assert batch.values is None  # a separate critic needs its own pass
+        assert batch.old_values is None  # a separate critic needs its own pass
         torch.testing.assert_close(critic_values(policy, batch)[m], values[m], atol=1e-5, rtol=0)
     else:
         assert values[m].std() > 0.1
-        torch.testing.assert_close(batch.values[m], values[m], atol=1e-5, rtol=0)
+        torch.testing.assert_close(batch.old_values[m], values[m], atol=1e-5, rtol=0)
         with pytest.raises(ValueError, match="separate critic"):
             critic_values(policy, batch)
 

@@ -59,7 +59,7 @@ def adaptive_kl(target: float = 1.0, horizon: float = 500.0):
     """β and KL under ppo_lib.kl.AdaptiveKLController, from a β that is too small and one too large."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     for b0, color in ((0.05, "tab:blue"), (2.0, "tab:orange")):
-        sim = adaptive_kl_simulation(init_kl_coef=b0, target=target, horizon=horizon)
+        sim = adaptive_kl_simulation(kl_coef=b0, kl_target=target, kl_horizon=horizon)
         ax1.plot(sim["kl"], color=color, label=f"β₀ = {b0}")
         ax2.plot(sim["beta"], color=color, label=f"β₀ = {b0}")
     ax1.axhline(target, color="k", ls="--", lw=1, label="target KL")
