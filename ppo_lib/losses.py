@@ -1,4 +1,4 @@
-"""The PPO losses (chapter 05): clipped policy surrogate, (clipped) value loss, entropy.
+"""The PPO losses (chapter 05): clipped policy surrogate, KL-penalty surrogate, (clipped) value loss, entropy.
 
 Each loss returns ``(loss, stats)``: ``loss`` is a scalar to minimise, ``stats`` a dict of
 detached 0-dim tensors (no ``.item()``, hence no CPU-GPU sync here; the trainer converts).
@@ -11,11 +11,14 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from .kl import kl_estimate
 from .masking import check_mask, masked_mean
 
-__all__ = ["ppo_clip_loss", "value_loss", "entropy_from_logits"]
+__all__ = ["ppo_clip_loss", "ppo_penalty_loss", "value_loss", "entropy_from_logits"]
 
 
 def ppo_clip_loss(
@@ -67,6 +70,67 @@ def ppo_clip_loss(
             # samples come from π_old, so these estimate KL(π_old || π_θ) (Schulman 2020)
             "approx_kl_k1": masked_mean(-log_ratio, m),
             "approx_kl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
+            "ratio_mean": masked_mean(ratio, m),
+            "ratio_max": torch.where(m, ratio, torch.zeros_like(ratio)).max(),
+        }
+    return loss, stats
+
+
+def ppo_penalty_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k3",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""The negated PPO-Penalty objective, Eq. (5.11) of chapter 05.
+
+    .. math::
+        L(\theta) = -\frac{1}{\sum m}\sum_{b,t} m_{bt}\,
+        \big(\rho_{bt} A_{bt} - \beta\, \hat k_{bt}\big),
+        \qquad \rho = \exp(\log\pi_\theta - \log\pi_{\theta_{old}}),
+
+    where :math:`\hat k_{bt}` estimates :math:`\mathrm{KL}(\pi_{\theta_{old}}\|\pi_\theta)` at
+    token (b, t) from the sampled token alone. The tokens were sampled from
+    :math:`\pi_{\theta_{old}}`, so the ratio of Eq. (5.12) is :math:`r = \pi_\theta/\pi_{\theta_{old}} = \rho`
+    and the estimators read ``k1`` :math:`= -\log\rho`, ``k3`` :math:`= (\rho - 1) - \log\rho`
+    (:func:`ppo_lib.kl.kl_estimate` with :math:`\pi_{\theta_{old}}` as the sampling policy). Both are unbiased
+    for the KL and, because the samples do not depend on :math:`\theta`, so are their gradients;
+    ``k3`` is never negative. The PPO paper computes the KL in closed form over all actions;
+    for a language model that needs the logits of both policies at every token.
+
+    Args:
+        logprobs: ``(B, T)`` :math:`\log\pi_\theta(a_t|s_t)`, with gradient.
+        old_logprobs: ``(B, T)`` log-probs at rollout time (constants).
+        advantages: ``(B, T)`` :math:`\hat A_t` (constants).
+        response_mask: ``(B, T)`` response mask.
+        kl_coef: :math:`\beta \ge 0`; adapt it between updates with
+            :func:`ppo_lib.kl.adaptive_penalty_coef`, Eq. (5.13).
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"``, see :func:`ppo_lib.kl.kl_estimate`.
+
+    Returns:
+        ``(loss, stats)`` with stats ``kl`` (the mean per-token estimate of
+        :math:`\mathrm{KL}(\pi_{old}\|\pi_\theta)`), ``surrogate`` (the mean of
+        :math:`\rho A`, i.e. :math:`L^{CPI}`), ``ratio_mean`` and ``ratio_max``.
+
+    References:
+        Schulman et al. (2017), Eq. (8) and Section 4.
+    """
+    if not (kl_coef >= 0 and math.isfinite(kl_coef)):
+        raise ValueError(f"kl_coef must be a finite number ≥ 0, got {kl_coef}.")
+    m = check_mask(logprobs, response_mask, "logprobs").bool()
+    check_mask(old_logprobs, m, "old_logprobs")
+    check_mask(advantages, m, "advantages")
+    advantages, old_logprobs = advantages.detach(), old_logprobs.detach()
+    ratio = torch.exp(logprobs - old_logprobs)  # (B, T)
+    # samples come from π_old: KL(π_old || π_θ) is kl_estimate with π_old in the role of the sampling policy
+    kl = kl_estimate(old_logprobs, logprobs, kl_estimator)  # (B, T)
+    loss = -masked_mean(ratio * advantages - kl_coef * kl, m)
+    with torch.no_grad():
+        stats = {
+            "kl": masked_mean(kl, m),
+            "surrogate": masked_mean(ratio * advantages, m),
             "ratio_mean": masked_mean(ratio, m),
             "ratio_max": torch.where(m, ratio, torch.zeros_like(ratio)).max(),
         }

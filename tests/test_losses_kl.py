@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ppo_lib.kl import AdaptiveKLController, FixedKLController, kl_estimate, shape_rewards
-from ppo_lib.losses import entropy_from_logits, ppo_clip_loss, value_loss
+from ppo_lib.kl import AdaptiveKLController, FixedKLController, adaptive_penalty_coef, kl_estimate, shape_rewards
+from ppo_lib.losses import entropy_from_logits, ppo_clip_loss, ppo_penalty_loss, value_loss
 
 
 def test_ratio_one_gives_minus_mean_advantage_and_zero_stats():
@@ -123,3 +123,68 @@ def test_adaptive_controller_direction_and_clip():
         AdaptiveKLController(0.1, kl_target=0.0, kl_horizon=10)
     with pytest.raises(ValueError, match="finite"):
         c.update(float("nan"), 1)
+
+
+# ----------------------------------------------------------------------------- PPO-Penalty, Eq. (5.11), (5.13)
+def test_ppo_penalty_loss_hand_values():
+    # ratios 2 (A = +1) and 1/2 (A = -1); k3 = (ρ - 1) - log ρ: 1 - log 2 and -1/2 + log 2, mean exactly 1/4
+    new = torch.log(torch.tensor([[2.0, 0.5, 7.0]], dtype=torch.float64))
+    old = torch.zeros(1, 3, dtype=torch.float64)
+    A = torch.tensor([[1.0, -1.0, 100.0]], dtype=torch.float64)
+    m = torch.tensor([[True, True, False]])  # the third token is padding: its huge ratio and A must not count
+    loss, s = ppo_penalty_loss(new, old, A, m, kl_coef=0.5)
+    # surrogate mean(ρA) = (2 - 0.5) / 2 = 0.75; loss = -(0.75 - 0.5 * 0.25) = -0.625
+    assert loss.item() == pytest.approx(-0.625, abs=1e-12)
+    assert s["surrogate"].item() == pytest.approx(0.75, abs=1e-12)
+    assert s["kl"].item() == pytest.approx(0.25, abs=1e-12)
+    assert s["ratio_mean"].item() == pytest.approx(1.25) and s["ratio_max"].item() == pytest.approx(2.0)
+    # k1 = -log ρ: -log 2 and +log 2, mean 0; the loss is then the plain surrogate
+    loss1, s1 = ppo_penalty_loss(new, old, A, m, kl_coef=0.5, kl_estimator="k1")
+    assert s1["kl"].item() == pytest.approx(0.0, abs=1e-12) and loss1.item() == pytest.approx(-0.75, abs=1e-12)
+    assert all(v.dim() == 0 and not v.requires_grad for v in s.values())
+
+
+def test_ppo_penalty_loss_gradient_by_hand():
+    # d/d log π of -(ρA - β((ρ - 1) - log ρ)) = -ρA + β(ρ - 1), per token, divided by the token count
+    rho = torch.tensor([[1.5, 0.8]], dtype=torch.float64)
+    A = torch.tensor([[2.0, -1.0]], dtype=torch.float64)
+    lp = torch.log(rho).requires_grad_(True)
+    loss, _ = ppo_penalty_loss(lp, torch.zeros_like(lp), A, torch.ones(1, 2, dtype=torch.bool), kl_coef=3.0)
+    (grad,) = torch.autograd.grad(loss, lp)
+    expected = (-rho * A + 3.0 * (rho - 1)) / 2
+    torch.testing.assert_close(grad, expected)
+    # at ρ = 1 the penalty's gradient vanishes: the first step is the policy gradient, whatever β
+    lp1 = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    (g1,) = torch.autograd.grad(ppo_penalty_loss(lp1, torch.zeros_like(lp1), A, torch.ones(1, 2, dtype=torch.bool), 3.0)[0], lp1)
+    torch.testing.assert_close(g1, -A / 2)
+
+
+def test_ppo_penalty_loss_with_zero_coef_is_minus_l_cpi_and_validates():
+    g = torch.Generator().manual_seed(3)
+    lp, old, A = (torch.randn(2, 4, generator=g) for _ in range(3))
+    m = torch.arange(4)[None] < torch.tensor([[4], [2]])
+    loss, _ = ppo_penalty_loss(lp, old, A, m, kl_coef=0.0)
+    torch.testing.assert_close(loss, -(torch.exp(lp - old) * A)[m].mean())
+    with pytest.raises(ValueError, match="kl_coef"):
+        ppo_penalty_loss(lp, old, A, m, kl_coef=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        ppo_penalty_loss(lp, old, A[:, :3], m, kl_coef=0.1)
+    with pytest.raises(ValueError, match="kl_estimator"):
+        ppo_penalty_loss(lp, old, A, m, kl_coef=0.1, kl_estimator="k4")
+    with pytest.raises(ValueError, match="empty"):
+        ppo_penalty_loss(lp, old, A, torch.zeros_like(m), kl_coef=0.1)
+
+
+def test_adaptive_penalty_coef_follows_the_ppo_paper():
+    # Schulman et al. (2017), Section 4: d < d_targ / 1.5 -> β / 2; d > 1.5 d_targ -> 2β; else unchanged
+    assert adaptive_penalty_coef(1.0, kl=0.005, kl_target=0.01) == 0.5
+    assert adaptive_penalty_coef(1.0, kl=0.02, kl_target=0.01) == 2.0
+    assert adaptive_penalty_coef(1.0, kl=0.01, kl_target=0.01) == 1.0
+    assert adaptive_penalty_coef(1.0, kl=0.01 / 1.5, kl_target=0.01) == 1.0  # the band's edges stay
+    assert adaptive_penalty_coef(1.0, kl=0.015, kl_target=0.01) == 1.0
+    assert adaptive_penalty_coef(0.3, kl=torch.tensor(1.0), kl_target=0.01) == pytest.approx(0.6)
+    assert adaptive_penalty_coef(0.0, kl=1.0, kl_target=0.01) == 0.0  # β = 0 stays 0
+    for bad in (dict(kl_coef=-1.0, kl=0.1, kl_target=0.1), dict(kl_coef=1.0, kl=float("nan"), kl_target=0.1),
+                dict(kl_coef=1.0, kl=0.1, kl_target=0.0), dict(kl_coef=1.0, kl=0.1, kl_target=0.1, factor=1.0)):
+        with pytest.raises(ValueError):
+            adaptive_penalty_coef(**bad)
