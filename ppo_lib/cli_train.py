@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
         "config": dict(batch_size=16, max_new_tokens=24, temperature=0.7, ppo_epochs=2, num_minibatches=2,
                        learning_rate=2e-5, kl_coef=0.05, vf_coef=0.1, gamma=1.0, lam=0.95),
     },
-    "sentiment-gpt2": {  # with a network and a GPU: the task of Ziegler et al. (2019) and the TRL example
+    "sentiment-gpt2": {  # network + GPU: TRL's IMDB example (Ziegler et al. 2019 used the 774M GPT-2 on BookCorpus)
         "model": "gpt2", "reward": "lvwerra/distilbert-imdb", "updates": 150,
         "config": dict(batch_size=64, max_new_tokens=32, temperature=1.0, ppo_epochs=4, num_minibatches=4,
                        learning_rate=1.41e-5, kl_coef=0.1, adaptive_kl=True, kl_target=6.0, vf_coef=0.1,
