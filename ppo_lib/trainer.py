@@ -1,17 +1,23 @@
 """RLHF with PPO: ``PPOConfig`` and ``PPOTrainer`` (chapter 06).
 
-One PPO iteration, as :meth:`PPOTrainer.step` reads it::
+One iteration, as :meth:`PPOTrainer.step` reads it::
 
     prompts → 1 rollout (ids, response_mask, old_logprobs, old_values)
             → 2 reference log-probs
             → 3 scores from the reward function
             → 4 shape_rewards: −β·KL on every token, the score on the last one
-            → 5 GAE advantages and returns
-            → 6 PPO epochs over minibatches (ppo_clip_loss + vf_coef · value_loss)
+            → 5 advantages and returns from the algorithm's estimator (PPO: GAE)
+            → 6 epochs over minibatches: the algorithm's policy loss (PPO: clipped)
+                 + vf_coef · value_loss when the algorithm trains a critic
             → 7 KL controller update and statistics
 
-No math lives here: every formula is a call into ``advantages``, ``losses`` and ``kl``,
-which are tested on hand-computed tensors.
+Each stage has one contract. An algorithm is a choice of an advantage estimator, a policy loss,
+whether a critic is trained and how many samples each prompt gets, registered by name in
+:mod:`ppo_lib.registry`; ``PPOConfig.algorithm`` picks one ("ppo", the default, or
+"reinforce"), and the loop stays the same.
+
+No math lives here: every formula is a call into ``advantages``, ``losses``, ``kl`` and
+``policy_gradient``, which are tested on hand-computed tensors.
 
 References:
     Ziegler et al. (2019), "Fine-Tuning Language Models from Human Preferences", arXiv:1909.08593.
@@ -39,12 +45,12 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .advantages import gae
 from .checkpoint import CheckpointError
 from .kl import KL_KINDS, AdaptiveKLController, FixedKLController, shape_rewards
-from .losses import entropy_from_logits, ppo_clip_loss, value_loss
+from .losses import entropy_from_logits, value_loss
 from .masking import masked_mean, masked_sum, masked_var, masked_whiten
 from .models import ActorCritic, load_policy, reference_copy
+from .registry import get_advantage_estimator, get_algorithm, get_policy_loss
 from .rewards import RewardFn, score
 from .rollout import Rollout, critic_values, forward_response, sample, tokenize_prompts
 
@@ -57,6 +63,11 @@ class PPOConfig:
 
     Each field: meaning, typical range, and its symbol in the book.
     """
+
+    # --- algorithm (chapters 06, 09)
+    algorithm: str = "ppo"
+    """A registered algorithm (:mod:`ppo_lib.registry`): "ppo" (GAE with a critic, the clipped
+    loss) or "reinforce" (REINFORCE with a batch-mean baseline, no critic)."""
 
     # --- rollout (chapter 06, step 1)
     batch_size: int = 16
@@ -175,6 +186,10 @@ class PPOConfig:
         need(self.minibatch_size % self.grad_accum_steps == 0,
              f"grad_accum_steps={self.grad_accum_steps} must divide the minibatch size {self.minibatch_size} "
              f"(= batch_size / num_minibatches).")
+        algorithm = get_algorithm(self.algorithm)  # a ValueError lists the registered names
+        need(self.batch_size % algorithm.samples_per_prompt == 0,
+             f"algorithm {self.algorithm!r} samples {algorithm.samples_per_prompt} responses per prompt; "
+             f"batch_size={self.batch_size} must be a multiple of it.")
         need(self.kl_estimator in KL_KINDS, f"kl_estimator must be one of {KL_KINDS}, got {self.kl_estimator!r}.")
         need(not (self.lora_rank and self.separate_critic),
              "LoRA with a separate critic is not supported: use lora_rank=0 or separate_critic=False.")
@@ -288,6 +303,9 @@ class PPOTrainer:
         self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
         self.device = self.accelerator.device
         self.ref_policy = ref_policy.to(self.device).eval() if ref_policy is not None else None
+        self.algorithm = get_algorithm(config.algorithm)
+        self.estimator = get_advantage_estimator(self.algorithm.advantage_estimator)
+        self.policy_loss = get_policy_loss(self.algorithm.policy_loss)
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.step_count = 0
@@ -341,6 +359,7 @@ class PPOTrainer:
         if isinstance(prompts, str) or len(prompts) != c.batch_size:
             raise ValueError(f"step() needs a list of batch_size={c.batch_size} prompts, got "
                              f"{'a string' if isinstance(prompts, str) else len(prompts)}.")
+        group_index = self.group_index(prompts)
         timer = _Timer(self.device)
         t_start = time.perf_counter()
         with timer("generate"):                                                   # 1. rollout
@@ -351,15 +370,9 @@ class PPOTrainer:
             ref_logprobs = self.ref_logprobs(batch)
         with timer("score"):                                                      # 3. scores
             scores, responses = self.score(prompts, batch)
-        mask = batch.response_mask
-        rewards, kl_stats = shape_rewards(scores, old_logprobs, ref_logprobs, mask,     # 4. shaping
-                                          self.kl_ctl.kl_coef, c.kl_estimator)
-        if c.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)     # 5. GAE
-        if c.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)  # 6. PPO
+        rewards, kl_stats = self.shape_rewards(scores, old_logprobs, ref_logprobs, batch)  # 4. shaping
+        advantages, returns = self.advantages(rewards, batch, group_index, old_values)    # 5. advantages
+        train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)  # 6. epochs
         kl_coef = self.kl_ctl.kl_coef
         stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)  # 7. stats, β
         self.kl_ctl.update(stats["objective/kl"], c.batch_size * self.accelerator.num_processes)
@@ -424,8 +437,42 @@ class PPOTrainer:
             scores = scores - self.config.missing_eos_penalty * (~self._ends_with_eos(batch)).float()
         return scores, responses
 
+    def shape_rewards(self, scores, old_logprobs, ref_logprobs, batch: Rollout):
+        """Step 4: per-token rewards, −β·KL on every token and the score on the last one
+        (:func:`ppo_lib.kl.shape_rewards`); optionally scaled to unit variance."""
+        mask = batch.response_mask
+        rewards, kl_stats = shape_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.kl_coef,
+                                          self.config.kl_estimator)
+        if self.config.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        return rewards, kl_stats
+
+    def advantages(self, rewards, batch: Rollout, group_index, old_values) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 5: ``(advantages, returns)`` from the algorithm's registered estimator, whitened
+        over the batch's tokens when ``whiten_advantages``."""
+        c, mask = self.config, batch.response_mask
+        advantages, returns = self.estimator(rewards, mask, group_index, values=old_values if self.algorithm.critic
+                                             else None, gamma=c.gamma, lam=c.lam)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        return advantages, returns
+
+    def group_index(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        """``(B,)`` long: the group of each row, when the algorithm samples k > 1 responses per
+        prompt (rows come in runs of k copies of one prompt, as :meth:`next_prompts` draws
+        them); ``None`` when k = 1."""
+        k = self.algorithm.samples_per_prompt
+        if k == 1:
+            return None
+        runs = [prompts[i : i + k] for i in range(0, len(prompts), k)]
+        if any(len(set(run)) != 1 for run in runs):
+            raise ValueError(f"algorithm {self.algorithm.name!r} samples {k} responses per prompt: step() needs "
+                             f"each prompt repeated {k} times in a row (next_prompts() draws them so).")
+        return torch.arange(len(runs), device=self.device).repeat_interleave(k)
+
     def ppo_epochs(self, batch, old_logprobs, old_values, advantages, returns, timer) -> dict[str, float]:
-        """Step 6: K epochs of minibatch updates on the clipped surrogate plus the value loss.
+        """Step 6: K epochs of minibatch updates on the policy loss, plus the value loss when the
+        algorithm trains a critic.
 
         Gradient accumulation is exact: each micro-batch's loss is weighted by its share of
         the minibatch's real tokens, so the summed gradient equals that of one big batch.
@@ -445,20 +492,25 @@ class PPOTrainer:
                     with timer("train_forward"), self.autocast():
                         logprobs, values, logits = forward_response(self.policy, batch[micro_idx], c.temperature,
                                                                     return_logits=True)
-                        pg_loss, pg_stats = ppo_clip_loss(logprobs, old_logprobs[micro_idx], advantages[micro_idx],
-                                                          mask, c.clip_eps)
-                        vf_loss, vf_stats = value_loss(values, old_values[micro_idx], returns[micro_idx], mask,
-                                                       c.vf_clip_eps)
-                        loss = (pg_loss + c.vf_coef * vf_loss) * weight
+                        pg_loss, pg_stats = self.policy_loss(logprobs, old_logprobs[micro_idx], advantages[micro_idx],
+                                                             mask, clip_eps=c.clip_eps)
+                        loss = pg_loss
+                        if self.algorithm.critic:
+                            vf_loss, vf_stats = value_loss(values, old_values[micro_idx], returns[micro_idx], mask,
+                                                           c.vf_clip_eps)
+                            loss = loss + c.vf_coef * vf_loss
+                        loss = loss * weight
                     with torch.no_grad():
                         entropy = masked_mean(entropy_from_logits(logits.float() / c.temperature), mask)
                     del logits  # the (B, T, V) logits are not needed by the backward pass: free them first
                     with timer("backward"), self.attention_kernels():
                         self.accelerator.backward(loss)
                     ratio_max = torch.maximum(ratio_max, pg_stats.pop("ratio_max"))
-                    for k, v in {"policy/loss": pg_loss, "value/loss": vf_loss, "policy/entropy": entropy,
-                                 **{f"policy/{k}": v for k, v in pg_stats.items()},
-                                 **{f"value/{k}": v for k, v in vf_stats.items()}}.items():
+                    step_stats = {"policy/loss": pg_loss, "policy/entropy": entropy,
+                                  **{f"policy/{k}": v for k, v in pg_stats.items()}}
+                    if self.algorithm.critic:
+                        step_stats.update({"value/loss": vf_loss, **{f"value/{k}": v for k, v in vf_stats.items()}})
+                    for k, v in step_stats.items():
                         sums[k] = sums.get(k, 0.0) + v.detach() * weight
                 with timer("optimizer"):
                     if c.max_grad_norm is not None:
@@ -482,8 +534,6 @@ class PPOTrainer:
     def collect_stats(self, scores, kl_stats, kl_coef, batch, old_values, returns, train_stats) -> dict[str, float]:
         """Step 7: the statistics of one update under namespaced keys (plain floats)."""
         mask = batch.response_mask
-        var_returns = masked_var(returns, mask)
-        explained_var = 1.0 - masked_var(returns - old_values, mask) / var_returns
         lengths = mask.sum(1).float()
         all_scores = self.accelerator.gather(scores)  # (B × processes,), the same on every process
         stats = {
@@ -492,11 +542,14 @@ class PPOTrainer:
             "objective/kl": kl_stats["kl"].item(),
             "objective/kl_coef": kl_coef,
             "objective/non_score_reward": kl_stats["non_score_reward"].item(),
-            "value/explained_variance": explained_var.item() if var_returns > 0 else float("nan"),
             "response/length_mean": lengths.mean().item(),
             "response/eos_fraction": self._ends_with_eos(batch).float().mean().item(),
             **train_stats,
         }
+        if self.algorithm.critic:  # how much of the returns' variance V_old already explained
+            var_returns = masked_var(returns, mask)
+            explained_var = 1.0 - masked_var(returns - old_values, mask) / var_returns
+            stats["value/explained_variance"] = explained_var.item() if var_returns > 0 else float("nan")
         return self._mean_across_processes(stats)
 
     def _mean_across_processes(self, stats: dict[str, float]) -> dict[str, float]:
@@ -528,9 +581,10 @@ class PPOTrainer:
             raise ValueError(f"train() needs n_updates ≥ 1 (an integer), got {n_updates!r}.")
         if not prompts:
             raise ValueError("train() needs a non-empty list of prompts.")
-        need = self.config.batch_size * self.accelerator.num_processes
+        per_process = self.config.batch_size // self.algorithm.samples_per_prompt
+        need = per_process * self.accelerator.num_processes
         if len(prompts) < need:
-            raise ValueError(f"train() needs at least batch_size={self.config.batch_size} prompts per process "
+            raise ValueError(f"train() needs at least {per_process} distinct prompts per process "
                              f"({need} in all), got {len(prompts)}.")
         tokenize_prompts(self.tokenizer, prompts, self.config.max_prompt_length)  # fail now, not at update 37
         history = []
@@ -614,20 +668,22 @@ class PPOTrainer:
         They come from a queue of indices into ``prompts``, reshuffled (seeded) whenever it runs
         out; the queue is saved in checkpoints, so a resumed run draws what an uninterrupted one
         would. Under data parallelism every process holds the same queue (one shared
-        permutation) and takes its own slice of the next ``batch_size × processes`` indices, so
-        the processes' prompts are disjoint.
+        permutation) and takes its own slice of the next indices, so the processes' prompts are
+        disjoint. An algorithm that samples k responses per prompt gets ``batch_size / k``
+        prompts, each repeated k times in a row.
         """
-        c, acc = self.config, self.accelerator
+        c, acc, k = self.config, self.accelerator, self.algorithm.samples_per_prompt
         if self._prompt_count is not None and self._prompt_count != len(prompts):
             raise ValueError(f"the prompt queue was built for {self._prompt_count} prompts, but got {len(prompts)}; "
                              "pass the same prompt list for the whole run (and after a resume).")
         self._prompt_count = len(prompts)
-        need = c.batch_size * acc.num_processes
+        per_process = c.batch_size // k
+        need = per_process * acc.num_processes
         while len(self._queue) < need:
             self._queue += torch.randperm(len(prompts), generator=self.order_rng).tolist()
         take, self._queue = self._queue[:need], self._queue[need:]
-        mine = take[acc.process_index * c.batch_size : (acc.process_index + 1) * c.batch_size]
-        return [prompts[i] for i in mine]
+        mine = take[acc.process_index * per_process : (acc.process_index + 1) * per_process]
+        return [prompts[i] for i in mine for _ in range(k)]
 
 
 LAUNCH_HELP = ("Data-parallel runs: on GPUs `accelerate launch --multi_gpu --num_processes N -m ppo_lib train ...`; "

@@ -339,21 +339,19 @@ def test_sentiment_preset_smoke_on_smollm2(tmp_path):
 
 
 def test_a_non_finite_loss_stops_training_before_the_weights_change(monkeypatch):
-    import ppo_lib.trainer as trainer_module
-
     t = tiny_trainer()
     before = {k: v.clone() for k, v in t.unwrapped.state_dict().items()}
     t.reward_fn = lambda prompts, responses: [1e39] * len(responses)  # a Python float, inf in float32
     with pytest.raises(ValueError, match="float32"):
         t.step(PROMPTS)
 
-    original = trainer_module.ppo_clip_loss
+    original = t.policy_loss  # the algorithm's registered loss (PPO: ppo_clip)
 
     def nan_loss(*args, **kwargs):
         loss, stats = original(*args, **kwargs)
         return loss * float("nan"), stats
 
-    monkeypatch.setattr(trainer_module, "ppo_clip_loss", nan_loss)
+    monkeypatch.setattr(t, "policy_loss", nan_loss)
     t.reward_fn = target_token_fraction("a")
     with pytest.raises(FloatingPointError, match="non-finite"):
         t.step(PROMPTS)

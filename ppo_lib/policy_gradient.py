@@ -1,0 +1,127 @@
+r"""The built-in advantage estimators, policy losses and algorithms, behind the registry's contracts.
+
+Each function here is pure and torch-only, and follows the contract of :mod:`ppo_lib.registry`
+(verl's). The estimators and losses of chapters 04 and 05 are wrapped, not rewritten: the
+contract adapters below call :func:`ppo_lib.advantages.gae` and :func:`ppo_lib.losses.ppo_clip_loss`.
+
+==================  =========================================================  ==================
+name                what it computes                                           chapter, paper
+==================  =========================================================  ==================
+estimator ``gae``   :math:`\hat A_t = \sum_l (\gamma\lambda)^l \delta_{t+l}`,     04; Schulman et al. 2016
+                    returns :math:`\hat A_t + V(s_t)` (needs a critic)
+estimator           :math:`G_t - b`, with :math:`G_t` the reward-to-go and       02; Williams 1992
+``reinforce``       :math:`b` the mean sequence return of the batch (or group)
+loss ``ppo_clip``   the clipped surrogate, Eq. (5.7)                            05; Schulman et al. 2017
+loss                :math:`-\rho A` with :math:`\rho = \pi_\theta/\pi_{old}`; at   02
+``vanilla_pg``      :math:`\rho = 1` its gradient is REINFORCE's
+==================  =========================================================  ==================
+
+References:
+    Williams (1992), "Simple statistical gradient-following algorithms for connectionist
+    reinforcement learning", Machine Learning 8.
+    Schulman et al. (2016), "High-Dimensional Continuous Control Using Generalized Advantage
+    Estimation", arXiv:1506.02438.
+    verl, ``verl/trainer/ppo/core_algos.py``: the estimator and loss contracts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .advantages import check_right_padded, discounted_returns, gae
+from .losses import ppo_clip_loss
+from .masking import masked_mean
+from .registry import Algorithm, register_advantage_estimator, register_algorithm, register_policy_loss
+
+__all__ = ["gae_advantages", "reinforce_advantages", "ppo_clip_policy_loss", "vanilla_pg_loss", "group_mean"]
+
+
+# ------------------------------------------------------------------------------ estimators
+@register_advantage_estimator("gae")
+def gae_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                   group_index: torch.Tensor | None = None, *, values: torch.Tensor | None = None,
+                   gamma: float = 1.0, lam: float = 0.95, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE, Eq. (4.8) of chapter 04, through the estimator contract; ``group_index`` is unused.
+
+    Returns:
+        ``(advantages, returns)`` ``(B, T)``; ``returns = advantages + values``, the critic's targets.
+    """
+    if values is None:
+        raise ValueError("the 'gae' estimator needs values from a critic; use an algorithm with critic=True.")
+    return gae(token_level_rewards, values, response_mask, gamma, lam)
+
+
+def group_mean(x: torch.Tensor, group_index: torch.Tensor | None) -> torch.Tensor:
+    """``(B,) -> (B,)``: each entry replaced by the mean of its group (the batch mean when
+    ``group_index`` is None). ``group_index`` holds any integer ids, one per row."""
+    if group_index is None:
+        return x.mean().expand_as(x)
+    if group_index.shape != x.shape:
+        raise ValueError(f"group_index {tuple(group_index.shape)} must have the shape of x {tuple(x.shape)}.")
+    _, inverse = torch.unique(group_index, return_inverse=True)  # ids → 0..G-1
+    sums = torch.zeros(int(inverse.max()) + 1, dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
+    counts = torch.bincount(inverse).to(x.dtype)
+    return (sums / counts)[inverse]
+
+
+@register_advantage_estimator("reinforce")
+def reinforce_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                         group_index: torch.Tensor | None = None, *, gamma: float = 1.0,
+                         **options) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""REINFORCE with a baseline: :math:`\hat A_t = G_t - b`, the weight :math:`\Psi_t` of Eq. (2.5), chapter 02.
+
+    :math:`G_t = \sum_{l \ge 0} \gamma^l r_{t+l}` is the reward-to-go (causality: a token is
+    credited only with what comes after it), and :math:`b` the mean of the sequence returns
+    :math:`G_0` over the batch, or over each group of samples of one prompt when
+    ``group_index`` is given. Such a baseline includes the sample's own return, so it is biased
+    by :math:`O(1/n)` for a group of :math:`n`; the leave-one-out mean (RLOO, chapter 09)
+    removes that bias.
+
+    Returns:
+        ``(advantages, returns)`` ``(B, T)``, 0 on padding; ``returns`` are :math:`G_t`.
+    """
+    m = check_right_padded(response_mask)
+    returns = discounted_returns(token_level_rewards, m, gamma)  # (B, T): G_t
+    baseline = group_mean(returns[:, 0], group_index)  # (B,): b from the sequence returns G_0
+    advantages = torch.where(m, returns - baseline[:, None], torch.zeros_like(returns))
+    return advantages.detach(), returns.detach()
+
+
+# ------------------------------------------------------------------------------ losses
+@register_policy_loss("ppo_clip")
+def ppo_clip_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                         response_mask: torch.Tensor, *, clip_eps: float = 0.2, **options):
+    """:func:`ppo_lib.losses.ppo_clip_loss`, Eq. (5.7) of chapter 05, through the loss contract."""
+    return ppo_clip_loss(logprobs, old_logprobs, advantages, response_mask, clip_eps)
+
+
+@register_policy_loss("vanilla_pg")
+def vanilla_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    response_mask: torch.Tensor, **options):
+    r"""The unclipped surrogate :math:`-\frac{1}{\sum m}\sum m\,\rho A`, :math:`\rho = \exp(\log\pi_\theta - \log\pi_{old})`.
+
+    At :math:`\theta = \theta_{old}` (one epoch, on-policy) :math:`\nabla\rho = \nabla\log\pi_\theta`,
+    so its gradient is that of the REINFORCE surrogate, Eq. (2.8) of chapter 02; with more
+    epochs it is L^CPI, Eq. (5.4) of chapter 05, with no clip to keep the ratio near 1.
+
+    Returns:
+        ``(loss, stats)`` with the stats of :func:`~ppo_lib.losses.ppo_clip_loss` (``clipfrac`` is 0).
+    """
+    m = response_mask.bool()
+    log_ratio = logprobs - old_logprobs.detach()  # (B, T)
+    ratio = torch.exp(log_ratio)
+    loss = masked_mean(-advantages.detach() * ratio, m)
+    with torch.no_grad():
+        stats = {"clipfrac": torch.zeros((), device=ratio.device),
+                 "approx_kl_k1": masked_mean(-log_ratio, m),
+                 "approx_kl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
+                 "ratio_mean": masked_mean(ratio, m),
+                 "ratio_max": torch.where(m, ratio, torch.zeros_like(ratio)).max()}
+    return loss, stats
+
+
+# ------------------------------------------------------------------------------ algorithms
+register_algorithm(Algorithm("ppo", advantage_estimator="gae", policy_loss="ppo_clip", critic=True,
+                             description="PPO with GAE and a learned critic (Schulman et al. 2017; Ziegler et al. 2019)."))
+register_algorithm(Algorithm("reinforce", advantage_estimator="reinforce", policy_loss="vanilla_pg", critic=False,
+                             description="REINFORCE with the batch-mean (or group-mean) return as baseline (Williams 1992)."))
