@@ -68,7 +68,9 @@ T0 = time.perf_counter()  # the chapter's running time is printed at the end
 #
 # Chapters 02–05 built every piece of PPO on toys whose answers we could compute. This chapter
 # puts them together on a real language model: we fine-tune a GPT-2-class causal LM to write
-# *positive* movie reviews, the task of Ziegler et al. (2019) and of the original TRL example.
+# *positive* movie reviews, the task of the original TRL example. It adapts the sentiment task of
+# Ziegler et al. (2019), who fine-tuned the 774M-parameter GPT-2 to continue BookCorpus passages
+# with positive sentiment, rewarded by a reward model trained on human comparisons.
 # The recipe is the one of InstructGPT (Ouyang et al. 2022) with a fixed reward function in place
 # of a learned reward model (chapter 08):
 #
@@ -76,7 +78,7 @@ T0 = time.perf_counter()  # the chapter's running time is printed at the end
 # 2. the **padding contract** that every tensor of the loop obeys;
 # 3. one PPO update stepped through by hand with real calls (rollout → reference → score → shaping → GAE → PPO epochs), each step asserted;
 # 4. a short CPU run with live curves that visibly raises the reward, and held-out samples before and after;
-# 5. **reward hacking**: what the KL penalty is for, with $\beta = 0$ against $\beta > 0$;
+# 5. what the KL penalty is for: $\beta = 0$ against $\beta > 0$, and what these short runs can and cannot say about reward hacking;
 # 6. the diagnostics (KL, clip fraction, approximate KL, entropy, explained variance) and their healthy values; the full-size run on a GPU.
 #
 # On a laptop CPU, offline, the policy is SmolLM2-135M-Instruct and the reward is VADER sentiment
@@ -99,7 +101,7 @@ print(f"policy: {MODEL_NAME}   reward: {getattr(REWARD_FN, '__name__', REWARD_FN
 #
 # A prompt $x$ is drawn from a dataset $\mathcal D$, the policy $\pi_\theta$ samples a response
 # $y = (y_0, \dots, y_{T_b})$, and a reward function scores the whole response: $s(x, y)$. Maximising
-# $s$ alone lets the policy wander anywhere the reward function is wrong (Section 6 shows it).
+# $s$ alone lets the policy wander anywhere the reward function is wrong (Section 6 looks at this).
 # RLHF therefore maximises the score minus a KL divergence to a frozen copy of the starting model,
 # the **reference** $\pi_{ref}$ (Ziegler et al. 2019, Eq. 2; Ouyang et al. 2022, Eq. 2):
 #
@@ -420,9 +422,11 @@ for k in ("env/score_mean", "objective/kl", "policy/clipfrac", "policy/approx_kl
 # ## 5. A short run on the CPU, with live curves
 #
 # `trainer.train(prompts, n_updates, callback=...)` calls `step` on batches drawn (seeded, reshuffled) from the
-# training prompts. `LivePlot` redraws reward, KL, clip fraction and entropy after every update. On two CPU cores
-# each update takes a few seconds; a dozen updates move the reward visibly. (The numbers change with the CPU's
-# thread count, so this cell's output is not compared by the tests; the assertion after it is.)
+# training prompts. `LivePlot` redraws reward, KL, clip fraction and entropy after every update. On a CPU an
+# update of this configuration takes minutes, not seconds: the stored run measured about 128 s for the first one
+# (`time/step` above) and about 40 minutes for the whole notebook, on two shared cores; your machine's time will
+# differ. Ten updates move the held-out reward visibly. (The numbers change with the CPU's thread count, so this
+# cell's output is not compared by the tests; the assertion after it is.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -449,12 +453,13 @@ def side_by_side(before, after, n=8):
 display(side_by_side(before, after))
 
 # %% [markdown]
-# ## 6. Reward hacking: what β is for
+# ## 6. What β is for, and what reward hacking would look like
 #
 # A reward function is a proxy. VADER adds up the sentiment of words it knows, so "great great great" scores
-# higher than any honest review (below). With $\beta = 0$ nothing in (6.1) keeps the policy near fluent text, and given
-# enough updates PPO finds such exploits; with $\beta > 0$ every token that drifts from the reference costs reward.
-# This is the "over-optimisation" Ziegler et al. (2019) and Ouyang et al. (2022) guard against with the KL term.
+# higher than any honest review (below). With $\beta = 0$ nothing in (6.1) keeps the policy near the reference, so it
+# is free to move towards such exploits; with $\beta > 0$ every token that drifts from the reference costs reward.
+# Guarding against this "over-optimisation" of an imperfect reward is why Ziegler et al. (2019) and Ouyang et al.
+# (2022) include the KL term. What the runs below can show is more modest, and we say exactly what.
 
 # %%
 hack = ["a solid, well acted film.", "great great great great great!", "love love love love love love",
@@ -465,7 +470,8 @@ for text, s in zip(hack, vader_sentiment([""] * len(hack), hack)):
 # %% [markdown]
 # The cheapest honest experiment: the same short run again, with $\beta = 0$, from the same starting model and seed.
 # Within a dozen updates on a CPU the text need not degenerate yet; what shows is the KL to the reference, which
-# nothing holds back.
+# nothing holds back. This is one seed of each setting: a higher VADER score at $\beta = 0$ is not by itself evidence
+# of reward hacking, since VADER is the very function being optimised.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -481,6 +487,13 @@ for name, h, ev_ in ((f"β = {CFG.kl_coef}", history, after), ("β = 0", history
 # A longer run shows where this goes. The figure below was **precomputed** (it takes longer than this
 # notebook's CPU budget) with `python -m ppo_lib.plotting.ch06`, which trains the two runs with a larger
 # learning rate and saves their histories and held-out samples to `figures/06_beta0_history.json`.
+#
+# Read it with care. It is one seed per setting and 17 updates, and its only measure of quality is VADER, the
+# reward the policy optimised. It shows that without the penalty the KL to the reference grows several times
+# faster while the proxy score rises; it does not show that the text got worse, which needs a measure the policy
+# did not optimise (a second sentiment scorer, human judgement, or distinct-n for repetition) and several seeds.
+# Chapter 08 runs that experiment properly: a "gold" reward model scores policies trained against a "proxy" one,
+# and the gold score first rises and then falls as the KL grows (Gao et al. 2022).
 
 # %%
 fig = render("06_reward_hacking")
@@ -501,7 +514,7 @@ for label, run in load_hacking_history()["runs"].items():
 #
 # On a GPU (Colab) the next cell runs the `sentiment-gpt2` preset of `ppo_lib.cli_train.PRESETS`: GPT-2 against the
 # DistilBERT IMDB classifier, 64 prompts per update, 150 updates, an adaptive β towards a KL of 6 nats (chapter 05),
-# bf16 autocast, about the setting of Ziegler et al. (2019) and the TRL example. Offline with a GPU it runs the
+# bf16 autocast, about the setting of the TRL example (Ziegler et al. 2019 used the 774M GPT-2). Offline with a GPU it runs the
 # `sentiment` preset (SmolLM2 + VADER). On a CPU it only says what it would do. For scale: on one H200, 60 updates of
 # SmolLM2 + VADER at 64 responses × 32 tokens took 165 s and raised the held-out mean score from 0.27 to 0.76 at a
 # KL of 7.5 nats (`figures/runs/sentiment_gpu_h200/`, command in the README). The same runs from a terminal,
@@ -535,14 +548,15 @@ else:
 # * The padding contract: left-padded prompts, right-padded responses, one `response_mask` that includes the EOS, position ids from the attention mask. A mask rebuilt with `ids != pad_token_id` drops the EOS when pad = EOS.
 # * One update: rollout → reference log-probs → scores → `shape_rewards` → `gae` → PPO epochs (`ppo_clip_loss` + `value_loss`) → statistics. With dropout off, the first minibatch's ratio is exactly 1.
 # * Diagnostics: KL to the reference (a few nats), clip fraction (≲ 0.2), approximate KL (≲ 0.05 per token), entropy (no collapse), explained variance (rising from 0).
-# * Without the KL penalty the policy drifts away from the reference much faster, and a long enough run exploits the reward function.
+# * Without the KL penalty the policy drifted from the reference several times faster in our one-seed runs, while the proxy score rose; whether that is reward hacking needs a measure the policy did not optimise (chapter 08's gold/proxy experiment).
 #
 # **References.** Ziegler, Stiennon, Wu, Brown, Radford, Amodei, Christiano & Irving (2019), "Fine-Tuning Language
 # Models from Human Preferences", arXiv:1909.08593. Ouyang et al. (2022), "Training language models to follow
 # instructions with human feedback", arXiv:2203.02155. Huang, Noukhovitch, Hosseini, Rasul, Wang & Tunstall (2024),
 # "The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR Summarization", arXiv:2403.17031.
 # Schulman, Wolski, Dhariwal, Radford & Klimov (2017), "Proximal Policy Optimization Algorithms", arXiv:1707.06347.
-# Hutto & Gilbert (2014), "VADER", ICWSM.
+# Hutto & Gilbert (2014), "VADER", ICWSM. Gao, Schulman & Hilton (2022), "Scaling Laws for Reward Model
+# Overoptimization", arXiv:2210.10760.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
