@@ -234,7 +234,10 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     model.eval()
     if device is not None:
         model.to(device)
-    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # A pad equal to EOS would make every padded position look like the end of a response.
+        raise ValueError(f"the tokenizer of {name!r} has pad token id {tokenizer.pad_token_id} and EOS id "
+                         f"{tokenizer.eos_token_id}; they must differ: add a distinct pad token.")
     return model, tokenizer
 
 
