@@ -1,4 +1,10 @@
-"""Command line: ``python -m ppo_lib {train,figures,bench} ...`` (see ``--help``)."""
+"""The one command line: ``python -m ppo_lib {train,figures,bench,classroom} ...`` (see ``--help``).
+
+* ``train``      PPO (or another registered algorithm) from the command line (:mod:`ppo_lib.cli_train`)
+* ``figures``    every figure of the book into ``figures/`` (:mod:`ppo_lib.plotting`)
+* ``bench``      ppo_lib against TRL's PPO and the raw-compute floor (:mod:`ppo_lib.bench`)
+* ``classroom``  student versions, grading, Colab setup (:mod:`ppo_lib.classroom`)
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,20 @@ from .cli_train import add_train_parser
 def _figures(args: argparse.Namespace) -> int:
     from .plotting import render_all
 
+    if args.train_ch06:  # retrain chapter 06's precomputed β = 0 / β > 0 runs first (slow)
+        from .plotting.ch06 import main as train_ch06
+
+        train_ch06(["--updates", str(args.updates)])
+
     for path in render_all(args.names or None):
         print(path)
     return 0
+
+
+def _classroom(argv: list[str]) -> int:
+    from .classroom import main as classroom_main
+
+    return classroom_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +40,15 @@ def main(argv: list[str] | None = None) -> int:
 
     fig = sub.add_parser("figures", help="regenerate every figure in figures/ (deterministic, CPU)")
     fig.add_argument("names", nargs="*", help="only these figures (default: all)")
+    fig.add_argument("--train-ch06", action="store_true",
+                     help="first retrain chapter 06's precomputed beta = 0 / beta > 0 runs on SmolLM2 (slow: two training runs)")
+    fig.add_argument("--updates", type=int, default=40, help="updates of each --train-ch06 run (default 40)")
     fig.set_defaults(run=_figures)
+
+    cls = sub.add_parser("classroom", help="student versions, grading and Colab setup (see `classroom --help`)",
+                         add_help=False)
+    cls.add_argument("args", nargs=argparse.REMAINDER)
+    cls.set_defaults(run=lambda a: _classroom(a.args))
 
     add_train_parser(sub)
     add_bench_parser(sub)

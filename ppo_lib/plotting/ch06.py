@@ -145,4 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import sys
+
+    print("note: `python -m ppo_lib.plotting.ch06` is now `python -m ppo_lib figures --train-ch06`.", file=sys.stderr)
     raise SystemExit(main())
