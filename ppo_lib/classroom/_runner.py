@@ -40,6 +40,7 @@ import gc
 import hashlib
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -48,7 +49,7 @@ import signal
 import sys
 import threading
 import types
-from itertools import chain
+from itertools import chain, repeat
 from operator import attrgetter, is_, methodcaller
 
 # Events refused for everyone once the notebook may run: an audit hook or a tracer installed
@@ -187,7 +188,8 @@ def _threads() -> int:
 
 
 class Pristine:
-    """The interpreter state the checks rely on, captured before any notebook code ran.
+    """The interpreter state the checks rely on, captured before any notebook code ran, and
+    each module imported later right after its import (before notebook code can touch it).
 
     ``restore`` compares by identity only (``is``), so putting the state back never calls the
     notebook's ``__eq__`` or ``__hash__``; whatever it replaces is appended to ``keep`` so that
@@ -200,8 +202,8 @@ class Pristine:
 
     # Modules whose module-level lists, dicts and sets are put back too (the checks read them);
     # other libraries keep caches and lazy registries there, which must be left alone.
-    CONTAINERS = {"ppo_lib", "torch.testing", "sys", "gc", "builtins", "warnings"}
-    PACKAGES = ("ppo_lib.", "torch.testing.")
+    CONTAINERS = {"torch.testing", "sys", "gc", "builtins", "warnings"}
+    PACKAGES = ("torch.testing.",)
     # Packages no check runs (drawing, display, symbolic maths, networking, test runners):
     # left out because comparing them after every call into the notebook would cost seconds.
     SKIPPED = {
@@ -213,42 +215,21 @@ class Pristine:
         "fastjsonschema", "referencing", "rpds", "attr", "attrs", "sqlite3", "tkinter", "curses",
     }
 
-    def __init__(self, notebook_module):
-        self.modules = {k: v for k, v in sys.modules.items() if type(k) is str}
+    def __init__(self, notebook_module, installed: tuple[str, ...]):
+        self.installed = installed  # folders of installed code (prefixes, the private ppo_lib)
+        self.modules: dict[str, types.ModuleType] = {}
         self.module_types, self.dicts, self.lists, self.sets, self.classes = [], [], [], [], []
         self.functions, self.codes, self.defaults, self.kwdefaults = [], [], [], []
         self.cells, self.contents = [], []
         self.ids: set[int] = set()  # every library object a module or class holds
         self.module_ids: set[int] = set()
-        seen: set[int] = set()
-        for name, module in self.modules.items():
-            if module is notebook_module or not issubclass(type(module), types.ModuleType):
-                continue
-            self.module_ids.add(id(module))
-            namespace = module.__dict__
-            if name.partition(".")[0] in self.SKIPPED:
-                self.ids.update(map(id, namespace.values()))
-                continue
-            self.module_types.append((module, type(module)))
-            self._add_dict(namespace, name)
-            containers = name in self.CONTAINERS or name.startswith(self.PACKAGES)
-            for value in list(namespace.values()):
-                self.ids.add(id(value))
-                if id(value) in seen:
-                    continue
-                seen.add(id(value))
-                kind = type(value)
-                if kind is types.FunctionType:
-                    self._add_function(value)
-                elif issubclass(kind, type) and not _immutable(value):
-                    self._add_class(value, seen)
-                elif containers and value is not sys.modules:
-                    if kind is dict:
-                        self._add_dict(value)
-                    elif kind is list:
-                        self.lists.append((value, tuple(value)))
-                    elif kind is set:
-                        self.sets.append((value, tuple(value)))
+        self.seen: set[int] = set()
+        self.stale = True
+        for name, module in list(sys.modules.items()):
+            if type(name) is str:
+                self.modules[name] = module
+                if module is not notebook_module and issubclass(type(module), types.ModuleType):
+                    self._add_module(name, module)
         self.environ = dict(os.environ)
         self.cwd = os.getcwd()
         self.signals = {s: signal.getsignal(s) for s in signal.valid_signals()
@@ -256,7 +237,45 @@ class Pristine:
         self.signals = {s: h for s, h in self.signals.items() if h is not None}
         self.recursion_limit = sys.getrecursionlimit()
         self.torch = TorchState.capture()
-        self._index()
+
+    def capture(self, name: str) -> None:
+        """Add the module just imported as ``name`` (called by the import system, see
+        :func:`capture_imports`), if it comes from installed code."""
+        module = sys.modules.get(name)
+        if module is None or self.modules.get(name) is module or not issubclass(type(module), types.ModuleType) \
+                or not _installed(module, self.installed):
+            return
+        self.modules[name] = module
+        self._add_module(name, module)
+        self.stale = True
+
+    def _add_module(self, name: str, module) -> None:
+        self.module_ids.add(id(module))
+        namespace = module.__dict__
+        if name.partition(".")[0] in self.SKIPPED:
+            self.ids.update(map(id, namespace.values()))
+            return
+        self.module_types.append((module, type(module)))
+        self._add_dict(namespace, name)
+        containers = name in self.CONTAINERS or name.startswith(self.PACKAGES)
+        seen = self.seen
+        for value in list(namespace.values()):
+            self.ids.add(id(value))
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            kind = type(value)
+            if kind is types.FunctionType:
+                self._add_function(value)
+            elif issubclass(kind, type) and not _immutable(value):
+                self._add_class(value, seen)
+            elif containers and value is not sys.modules:
+                if kind is dict:
+                    self._add_dict(value)
+                elif kind is list:
+                    self.lists.append((value, tuple(value)))
+                elif kind is set:
+                    self.sets.append((value, tuple(value)))
 
     def _add_dict(self, d: dict, module: str | None = None) -> None:
         self.dicts.append([d, module, tuple(d.keys()), tuple(d.values())])
@@ -295,6 +314,9 @@ class Pristine:
 
     def restore(self, keep: list) -> int:
         """Put the captured state back; returns how many things differed."""
+        if self.stale:
+            self._index()
+            self.stale = False
         changed = self._restore_modules(keep)
         for module, kind in self.module_types:
             if type(module) is not kind:
@@ -394,20 +416,15 @@ class Pristine:
         return changed
 
     def _restore_modules(self, keep: list) -> int:
-        """``sys.modules``: the captured entries back; new ``ppo_lib`` entries dropped, so a later
-        import loads them again, verified, from the private copy."""
+        """``sys.modules`` back to the captured modules: one the notebook replaced goes back, one
+        it planted (or wrote and imported itself) goes away, so a later import finds the real one."""
         modules = sys.modules
-        entries = list(modules.items())
-        extra = [(k, v) for k, v in entries if type(k) is str and k not in self.modules
-                 and k != "ppo_lib" and not k.startswith("ppo_lib.")]
-        same = len(entries) == len(self.modules) + len(extra) and all(
-            self.modules.get(k) is v for k, v in entries if type(k) is str and k in self.modules)
-        if same:
+        if len(modules) == len(self.modules) and all(map(is_, map(type, modules), repeat(str))) \
+                and all(map(is_, map(self.modules.get, modules.keys()), modules.values())):
             return 0
-        keep.append(entries)
-        modules.clear()
+        keep.append(list(modules.items()))
+        modules.clear()  # never looks a key up, so no notebook __eq__/__hash__ runs
         modules.update(self.modules)
-        modules.update(extra)
         return 1
 
     def _restore_process(self, keep: list) -> int:
@@ -453,6 +470,32 @@ def _cell_value(cell):
         return cell.cell_contents
     except ValueError:  # an empty cell
         return _MISSING
+
+
+def _installed(module, roots: tuple[str, ...]) -> bool:
+    """Whether the import system loaded ``module`` from installed code (a file under ``roots``,
+    a built-in or frozen module), judged from its spec without running any of its code."""
+    spec = module.__dict__.get("__spec__")
+    if type(spec) is not importlib.machinery.ModuleSpec:
+        return False
+    origin = object.__getattribute__(spec, "__dict__").get("origin")
+    return type(origin) is str and (origin in ("built-in", "frozen") or origin.startswith(roots))
+
+
+def capture_imports(pristine: Pristine) -> None:
+    """Have every module the import system loads from now on captured right after it ran, so
+    that a module first imported while the notebook runs (torch imports lazily) is restored too."""
+    bootstrap = sys.modules.get("_frozen_importlib")
+    original = getattr(bootstrap, "_load_unlocked", None)
+    if original is None:  # another Python: modules imported later are not restored
+        return
+
+    def _load_unlocked(spec):
+        module = original(spec)
+        pristine.capture(spec.name)
+        return module
+
+    bootstrap._load_unlocked = _load_unlocked
 
 
 def refuse_registrations(torch, trusted: tuple[str, ...]) -> None:
@@ -772,15 +815,13 @@ class Runner:
                 importlib.import_module(name)
             except BaseException:  # the notebook meets the same error in its own cell
                 pass
+        roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, job["lib"]}
+        installed = tuple(p.rstrip(os.sep) + os.sep for p in roots | {os.path.realpath(p) for p in roots})
         torch = sys.modules.get("torch")
         if torch is not None:  # one thread: no pool thread appears later and looks like the notebook's
             torch.set_num_threads(1)
             _try(torch.set_num_interop_threads, 1)
-            if "torch.testing" in sys.modules:  # its first call imports more of torch: do it now
-                _try(torch.testing.assert_close, torch.zeros(1), torch.zeros(1))
-            installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, job["lib"])}
-            installed |= {sys.prefix, sys.base_prefix, sys.exec_prefix, job["lib"]}
-            refuse_registrations(torch, tuple(p.rstrip(os.sep) + os.sep for p in installed))
+            refuse_registrations(torch, installed)
         tqdm = sys.modules.get("tqdm")
         if tqdm is not None:  # nor tqdm's monitor thread
             tqdm.tqdm.monitor_interval = 0
@@ -789,7 +830,8 @@ class Runner:
         signal.signal(signal.SIGALRM, self._on_alarm)
         self._install_tripwires(set().union(*(cell.get("forbidden", ()) for cell in job["cells"])))
         gc.collect()
-        self.guard.pristine = Pristine(self.notebook)
+        self.guard.pristine = Pristine(self.notebook, installed)
+        capture_imports(self.guard.pristine)
         sys.addaudithook(AUDIT)
 
     def _install_tripwires(self, dotted_names: set[str]) -> None:

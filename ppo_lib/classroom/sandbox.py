@@ -48,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GRACE = 5.0
+GRACE = 3.0
 """Seconds a cell may run past its limit (to be interrupted and report) before its process group is killed."""
 
 STARTUP = 120.0
@@ -362,7 +362,7 @@ class _Run:
             self.outcome.notes.append(
                 "files of the grader changed on disk while the notebook ran: " + ", ".join(_display(p) for p in changed)
                 + ". If you did not change them yourself, the notebook may have: check them (e.g. with git) "
-                "before grading more; this grade used a private copy taken before the notebook ran")
+                "before grading more (this grade is not affected: it read them before the notebook ran)")
 
 
 def _pending(fd: int) -> bool:
