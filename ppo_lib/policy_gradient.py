@@ -41,7 +41,7 @@ __all__ = ["gae_advantages", "reinforce_advantages", "ppo_clip_policy_loss", "va
 def gae_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                    group_index: torch.Tensor | None = None, *, values: torch.Tensor | None = None,
                    gamma: float = 1.0, lam: float = 0.95, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE, Eq. (4.8) of chapter 04, through the estimator contract; ``group_index`` is unused.
+    """GAE, Eq. (4.5) of chapter 04, through the estimator contract; ``group_index`` is unused.
 
     Returns:
         ``(advantages, returns)`` ``(B, T)``; ``returns = advantages + values``, the critic's targets.
