@@ -1,15 +1,19 @@
 """The TRL side of ``python -m ppo_lib bench``: TRL 1.12.0's PPO on the benchmark workload.
 
 Run as a file with the python of a separate virtual environment that has ``trl==1.12.0``
-(``python -m ppo_lib bench`` creates it); it never imports ``ppo_lib`` and ``ppo_lib``
-never imports it. TRL removed its PPOTrainer in release 1.13; 1.12.0 is the last one that
-has it, at ``trl.experimental.ppo``.
+(``python -m ppo_lib bench`` creates it); it never imports ``ppo_lib``, and ``ppo_lib``
+imports it only in its tests, which never call :func:`main`. TRL removed its PPOTrainer in
+release 1.13; 1.12.0 is the last one that has it, at ``trl.experimental.ppo``.
 
-    .venv-trl/bin/python ppo_lib/bench_trl.py --model-dir MODEL_DIR --prompts prompts.json \\
-        --updates 8 --out trl.json [--device cuda]   # cuda: TRL's bf16=True on the GPU
+    .venv-trl/bin/python ppo_lib/bench/trl_side.py --workload workload.json \\
+        --model-dir MODEL_DIR --prompts prompts.json --out trl.json
 
-The workload matches ``ppo_lib.bench.WORKLOAD`` setting by setting. Two pieces are needed
-because TRL's PPO only accepts ``nn.Module``\\ s shaped like sequence classifiers:
+Every setting comes from the workload file (``Workload.to_json``, written by the harness):
+:func:`ppo_config_kwargs` is ``trl_config_kwargs(workload)`` of ``workload.py`` plus the
+harness's own arguments (output folder, logging), and the rest (threads, pad token, device)
+is read from the same workload. ``workload.py`` sits beside this file and needs only the
+standard library, so run as a file this imports it directly. Two pieces are needed because
+TRL's PPO only accepts ``nn.Module``\\ s shaped like sequence classifiers:
 
 * the **value model** is ``AutoModelForSequenceClassification(num_labels=1)`` of the same
   checkpoint: a second backbone plus a linear ``score`` head (TRL's design, and what its
@@ -41,14 +45,30 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-PAD_TOKEN = "<empty_output>"  # distinct from the EOS <|im_end|>, as on the ppo_lib side
-THREADS = 2
+if __package__:  # imported as ppo_lib.bench.trl_side (the tests)
+    from .workload import TRL_VERSION, Workload, trl_config_kwargs
+else:  # run as a file: Python put this folder first on sys.path, and workload.py needs no ppo_lib
+    from workload import TRL_VERSION, Workload, trl_config_kwargs
+
+# The harness's own arguments of TRL's PPOConfig: where it writes and what it logs. None is
+# a setting of the workload, and none may override one (tests/test_bench.py checks).
+HARNESS_ARGS = dict(report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+                    num_sample_generations=0)
+
+
+def ppo_config_kwargs(workload: Workload, output_dir: str) -> dict:
+    """Every argument of TRL's ``PPOConfig``: the workload's (:func:`trl_config_kwargs`) and the harness's."""
+    return {**trl_config_kwargs(workload), **HARNESS_ARGS, "output_dir": output_dir}
 
 
 def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    """This process's peak resident set size (VmHWM) in MiB; ``ru_maxrss`` where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -89,16 +109,15 @@ class VaderRewardModel(nn.Module):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", required=True, help="folder of the SmolLM2-135M safetensors (ppo_lib's cache)")
-    p.add_argument("--prompts", required=True, help="JSON list of prompt strings")
-    p.add_argument("--updates", type=int, default=8)
+    p.add_argument("--workload", required=True, help="JSON file of the Workload (Workload.to_json)")
+    p.add_argument("--model-dir", required=True, help="folder of the model's safetensors (ppo_lib's cache)")
+    p.add_argument("--prompts", required=True, help="JSON list of the workload's prompt strings")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 mixed precision on the GPU")
     a = p.parse_args(argv)
+    w = Workload.from_json(Path(a.workload).read_text())
     load_before = os.getloadavg()
-    torch.set_num_threads(THREADS)
-    gpu = a.device == "cuda"
+    torch.set_num_threads(w.torch_threads)
+    gpu = w.device == "cuda"  # then TRL's bf16=True (trl_config_kwargs)
 
     import accelerate
     import transformers
@@ -108,11 +127,17 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
+    if trl.__version__ != TRL_VERSION:
+        raise RuntimeError(f"the benchmark compares against TRL {TRL_VERSION}, but this python has trl "
+                           f"{trl.__version__}: pass --trl-python of a python with trl=={TRL_VERSION}, or delete "
+                           "the --trl-venv folder so that it is made again.")
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(a.model_dir)
-    tok.pad_token = PAD_TOKEN
+    tok.pad_token = w.pad_token  # distinct from EOS, as on the ppo_lib side
     tok.padding_side = "left"
-    assert tok.pad_token_id != tok.eos_token_id
+    if tok.pad_token_id is None or tok.pad_token_id in (tok.eos_token_id, tok.unk_token_id):
+        raise ValueError(f"Workload.pad_token={w.pad_token!r} is not a token of {a.model_dir} distinct from its EOS "
+                         f"{tok.eos_token!r}: set it to the pad token that ppo_lib's loader gives this model.")
     policy = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32)
     value_model = AutoModelForSequenceClassification.from_pretrained(a.model_dir, num_labels=1, dtype=torch.float32)
     for m in (policy, value_model):
@@ -120,21 +145,18 @@ def main(argv=None) -> int:
     policy.generation_config.pad_token_id = tok.pad_token_id
     reward_model = VaderRewardModel(tok)
     prompts = json.loads(Path(a.prompts).read_text())
+    if len(prompts) != w.n_prompts:
+        raise ValueError(f"{a.prompts} holds {len(prompts)} prompts, the workload {w.n_prompts}: "
+                         "write it with ppo_lib.bench.bench_prompts(workload).")
     dataset = Dataset.from_dict({"input_ids": [tok(x)["input_ids"] for x in prompts]})
-    B = 16
-    out_dir = tempfile.mkdtemp(prefix="trl_ppo_bench-")
-    config = PPOConfig(
-        output_dir=out_dir, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
-        use_cpu=not gpu, bf16=gpu, fp16=False, seed=a.seed, dataloader_num_workers=0,
-        per_device_train_batch_size=B, gradient_accumulation_steps=1, local_rollout_forward_batch_size=B,
-        total_episodes=B * a.updates, num_ppo_epochs=1, num_mini_batches=1,
-        learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        response_length=24, stop_token=None, missing_eos_penalty=None, temperature=0.7,
-        kl_coef=0.05, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
-        whiten_rewards=False, num_sample_generations=0,
-    )
+    config = PPOConfig(**ppo_config_kwargs(w, tempfile.mkdtemp(prefix="trl_ppo_bench-")))
     trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=None, reward_model=reward_model,
                          train_dataset=dataset, value_model=value_model, eval_dataset=None)
+    # TRL derives its batch sizes from several arguments: check they came out as the workload's
+    if (config.batch_size, config.local_mini_batch_size) != (w.batch_size, w.batch_size // w.num_minibatches):
+        raise RuntimeError(f"TRL would train on batches of {config.batch_size} in minibatches of "
+                           f"{config.local_mini_batch_size}, not the workload's {w.batch_size} in {w.num_minibatches}: "
+                           "fix trl_config_kwargs in ppo_lib/bench/workload.py.")
     load_s = time.perf_counter() - t0
 
     # ---- instrumentation: accumulate seconds per phase for the current update
@@ -210,10 +232,13 @@ def main(argv=None) -> int:
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
+    if sorted(set(checks["response_length"])) != [w.response_length]:
+        raise RuntimeError(f"TRL sampled responses of {sorted(set(checks['response_length']))} tokens, not the "
+                           f"workload's {w.response_length}: the two sides did not run the same workload.")
     inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     result = {
         "per_update": per_update, "peak_rss_mb": peak_rss_mb(), "load_s": load_s, "score_mean": scores,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 1024**2 if gpu else None,
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
         "checks": {k: sorted(set(v)) if k == "response_length" else sum(v) for k, v in checks.items()},
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
