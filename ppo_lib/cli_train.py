@@ -186,9 +186,9 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
     from .rewards import get_reward, review_prompts
     from .trainer import build_trainer
 
-    try:  # the model's context and vocabulary are checked against the config here
+    try:  # the model's context and vocabulary, and the launch, are checked here
         trainer = build_trainer(run["model"], get_reward(run["reward"]), config)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
     acc = trainer.accelerator
     main = acc.is_main_process
