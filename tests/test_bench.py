@@ -1,11 +1,20 @@
-"""``ppo_lib.bench``: the arithmetic and the report, from a small fixture (no timing, no TRL)."""
+"""``ppo_lib.bench``: the arithmetic and the report, from a small fixture (no timing, no TRL);
+and the workload's honesty: every side runs exactly the settings of one frozen ``Workload``."""
 
 import argparse
+import ast
+import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from ppo_lib import bench
+from ppo_lib.bench import floor, library_side, trl_side
+from ppo_lib.bench.workload import _FIXED, Workload, trl_config_kwargs
 
 PHASES = ("generate", "old_forward", "ref_forward", "score", "train_forward", "backward", "optimizer")
 
@@ -161,3 +170,145 @@ def test_report_only_recomputes_the_summaries_from_the_raw_timings(tmp_path):
     md = (tmp_path / "bench_gpu.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| ppo_lib, shared value head |"))
     assert "| **5.000** | 5.000 |" in row and "| 900 |" in row  # mean and median of 4, 6, 5; GPU memory
+
+
+# ----------------------------------------------------------------------------- one workload, every side
+# A workload unlike the published one in every setting that is free to change: a side that
+# hard-codes a value of its own (a `clamp(0.8, 1.2)`, a `B = 16`) fails the tests below.
+UNUSUAL = Workload(model="tiny-gpt2", pad_token="<pad>", torch_threads=3, n_prompts=9, batch_size=6, response_length=7,
+                   temperature=0.9, kl_coef=0.07, kl_estimator="k3", gamma=0.97, lam=0.9, whiten_rewards=True,
+                   ppo_epochs=2, num_minibatches=3, clip_eps=0.13, vf_clip_eps=0.31, vf_coef=0.23, learning_rate=1.7e-5,
+                   weight_decay=0.03, lora_rank=3, lora_alpha=11.0, updates=2, floor_updates=1, seed=7)
+
+# config field -> workload field, for ppo_lib's PPOConfig and TRL's PPOConfig
+PPO_LIB_FIELDS = {
+    "batch_size": "batch_size", "max_new_tokens": "response_length", "temperature": "temperature", "top_k": "top_k",
+    "top_p": "top_p", "kl_coef": "kl_coef", "kl_estimator": "kl_estimator", "gamma": "gamma", "lam": "lam",
+    "whiten_rewards": "whiten_rewards", "whiten_advantages": "whiten_advantages", "ppo_epochs": "ppo_epochs",
+    "num_minibatches": "num_minibatches", "clip_eps": "clip_eps", "vf_clip_eps": "vf_clip_eps", "vf_coef": "vf_coef",
+    "learning_rate": "learning_rate", "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm",
+    "lora_alpha": "lora_alpha", "seed": "seed",
+}
+TRL_FIELDS = {
+    "per_device_train_batch_size": "batch_size", "local_rollout_forward_batch_size": "batch_size",
+    "response_length": "response_length", "stop_token": "stop_token", "temperature": "temperature",
+    "kl_coef": "kl_coef", "kl_estimator": "kl_estimator", "gamma": "gamma", "lam": "lam",
+    "whiten_rewards": "whiten_rewards", "num_ppo_epochs": "ppo_epochs", "num_mini_batches": "num_minibatches",
+    "cliprange": "clip_eps", "cliprange_value": "vf_clip_eps", "vf_coef": "vf_coef", "learning_rate": "learning_rate",
+    "weight_decay": "weight_decay", "lr_scheduler_type": "lr_schedule", "seed": "seed",
+}
+# Fields that no config carries: read by the processes themselves (and checked by the tests below)
+NOT_A_CONFIG_FIELD = {"model", "device", "torch_threads", "pad_token", "n_prompts", "updates", "floor_updates",
+                      "lora_rank", "stop_token", "optimizer", "lr_schedule", "reward"}
+
+
+def test_the_unusual_workload_differs_from_the_published_one_in_every_free_setting():
+    free = [f.name for f in dataclasses.fields(Workload) if f.name not in _FIXED and f.name != "device"]
+    assert [name for name in free if UNUSUAL[name] == bench.WORKLOAD[name]] == []
+
+
+def test_ppo_lib_side_reads_every_setting_from_the_workload():
+    for mode in bench.MODES:
+        cfg = bench.bench_config(mode, workload=UNUSUAL)
+        assert {k: getattr(cfg, k) for k in PPO_LIB_FIELDS} == {k: UNUSUAL[v] for k, v in PPO_LIB_FIELDS.items()}
+        assert cfg.lora_rank == (UNUSUAL.lora_rank if mode == "lora" else 0)
+        assert cfg.stop_at_eos is False and cfg.mixed_precision == "no"
+    gpu = dataclasses.replace(UNUSUAL, device="cuda")
+    assert bench.bench_config("shared", workload=gpu).mixed_precision == "bf16"
+    # a field added to Workload must be wired into the config, or named here as read elsewhere
+    fields = {f.name for f in dataclasses.fields(Workload)}
+    assert fields - set(PPO_LIB_FIELDS.values()) == NOT_A_CONFIG_FIELD
+
+
+def test_trl_side_reads_every_setting_from_the_workload():
+    kwargs = trl_side.ppo_config_kwargs(UNUSUAL, "out")  # TRL's PPOConfig(**kwargs); no TRL needed to build them
+    assert {k: kwargs[k] for k in TRL_FIELDS} == {k: UNUSUAL[v] for k, v in TRL_FIELDS.items()}
+    assert kwargs["total_episodes"] == UNUSUAL.batch_size * UNUSUAL.updates  # TRL counts updates in episodes
+    assert (kwargs["use_cpu"], kwargs["bf16"]) == (True, False)
+    gpu = trl_config_kwargs(dataclasses.replace(UNUSUAL, device="cuda"))
+    assert (gpu["use_cpu"], gpu["bf16"]) == (False, True)
+    # the harness's own arguments (output, logging) never override a setting of the workload
+    assert set(trl_side.HARNESS_ARGS).isdisjoint(trl_config_kwargs(UNUSUAL))
+
+
+def test_trl_side_loads_without_ppo_lib():
+    """The TRL side runs with the python of TRL's own virtual environment, which has no ppo_lib."""
+    code = ("import sys; sys.modules['ppo_lib'] = None  # any import of ppo_lib now fails\n"
+            f"sys.path.insert(0, {str(Path(trl_side.__file__).parent)!r}); import trl_side\n"
+            "w = trl_side.Workload(batch_size=6, n_prompts=6, clip_eps=0.13)\n"
+            "print(trl_side.ppo_config_kwargs(w, 'out')['cliprange'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0.13"]
+
+
+@pytest.fixture
+def one_thread():
+    """The sides run in a process of their own; here they share the test's, so leave it as found."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_floor_runs_the_workload(mode, one_thread):
+    result = floor.run(UNUSUAL, mode)
+    w = UNUSUAL
+    expected = {"batch_size": w.batch_size, "response_length": w.response_length, "n_prompts": w.n_prompts,
+                "optimizer_steps_per_update": w.ppo_epochs * w.num_minibatches, "learning_rate": w.learning_rate,
+                "weight_decay": w.weight_decay}
+    if mode == "lora":
+        expected.update(lora_rank=w.lora_rank, lora_alpha=w.lora_alpha)
+    assert result["settings"] == expected
+    assert len(result["per_update"]) == w.floor_updates
+
+
+def test_ppo_lib_side_runs_the_workload(one_thread):
+    result = library_side.run(UNUSUAL, "shared")
+    assert result["config"] == bench.bench_config("shared", workload=UNUSUAL).to_dict()
+    assert len(result["per_update"]) == UNUSUAL.updates
+    assert result["response_length_mean"] == UNUSUAL.response_length  # exactly T tokens, no stop token
+
+
+def test_a_side_that_pads_differently_from_the_workload_is_an_error(one_thread):
+    with pytest.raises(RuntimeError, match="Workload.pad_token"):
+        floor.run(dataclasses.replace(UNUSUAL, pad_token="<empty_output>"), "shared")
+
+
+BENCH_DIR = Path(bench.__file__).parent
+SIDES = ("floor.py", "library_side.py", "trl_side.py", "child.py", "harness.py")
+
+
+def test_no_side_writes_a_setting_of_its_own():
+    """No number or name of the published workload appears as a literal in a side's code, nor
+    1 ± a fraction of it (a clip range written as 0.8 and 1.2): each must come from the Workload.
+    0 and 1 are left out: they mean "none" and "one"."""
+    numbers = {v for v in bench.WORKLOAD.values() if type(v) in (int, float) and v not in (0, 1)}
+    numbers |= {1 + sign * v for v in numbers if v < 1 for sign in (-1, 1)}
+    names = {bench.WORKLOAD.model, bench.WORKLOAD.pad_token}
+    found = []
+    for name in SIDES:
+        for node in ast.walk(ast.parse((BENCH_DIR / name).read_text())):
+            if not isinstance(node, ast.Constant) or type(node.value) is bool:
+                continue
+            if (type(node.value) in (int, float) and any(abs(node.value - v) < 1e-12 for v in numbers)
+                    or node.value in names):
+                found.append(f"{name}:{node.lineno}: {node.value!r}")
+    assert found == []
+
+
+def test_workload_checks_what_every_side_relies_on():
+    with pytest.raises(ValueError, match="top_k must be 0"):
+        Workload(top_k=50)  # TRL 1.12.0 cannot sample with top-k
+    with pytest.raises(ValueError, match="n_prompts=8 must be ≥ batch_size=16"):
+        Workload(n_prompts=8)
+    with pytest.raises(ValueError, match="num_minibatches=5 must divide batch_size=16"):
+        Workload(num_minibatches=5)
+    with pytest.raises(ValueError, match="kl_estimator"):
+        Workload(kl_estimator="k2")
+    assert Workload.from_json(UNUSUAL.to_json()) == UNUSUAL  # what every child process reads
+    with pytest.raises(ValueError, match="unknown field"):
+        Workload.from_json(json.dumps({"batch_sise": 8}))
+    assert UNUSUAL.record("NVIDIA H200") == {**dataclasses.asdict(UNUSUAL), "dtype": "float32", "gpu": "NVIDIA H200"}

@@ -50,7 +50,7 @@ def run(workload: Workload, mode: str, exact: bool = False, checkpointing: bool 
                    "train_forward": h["time/train_forward"], "backward": h["time/backward"],
                    "optimizer": h["time/optimizer"], "total": h["time/step"]} for h in history]
     return {"per_update": per_update, "load_s": load_s,
-            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 1024**2 if gpu else None,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / (1024 * 1024) if gpu else None,
             "gpu": torch.cuda.get_device_name(0) if gpu else None,
             "mixed_precision": config.mixed_precision,
             # update 1's statistics are those of its first minibatch when K = M = 1 (ratio 1 if exact)

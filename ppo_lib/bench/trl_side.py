@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     result = {
         "per_update": per_update, "peak_rss_mb": peak_rss_mb(), "load_s": load_s, "score_mean": scores,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 1024**2 if gpu else None,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / (1024 * 1024) if gpu else None,
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
         "checks": {k: sorted(set(v)) if k == "response_length" else sum(v) for k, v in checks.items()},
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
