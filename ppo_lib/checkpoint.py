@@ -6,8 +6,8 @@ A checkpoint is a folder::
     optimizer.safetensors  the optimizer's tensors (Adam's moments and step counts)
     rng.safetensors        generator states: "order" (prompt and minibatch order, the same on
                            every process) and "sample.<rank>" (sampling, one per process)
-    trainer_state.json     format, step count, KL controller, config, prompt queue, world size,
-                           the optimizer's hyper-parameters
+    trainer_state.json     format, step count, KL controller, learning-rate multiplier, config,
+                           prompt queue, world size, the optimizer's hyper-parameters
 
 Three promises, each tested in ``tests/test_checkpoint.py``:
 
@@ -77,6 +77,7 @@ def save_checkpoint(trainer, folder: str | Path) -> Path:
             state = {"format": FORMAT, "step_count": trainer.step_count, "kl_ctl": trainer.kl_ctl.state_dict(),
                      "config": trainer.config.to_dict(), "prompt_queue": list(trainer._queue),
                      "prompt_count": trainer._prompt_count, "world_size": acc.num_processes,
+                     "lr_scale": trainer.lr_scale,
                      "optimizer_param_groups": param_groups}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
             for f in FILES:
@@ -192,7 +193,7 @@ def read_checkpoint(trainer, folder: str | Path) -> dict:
     if not isinstance(state, dict):
         raise bad("trainer_state.json", "is not a JSON object.")
     keys = {"format", "step_count", "kl_ctl", "config", "prompt_queue", "prompt_count", "world_size",
-            "optimizer_param_groups"}
+            "optimizer_param_groups", "lr_scale"}
     if set(state) != keys:
         raise bad("trainer_state.json", f"has keys {sorted(state)}; expected {sorted(keys)}.")
     if state["format"] != FORMAT:
@@ -212,6 +213,8 @@ def read_checkpoint(trainer, folder: str | Path) -> dict:
     kl = state["kl_ctl"]
     if not (isinstance(kl, dict) and set(kl) == {"kl_coef"} and _is_number(kl["kl_coef"]) and kl["kl_coef"] >= 0):
         raise bad("trainer_state.json", f"has a bad KL controller state {kl!r}; expected {{'kl_coef': β ≥ 0}}.")
+    if not (_is_number(state["lr_scale"]) and state["lr_scale"] > 0):
+        raise bad("trainer_state.json", f"has lr_scale {state['lr_scale']!r}; expected a finite number > 0.")
     queue, count = state["prompt_queue"], state["prompt_count"]
     if not (isinstance(queue, list) and all(_is_int(i, 0) for i in queue)):
         raise bad("trainer_state.json", "has a prompt_queue that is not a list of indices ≥ 0.")
@@ -261,7 +264,8 @@ def read_checkpoint(trainer, folder: str | Path) -> dict:
             raise bad("rng.safetensors", f"has an invalid {name} state: {e}") from None
 
     return {"weights": full, "optimizer": optim_sd, "order_rng": rng["order"], "sample_rng": rng[f"sample.{rank}"],
-            "step_count": state["step_count"], "kl_ctl": kl, "prompt_queue": queue, "prompt_count": count}
+            "step_count": state["step_count"], "kl_ctl": kl, "prompt_queue": queue, "prompt_count": count,
+            "lr_scale": float(state["lr_scale"])}
 
 
 def apply_checkpoint(trainer, ckpt: dict) -> None:
@@ -274,6 +278,7 @@ def apply_checkpoint(trainer, ckpt: dict) -> None:
     trainer.step_count = ckpt["step_count"]
     trainer._queue = list(ckpt["prompt_queue"])
     trainer._prompt_count = ckpt["prompt_count"]
+    trainer.lr_scale = ckpt["lr_scale"]
 
 
 def load_checkpoint(trainer, folder: str | Path) -> None:

@@ -52,6 +52,7 @@ from .masking import masked_mean, masked_sum, masked_var, masked_whiten
 from .models import ActorCritic, load_policy, reference_copy
 from .registry import get_advantage_estimator, get_algorithm, get_policy_loss
 from .rewards import RewardFn, score
+from .schedules import LR_SCHEDULES, adaptive_lr_scale, lr_factor
 from .rollout import Rollout, critic_values, forward_response, sample, tokenize_prompts
 
 __all__ = ["PPOConfig", "PPOTrainer", "build_trainer", "CheckpointError"]  # CheckpointError: from .checkpoint
@@ -129,6 +130,18 @@ class PPOConfig:
     """c_V, weight of the value loss in the total loss. 0.05–1."""
     learning_rate: float = 1e-5
     """η, AdamW learning rate. 1e-6–5e-5 for full fine-tuning, ~1e-4 with LoRA."""
+    lr_schedule: str = "constant"
+    """How η changes over the run (chapter 07): "constant", "linear" or "cosine" decay to 0 at
+    ``lr_decay_updates``; each after the warm-up."""
+    warmup_updates: int = 0
+    """W, updates over which η rises linearly from η/W to η (chapter 07); 0 is off. 2–10 tames
+    the first updates' clip fraction."""
+    lr_decay_updates: int | None = None
+    """U, the update at which a "linear" or "cosine" schedule reaches 0; needed by both."""
+    adaptive_lr_kl: float | None = None
+    """Target approx-KL(π_old‖π_θ) per token for the KL-driven learning rate (chapter 07, after
+    rl_games): η ÷ 1.5 when an update's KL exceeds twice it, × 1.5 below half; None is off.
+    0.005–0.02."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float | None = 1.0
@@ -190,6 +203,11 @@ class PPOConfig:
         need(self.batch_size % algorithm.samples_per_prompt == 0,
              f"algorithm {self.algorithm!r} samples {algorithm.samples_per_prompt} responses per prompt; "
              f"batch_size={self.batch_size} must be a multiple of it.")
+        need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+        need(self.lr_schedule == "constant" or (self.lr_decay_updates is not None
+                                               and self.lr_decay_updates > self.warmup_updates),
+             f"lr_schedule={self.lr_schedule!r} decays to 0 at lr_decay_updates, which must be set and larger than "
+             f"warmup_updates={self.warmup_updates}; got {self.lr_decay_updates!r}.")
         need(self.kl_estimator in KL_KINDS, f"kl_estimator must be one of {KL_KINDS}, got {self.kl_estimator!r}.")
         need(not (self.lora_rank and self.separate_critic),
              "LoRA with a separate critic is not supported: use lora_rank=0 or separate_critic=False.")
@@ -234,10 +252,12 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "learning_rate": (0, math.inf, True, True), "weight_decay": (0, math.inf, False, True),
     "max_grad_norm": (0, math.inf, True, True), "lora_rank": (0, math.inf, False, True),
     "lora_alpha": (0, math.inf, True, True), "seed": (0, 2**63 - 1, False, False),
+    "warmup_updates": (0, math.inf, False, True), "lr_decay_updates": (1, math.inf, False, True),
+    "adaptive_lr_kl": (0, math.inf, True, True),
 }
 _RANGE_HINTS = {"top_k": "0 turns it off.", "lora_rank": "0 trains all weights.", "top_p": "1.0 turns it off.",
                 "vf_clip_eps": "None turns value clipping off.", "max_grad_norm": "None turns clipping off.",
-                "missing_eos_penalty": "None turns it off."}
+                "missing_eos_penalty": "None turns it off.", "adaptive_lr_kl": "None turns it off."}
 
 
 
@@ -315,6 +335,7 @@ class PPOTrainer:
         self.sample_rng = torch.Generator(device=self.device).manual_seed(config.seed + self.accelerator.process_index)
         self._queue: list[int] = []  # indices of the prompts still to draw (see next_prompts)
         self._prompt_count: int | None = None  # length of the prompt list the queue indexes
+        self.lr_scale = 1.0  # the KL-driven multiplier of η (adaptive_lr_kl); saved in checkpoints
         self.minibatch_stats: list[dict] = []  # per-minibatch stats of the last update
         self.last_samples: list[tuple[str, str, float]] = []  # (prompt, response, score) of the last update
 
@@ -372,10 +393,14 @@ class PPOTrainer:
             scores, responses = self.score(prompts, batch)
         rewards, kl_stats = self.shape_rewards(scores, old_logprobs, ref_logprobs, batch)  # 4. shaping
         advantages, returns = self.advantages(rewards, batch, group_index, old_values)    # 5. advantages
+        lr = self.set_learning_rate()
         train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)  # 6. epochs
         kl_coef = self.kl_ctl.kl_coef
-        stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)  # 7. stats, β
-        self.kl_ctl.update(stats["objective/kl"], c.batch_size * self.accelerator.num_processes)
+        stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)  # 7. stats,
+        stats["optimizer/lr"] = lr
+        self.kl_ctl.update(stats["objective/kl"], c.batch_size * self.accelerator.num_processes)       # β and η
+        if c.adaptive_lr_kl is not None:
+            self.lr_scale = adaptive_lr_scale(self.lr_scale, stats["policy/approx_kl_k3"], c.adaptive_lr_kl)
         self.step_count += 1
         seconds = time.perf_counter() - t_start
         stats.update({f"time/{k}": v for k, v in timer.seconds.items()})
@@ -436,6 +461,16 @@ class PPOTrainer:
         if self.config.missing_eos_penalty is not None:
             scores = scores - self.config.missing_eos_penalty * (~self._ends_with_eos(batch)).float()
         return scores, responses
+
+    def set_learning_rate(self) -> float:
+        """Set the optimizer's η for the update about to run: the base rate × the schedule's
+        factor (warm-up, decay) × the KL-driven multiplier. Returns it."""
+        c = self.config
+        lr = c.learning_rate * lr_factor(self.step_count, c.lr_schedule, c.warmup_updates, c.lr_decay_updates)
+        lr *= self.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def shape_rewards(self, scores, old_logprobs, ref_logprobs, batch: Rollout):
         """Step 4: per-token rewards, −β·KL on every token and the score on the last one
