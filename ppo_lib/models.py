@@ -260,7 +260,8 @@ class ValueHead(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
+        with torch.random.fork_rng(devices=[]):  # the default init draws random numbers: keep the caller's RNG
+            self.linear = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 

@@ -366,3 +366,15 @@ def test_gradient_checkpointing_gives_the_same_update():
     stats = [t.step(PROMPTS) for t in trainers]
     for key in ("policy/loss", "value/loss", "policy/grad_norm", "policy/clipfrac", "env/score_mean"):
         assert stats[1][key] == pytest.approx(stats[0][key], rel=1e-5, abs=1e-7), key
+
+
+def test_building_and_stepping_a_trainer_leaves_the_global_rngs_alone():
+    """Sampling and shuffling draw from the trainer's own seeded generators; even the value
+    head's (zeroed) initialisation does not advance the caller's RNG."""
+    import random
+
+    torch.manual_seed(5), random.seed(5)
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    t = tiny_trainer(separate_critic=True)
+    t.step(PROMPTS)
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
