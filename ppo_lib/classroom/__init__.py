@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -272,6 +273,8 @@ def _cmd_release(args) -> int:
 
 
 def _cmd_grade(args) -> int:
+    # A terminated grader still kills the notebook's processes and deletes its private folder.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         report = grade(args.notebook, instructor=args.instructor, timeout=args.timeout, kernel=args.kernel,
                        deadline=args.deadline, memory_gib=args.memory)

@@ -14,23 +14,26 @@ function, and an autograd graph cannot cross processes. What keeps the checks ho
 * Before any notebook code runs, the runner imports what the checks use (the modules the
   instructor's cells import, the checker modules and what they import), ``ppo_lib`` only from
   the private copy and only from files whose bytes match the grader's hashes.
-* It then takes a snapshot of the interpreter's state (every module's attributes, the
-  attributes of the classes and the code, defaults and closures of the functions they define,
-  the containers of ``ppo_lib``, ``torch.testing`` and ``sys``, ``sys.modules``, signal
-  handlers, the environment, torch's mode stacks and grad mode) and puts it back after every
-  notebook cell and after every call a check makes into the notebook's code.
-* A check cell (the instructor's source) sees the notebook's functions only through a guard:
-  tensor and array arguments are copied, results must be plain data (numbers, strings, None,
-  tensors, arrays, tuples/lists/dicts of these), exceptions come back as built-in exceptions,
-  the library functions the exercise reimplements raise while the student's code runs, and a
-  thread the code leaves running stops the grading.
-* New audit hooks and trace or profile functions are refused (a tracer could jump over a
-  check's ``assert``), and torch operator registrations (``torch.library``) stop the grading.
+* It then captures the interpreter's state (:class:`Pristine`: every module's attributes, the
+  attributes of its classes, the code, defaults and closures of its functions, ``sys.modules``,
+  the containers of ``sys``, ``builtins`` and ``torch.testing``, signal handlers, the
+  environment, torch's mode stacks), and each module imported later right after its import.
+  The notebook's cells run in their own state, as in Jupyter; a check cell starts from the
+  captured state (with the notebook's grad mode and float32/float64 default dtype), which is
+  put back again after every call the check makes into the notebook's code.
+* A check cell (the instructor's source) sees the notebook's functions only through a guard
+  (:class:`Guard`): tensor and array arguments are copied, results must be plain data (numbers,
+  strings, None, tensors, arrays, tuples/lists/dicts of these), exceptions come back as
+  built-in exceptions, the library functions the exercise reimplements raise while the
+  student's code runs, and a thread the code leaves running stops the grading.
+* New audit hooks, trace and profile functions, and the garbage collector's object lists are
+  refused (a tracer could jump over a check's ``assert``), and so is a torch operator
+  registration (``torch.library``) made by the notebook's code: neither could be undone.
 * The notebook's module is ``__main__``; cells run with ``exec`` (no IPython: input
   transformers do not exist; ``%``/``!`` lines are skipped).
 
-None of this is a security boundary: code written against this file's internals (frames, the
-garbage collector, ctypes) can still reach the checks. The grader flags such code for review.
+None of this is a security boundary: code written against this file's internals (frames,
+ctypes) can still reach the checks. The grader flags such code for review.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ class Audit:
 
     def __call__(self, event: str, args) -> None:
         if event == "object.__setattr__":
-            if args[1] in ("__code__", "__defaults__", "__kwdefaults__"):
+            if type(args[1]) is str and args[1] in ("__code__", "__defaults__", "__kwdefaults__"):
                 self.functions_changed = True
         elif event in REFUSED_EVENTS:
             raise RuntimeError(f"{event} is not allowed while grading")
@@ -302,15 +305,16 @@ class Pristine:
                 self._add_function(fn)
 
     def _index(self) -> None:
-        """The flat lists the fast comparisons use."""
+        """The flat lists the fast comparisons use, built from the captured values (never from
+        the live dicts, which the notebook may have changed since)."""
         self.dict_objects = [entry[0] for entry in self.dicts]
-        self.dict_lengths = list(map(len, self.dict_objects))
-        self.dict_values = list(_values(self.dict_objects))
+        self.dict_lengths = [len(entry[2]) for entry in self.dicts]
+        self.dict_values = list(chain.from_iterable(entry[3] for entry in self.dicts))
         self.class_objects = [entry[0] for entry in self.classes]
         self.class_types = [entry[1] for entry in self.classes]
         self.proxies = [entry[2] for entry in self.classes]
-        self.class_lengths = list(map(len, self.proxies))
-        self.class_values = list(_values(self.proxies))
+        self.class_lengths = [len(entry[3]) for entry in self.classes]
+        self.class_values = list(chain.from_iterable(entry[4] for entry in self.classes))
 
     def restore(self, keep: list) -> int:
         """Put the captured state back; returns how many things differed."""
@@ -482,9 +486,10 @@ def _installed(module, roots: tuple[str, ...]) -> bool:
     return type(origin) is str and (origin in ("built-in", "frozen") or origin.startswith(roots))
 
 
-def capture_imports(pristine: Pristine) -> None:
+def capture_imports(guard: Guard) -> None:
     """Have every module the import system loads from now on captured right after it ran, so
-    that a module first imported while the notebook runs (torch imports lazily) is restored too."""
+    that a module first imported while the notebook runs (torch imports lazily) is restored too.
+    Installed before the snapshot, so that the snapshot holds it (and restores it)."""
     bootstrap = sys.modules.get("_frozen_importlib")
     original = getattr(bootstrap, "_load_unlocked", None)
     if original is None:  # another Python: modules imported later are not restored
@@ -492,7 +497,8 @@ def capture_imports(pristine: Pristine) -> None:
 
     def _load_unlocked(spec):
         module = original(spec)
-        pristine.capture(spec.name)
+        if guard.pristine is not None:
+            guard.pristine.capture(spec.name)
         return module
 
     bootstrap._load_unlocked = _load_unlocked
@@ -530,16 +536,28 @@ def _try(fn, *args) -> None:
 
 
 class TorchState:
-    """torch's process-wide switches a notebook can leave on: grad mode, default dtype,
-    ``__torch_function__``/``__torch_dispatch__`` mode stacks, saved-tensor hooks. (Operator
-    registrations cannot be undone: :func:`refuse_registrations` stops them at the source.)"""
+    """torch's process-wide switches: the ``__torch_function__``/``__torch_dispatch__`` mode
+    stacks and saved-tensor hooks go back to none; grad mode and the default dtype are the
+    notebook's settings (a chapter may compute in float64), fixed for the length of a check
+    cell by :meth:`adopt`. (Operator registrations cannot be undone: see
+    :func:`refuse_registrations`.)"""
 
     def __init__(self, torch):
         self.torch = torch
-        self.grad = torch.is_grad_enabled()
-        self.dtype = torch.get_default_dtype()
+        # built-in functions, held from before the notebook ran (a module attribute can be replaced)
+        self.is_grad_enabled, self.get_default_dtype = torch._C.is_grad_enabled, torch._C.get_default_dtype
+        self.set_grad_enabled, self.set_default_dtype = torch._C._set_grad_enabled, torch._C._set_default_dtype
+        self.grad, self.dtype = self.is_grad_enabled(), self.get_default_dtype()
+        self.precise = (torch.float32, torch.float64)
         self.function_modes = torch._C._len_torch_function_stack()
         self.dispatch_modes = torch._C._len_torch_dispatch_stack()
+
+    def adopt(self) -> None:
+        """Take the notebook's grad mode and default dtype (float32 or float64: a lower precision
+        would loosen the checks' default tolerances) as the settings a check cell runs with."""
+        self.grad = self.is_grad_enabled()
+        dtype = self.get_default_dtype()
+        self.dtype = dtype if dtype in self.precise else self.precise[0]
 
     @classmethod
     def capture(cls):
@@ -557,10 +575,10 @@ class TorchState:
         while torch._C._autograd._top_saved_tensors_default_hooks(False) is not None:
             torch._C._autograd._pop_saved_tensors_default_hooks()
             changed += 1
-        if torch.is_grad_enabled() != self.grad:
-            torch.set_grad_enabled(self.grad)
-        if torch.get_default_dtype() != self.dtype:
-            torch.set_default_dtype(self.dtype)
+        if self.is_grad_enabled() != self.grad:
+            self.set_grad_enabled(self.grad)
+        if self.get_default_dtype() != self.dtype:
+            self.set_default_dtype(self.dtype)
         return changed
 
 
@@ -586,16 +604,11 @@ class Guard:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask - {signal.SIGALRM})
 
-    def settle_fully(self) -> None:
-        """After a notebook cell: restore, then let go of what the notebook left (its finalizers
-        run now) and restore again, until nothing changes."""
-        for _ in range(5):
-            self.settle()
-            if not self.keep:
-                return
-            self.keep.clear()
-            self.originals.clear()
-        raise Stop("the notebook's finalizers kept changing the interpreter's state; the grader stopped here")
+    def release(self) -> None:
+        """After a check cell: let go of what the notebook touched (its finalizers may run now;
+        the next check starts by restoring the state again)."""
+        self.keep.clear()
+        self.originals.clear()
 
     def wrap(self, fn, name: str, forbidden: frozenset):
         """``fn`` as a check cell sees it: copied arguments, plain results, state restored."""
@@ -830,8 +843,8 @@ class Runner:
         signal.signal(signal.SIGALRM, self._on_alarm)
         self._install_tripwires(set().union(*(cell.get("forbidden", ()) for cell in job["cells"])))
         gc.collect()
+        capture_imports(self.guard)
         self.guard.pristine = Pristine(self.notebook, installed)
-        capture_imports(self.guard.pristine)
         sys.addaudithook(AUDIT)
 
     def _install_tripwires(self, dotted_names: set[str]) -> None:
@@ -889,20 +902,22 @@ class Runner:
         return None
 
     def run_code(self, cell: dict):
-        """A cell of the notebook: the student's, or an unlocked cell of the chapter."""
-        gc.enable()
+        """A cell of the notebook (the student's, or an unlocked cell of the chapter), in the
+        notebook's own state, as Jupyter would run it: the state is restored before a check."""
         threads = _threads()
         error = self._exec(without_magics(cell["source"]), cell["index"], self.ns)
-        self.guard.settle_fully()
         if _threads() > threads:
             raise Stop(f"cell {cell['index']} left a thread running, which could change the checks; "
                        "the grader stopped here")
         return error
 
     def run_check(self, cell: dict):
-        """A check cell, as the instructor wrote it, over a guarded view of the notebook."""
+        """A check cell, as the instructor wrote it, over a guarded view of the notebook, in the
+        pristine state (but the notebook's grad mode and default dtype)."""
         guard = self.guard
         gc.disable()  # no finalizer of the notebook's runs in the middle of a check
+        if guard.pristine.torch is not None:
+            guard.pristine.torch.adopt()
         guard.settle()
         given = self._check_namespace(frozenset(cell.get("forbidden", ())))
         namespace = dict(given)
@@ -911,7 +926,7 @@ class Runner:
         for name, value in list(namespace.items()):  # what the check cell defined, kept as it is
             if type(name) is str and (name not in given or given[name] is not value):
                 self.ns[name] = self.trusted[name] = value
-        guard.settle_fully()
+        guard.release()
         gc.enable()
         return error
 
