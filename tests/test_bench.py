@@ -186,8 +186,8 @@ PPO_LIB_FIELDS = {
     "top_p": "top_p", "kl_coef": "kl_coef", "kl_estimator": "kl_estimator", "gamma": "gamma", "lam": "lam",
     "whiten_rewards": "whiten_rewards", "whiten_advantages": "whiten_advantages", "ppo_epochs": "ppo_epochs",
     "num_minibatches": "num_minibatches", "clip_eps": "clip_eps", "vf_clip_eps": "vf_clip_eps", "vf_coef": "vf_coef",
-    "learning_rate": "learning_rate", "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm",
-    "lora_alpha": "lora_alpha", "seed": "seed",
+    "learning_rate": "learning_rate", "lr_schedule": "lr_schedule", "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm", "lora_alpha": "lora_alpha", "seed": "seed",
 }
 TRL_FIELDS = {
     "per_device_train_batch_size": "batch_size", "local_rollout_forward_batch_size": "batch_size",
@@ -199,7 +199,7 @@ TRL_FIELDS = {
 }
 # Fields that no config carries: read by the processes themselves (and checked by the tests below)
 NOT_A_CONFIG_FIELD = {"model", "device", "torch_threads", "pad_token", "n_prompts", "updates", "floor_updates",
-                      "lora_rank", "stop_token", "optimizer", "lr_schedule", "reward"}
+                      "lora_rank", "stop_token", "optimizer", "reward"}
 
 
 def test_the_unusual_workload_differs_from_the_published_one_in_every_free_setting():
@@ -213,6 +213,7 @@ def test_ppo_lib_side_reads_every_setting_from_the_workload():
         assert {k: getattr(cfg, k) for k in PPO_LIB_FIELDS} == {k: UNUSUAL[v] for k, v in PPO_LIB_FIELDS.items()}
         assert cfg.lora_rank == (UNUSUAL.lora_rank if mode == "lora" else 0)
         assert cfg.stop_at_eos is False and cfg.mixed_precision == "no"
+        assert (cfg.warmup_updates, cfg.adaptive_lr_kl) == (0, None)  # η constant, as TRL's warmup_steps=0
     gpu = dataclasses.replace(UNUSUAL, device="cuda")
     assert bench.bench_config("shared", workload=gpu).mixed_precision == "bf16"
     # a field added to Workload must be wired into the config, or named here as read elsewhere

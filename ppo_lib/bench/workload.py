@@ -119,7 +119,7 @@ class Workload(Mapping):
     optimizer: str = "AdamW"
     """torch's fused AdamW on every side."""
     lr_schedule: str = "constant"
-    """No warm-up, no decay (ppo_lib's trainer has no schedule)."""
+    """No warm-up, no decay, no KL-driven rate: η stays η on every side."""
     reward: str = "VADER compound of the decoded response"
     """The score of a response, on every side."""
 
@@ -209,7 +209,8 @@ _FIXED = {
     "whiten_advantages": (True, f"TRL {TRL_VERSION}'s PPO always whitens the advantages."),
     "max_grad_norm": (None, f"TRL {TRL_VERSION}'s PPO loop clips no gradient."),
     "optimizer": ("AdamW", "every side builds torch.optim.AdamW(fused=True)."),
-    "lr_schedule": ("constant", "ppo_lib's trainer has no learning-rate schedule."),
+    "lr_schedule": ("constant", "the floor steps at a constant rate, and a schedule would need the same warm-up "
+                                "and decay lengths written for ppo_lib and for TRL."),
     "reward": ("VADER compound of the decoded response", "every side scores with VADER."),
 }
 
@@ -238,7 +239,8 @@ def bench_config(mode: str, exact: bool = False, checkpointing: bool | None = No
         gamma=w.gamma, lam=w.lam, whiten_advantages=w.whiten_advantages,
         ppo_epochs=w.ppo_epochs, num_minibatches=w.num_minibatches, grad_accum_steps=1,
         clip_eps=w.clip_eps, vf_clip_eps=w.vf_clip_eps, vf_coef=w.vf_coef,
-        learning_rate=w.learning_rate, weight_decay=w.weight_decay, max_grad_norm=w.max_grad_norm,
+        learning_rate=w.learning_rate, lr_schedule=w.lr_schedule, warmup_updates=0, adaptive_lr_kl=None,
+        weight_decay=w.weight_decay, max_grad_norm=w.max_grad_norm,
         separate_critic=mode == "separate", lora_rank=w.lora_rank if mode == "lora" else 0, lora_alpha=w.lora_alpha,
         gradient_checkpointing=(mode == "lora") if checkpointing is None else checkpointing,
         mixed_precision=w.mixed_precision, seed=w.seed,
