@@ -350,8 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     gr.add_argument("--deadline", type=_positive, default=3600,
                     help="seconds the whole notebook may run (default: 3600)")
     gr.add_argument("--memory", type=_positive, default=4.0, metavar="GIB",
-                    help="address space the notebook may use, in GiB (default: 4; a chapter that loads "
-                         "SmolLM2-135M needs about 8)")
+                    help="address space the notebook may use, in GiB (default: 4)")
     gr.add_argument("--kernel", default=None,
                     help="Jupyter kernel whose Python runs the notebook (default: this Python environment)")
     gr.add_argument("--json", action="store_true", help="print the report as JSON")

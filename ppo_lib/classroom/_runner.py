@@ -165,6 +165,13 @@ class VerifiedLibrary(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         return None
 
+    def get_resource_reader(self, fullname):
+        """Package data (``importlib.resources.files("ppo_lib")``), read from the private copy."""
+        from importlib.readers import FileReader
+
+        spec = self.find_spec(fullname)
+        return FileReader(types.SimpleNamespace(path=spec.origin))
+
     def exec_module(self, module):
         origin = module.__spec__.origin
         relpath = os.path.relpath(origin, self.root).replace(os.sep, "/")
