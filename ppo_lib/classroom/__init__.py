@@ -10,8 +10,8 @@ this package does the same three jobs without nbgrader's database and course lay
     python -m ppo_lib.classroom grade student/04_gae.ipynb         # execute + grade one
     python -m ppo_lib.classroom sync-setup chapters/               # Colab badge + setup cell
 
-* :mod:`.release` -- ``release`` follows nbgrader's ``generate_assignment`` rules.
-* :mod:`.grade` -- ``grade`` follows nbgrader's ``autograde``, in a sandbox
+* :mod:`.assignment` -- ``release`` follows nbgrader's ``generate_assignment`` rules.
+* :mod:`.autograde` -- ``grade`` follows nbgrader's ``autograde``, in a sandbox
   (:mod:`.sandbox` starts :mod:`._runner`) that a submission cannot talk into points.
 * this module -- ``sync-setup`` writes, from one template built from :data:`GITHUB_REPO` and
   :data:`PINNED_REF`, the "Open in Colab" badge and the shared part of each chapter's setup
@@ -33,8 +33,8 @@ from pathlib import Path
 import nbformat
 
 from .. import __version__
-from .grade import ExerciseResult, GradeReport, grade
-from .release import ClassroomError, _chapter_notebooks, _read_notebook, release, release_notebook
+from .assignment import ClassroomError, _chapter_notebooks, _read_notebook, release, release_notebook
+from .autograde import ExerciseResult, GradeReport, grade
 
 __all__ = [
     "GITHUB_REPO", "PINNED_REF", "REPO_URL", "SMOLLM2_REQUIREMENT",
