@@ -1,4 +1,4 @@
-"""ppo_lib: PPO for language models, written alongside the book "RL for language models".
+r"""ppo_lib: PPO for language models, written alongside the book "RL for language models".
 
 One module per concept (chapter where it is derived):
 

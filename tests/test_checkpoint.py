@@ -5,24 +5,18 @@ caller's global RNGs alone."""
 import json
 import pickle
 import random
-import string
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from ppo_lib.checkpoint import FILES, CheckpointError, recover_checkpoint
-from ppo_lib.rewards import target_token_fraction
-from ppo_lib.trainer import PPOConfig, build_trainer
-
-PROMPTS = ["hello there", "a", "the quick brown fox", "to be or not", "PPO!", "lorem ipsum dolor", "xy", "once upon"]
+from tiny import PROMPTS
+from tiny import tiny_trainer as _tiny
 
 
 def tiny_trainer(**overrides):
-    cfg = dict(batch_size=8, max_new_tokens=8, temperature=1.0, ppo_epochs=1, num_minibatches=2,
-               learning_rate=3e-3, kl_coef=0.01, seed=0)
-    cfg.update(overrides)
-    return build_trainer("tiny-gpt2", target_token_fraction(string.ascii_lowercase), PPOConfig(**cfg))
+    return _tiny(**{"max_new_tokens": 8, "ppo_epochs": 1, **overrides})  # short: many trainers are built
 
 
 def snapshot(t) -> dict:

@@ -17,8 +17,8 @@ from ppo_lib.registry import (ADVANTAGE_ESTIMATORS, ALGORITHMS, POLICY_LOSSES, g
                               get_algorithm, get_policy_loss)
 from ppo_lib.rewards import target_token_fraction
 from ppo_lib.trainer import PPOConfig, build_trainer
+from tiny import PROMPTS
 
-PROMPTS = ["hello there", "a", "the quick brown fox", "to be or not", "PPO!", "lorem ipsum dolor", "xy", "once upon"]
 RECORDED = Path(__file__).parent / "data" / "ppo_tiny_history_main.json"
 
 

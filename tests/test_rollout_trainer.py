@@ -14,14 +14,7 @@ from ppo_lib.rollout import (critic_values, forward_response, sample, tokenize_p
                              truncate_after_eos)
 from ppo_lib.trainer import CheckpointError, PPOConfig, PPOTrainer, build_trainer
 
-PROMPTS = ["hello there", "a", "the quick brown fox", "to be or not", "PPO!", "lorem ipsum dolor", "xy", "once upon"]
-
-
-def tiny_trainer(**overrides):
-    cfg = dict(batch_size=8, max_new_tokens=12, temperature=1.0, ppo_epochs=2, num_minibatches=2,
-               learning_rate=3e-3, kl_coef=0.01, seed=0)
-    cfg.update(overrides)
-    return build_trainer("tiny-gpt2", target_token_fraction(string.ascii_lowercase), PPOConfig(**cfg))
+from tiny import PROMPTS, tiny_trainer
 
 
 def test_truncate_after_eos_keeps_the_eos():

@@ -2,15 +2,13 @@
 and bounds, and the trainer's use of both, through a checkpoint taken mid-warm-up."""
 
 import math
-import string
 
 import pytest
 
-from ppo_lib.rewards import target_token_fraction
 from ppo_lib.schedules import adaptive_lr_scale, lr_factor
-from ppo_lib.trainer import PPOConfig, build_trainer
+from ppo_lib.trainer import PPOConfig
+from tiny import PROMPTS, tiny_trainer
 
-PROMPTS = ["hello there", "a", "the quick brown fox", "to be or not", "PPO!", "lorem ipsum dolor", "xy", "once upon"]
 
 
 @pytest.mark.parametrize("schedule, expected", [
@@ -70,10 +68,8 @@ def test_bad_values_of_the_new_options_are_clear_errors(fields, message):
 
 
 def tiny(**overrides):
-    cfg = dict(batch_size=8, max_new_tokens=8, temperature=1.0, ppo_epochs=2, num_minibatches=2, learning_rate=3e-3,
-               kl_coef=0.01, seed=0, lr_schedule="cosine", warmup_updates=3, lr_decay_updates=6)
-    cfg.update(overrides)
-    return build_trainer("tiny-gpt2", target_token_fraction(string.ascii_lowercase), PPOConfig(**cfg))
+    return tiny_trainer(**{"max_new_tokens": 8, "lr_schedule": "cosine", "warmup_updates": 3, "lr_decay_updates": 6,
+                           **overrides})
 
 
 def test_the_trainer_follows_the_schedule_and_resumes_mid_warmup_exactly(tmp_path):
