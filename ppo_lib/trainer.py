@@ -203,6 +203,8 @@ class PPOConfig:
         need(self.batch_size % algorithm.samples_per_prompt == 0,
              f"algorithm {self.algorithm!r} samples {algorithm.samples_per_prompt} responses per prompt; "
              f"batch_size={self.batch_size} must be a multiple of it.")
+        need(algorithm.critic or not self.separate_critic,
+             f"algorithm {self.algorithm!r} trains no critic: separate_critic=True would load a backbone for nothing.")
         need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         need(self.lr_schedule == "constant" or (self.lr_decay_updates is not None
                                                and self.lr_decay_updates > self.warmup_updates),
@@ -393,12 +395,12 @@ class PPOTrainer:
             scores, responses = self.score(prompts, batch)
         rewards, kl_stats = self.shape_rewards(scores, old_logprobs, ref_logprobs, batch)  # 4. shaping
         advantages, returns = self.advantages(rewards, batch, group_index, old_values)    # 5. advantages
-        lr = self.set_learning_rate()
-        train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)  # 6. epochs
-        kl_coef = self.kl_ctl.kl_coef
-        stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)  # 7. stats,
+        lr = self.set_learning_rate()                                                     # 6. epochs
+        train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)
+        kl_coef = self.kl_ctl.kl_coef                                                     # 7. stats, β, η
+        stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)
         stats["optimizer/lr"] = lr
-        self.kl_ctl.update(stats["objective/kl"], c.batch_size * self.accelerator.num_processes)       # β and η
+        self.kl_ctl.update(stats["objective/kl"], c.batch_size * self.accelerator.num_processes)
         if c.adaptive_lr_kl is not None:
             self.lr_scale = adaptive_lr_scale(self.lr_scale, stats["policy/approx_kl_k3"], c.adaptive_lr_kl)
         self.step_count += 1

@@ -32,6 +32,8 @@ def test_an_unknown_name_is_a_clear_error_that_lists_the_known_ones(get, kind):
 def test_the_config_refuses_an_unknown_algorithm():
     with pytest.raises(ValueError, match="unknown algorithm 'grpo'; registered: \\['ppo', 'reinforce'\\]"):
         PPOConfig(algorithm="grpo")
+    with pytest.raises(ValueError, match="trains no critic"):
+        PPOConfig(algorithm="reinforce", separate_critic=True)
 
 
 def test_the_built_ins_are_registered():
