@@ -34,6 +34,8 @@ equation                                                   function
 (3.6) TD error :math:`\delta_t`                              ``advantages.td_errors``
 (4.5) GAE, (4.6) its backward recursion                     ``advantages.gae``, ``advantages.gae_reference``,
                                                            ``policy_gradient.gae_advantages`` ("gae")
+RLOO, GRPO, Dr. GRPO group advantages (chapter 09)         ``policy_gradient.rloo_advantages``, ``grpo_advantages``,
+                                                           ``dr_grpo_advantages`` ("rloo", "grpo", "dr_grpo")
 (5.7) PPO-Clip surrogate                                    ``losses.ppo_clip_loss`` ("ppo_clip")
 (5.4) :math:`L^{CPI}` without a clip                         ``policy_gradient.vanilla_pg_loss`` ("vanilla_pg")
 (5.10) clipped value loss                                   ``losses.value_loss``

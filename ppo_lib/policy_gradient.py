@@ -11,6 +11,11 @@ estimator ``gae``   :math:`\hat A_t = \sum_l (\gamma\lambda)^l \delta_{t+l}`,   
                     returns :math:`\hat A_t + V(s_t)` (needs a critic)
 estimator           :math:`G_t - b`, with :math:`G_t` the reward-to-go and       02; Williams 1992
 ``reinforce``       :math:`b` the mean sequence return of the batch (or group)
+estimator ``rloo``  :math:`R_i - \frac{1}{k-1}\sum_{j \ne i} R_j` in a group of k     09; Kool et al. 2019,
+                    samples of one prompt, on every token                      Ahmadian et al. 2024
+estimator ``grpo``  :math:`(R_i - \bar R)/(\mathrm{std}(R) + \epsilon)` in the group 09; Shao et al. 2024
+estimator           :math:`R_i - \bar R` (no std normalisation)                  09; Liu et al. 2025
+``dr_grpo``
 loss ``ppo_clip``   the clipped surrogate, Eq. (5.7)                            05; Schulman et al. 2017
 loss                :math:`-\rho A` with :math:`\rho = \pi_\theta/\pi_{old}`; at   02
 ``vanilla_pg``      :math:`\rho = 1` its gradient is REINFORCE's
@@ -21,6 +26,13 @@ References:
     reinforcement learning", Machine Learning 8.
     Schulman et al. (2016), "High-Dimensional Continuous Control Using Generalized Advantage
     Estimation", arXiv:1506.02438.
+    Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE Samples, Get a Baseline for Free!", ICLR
+    workshop DeepRLStructPred.
+    Ahmadian et al. (2024), "Back to Basics: Revisiting REINFORCE Style Optimization for
+    Learning from Human Feedback in LLMs", arXiv:2402.14740.
+    Shao et al. (2024), "DeepSeekMath", arXiv:2402.03300 (GRPO).
+    Liu et al. (2025), "Understanding R1-Zero-Like Training: A Critical Perspective",
+    arXiv:2503.20783 (Dr. GRPO).
     verl, ``verl/trainer/ppo/core_algos.py``: the estimator and loss contracts.
 """
 
@@ -33,7 +45,8 @@ from .losses import ppo_clip_loss
 from .masking import masked_mean
 from .registry import Algorithm, register_advantage_estimator, register_algorithm, register_policy_loss
 
-__all__ = ["gae_advantages", "reinforce_advantages", "ppo_clip_policy_loss", "vanilla_pg_loss", "group_mean"]
+__all__ = ["gae_advantages", "reinforce_advantages", "rloo_advantages", "grpo_advantages", "dr_grpo_advantages",
+           "ppo_clip_policy_loss", "vanilla_pg_loss", "group_mean"]
 
 
 # ------------------------------------------------------------------------------ estimators
@@ -87,6 +100,78 @@ def reinforce_advantages(token_level_rewards: torch.Tensor, response_mask: torch
     return advantages.detach(), returns.detach()
 
 
+def _sequence_returns(token_level_rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T) -> (B,)``: each response's total reward R (its score plus any per-token KL terms)."""
+    m = check_right_padded(response_mask)
+    return torch.where(m, token_level_rewards, torch.zeros_like(token_level_rewards)).sum(dim=1)
+
+
+def _check_groups(group_index: torch.Tensor | None, name: str) -> torch.Tensor:
+    """Every group must hold ≥ 2 samples: a group baseline of one sample is the sample itself."""
+    if group_index is None:
+        raise ValueError(f"the {name!r} estimator needs group_index: sample k ≥ 2 responses per prompt.")
+    counts = torch.unique(group_index, return_counts=True)[1]
+    if int(counts.min()) < 2:
+        raise ValueError(f"the {name!r} estimator needs ≥ 2 samples in every group, got a group of {int(counts.min())}.")
+    return counts
+
+
+def _broadcast(per_sequence: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One advantage per sequence, on each of its real tokens (0 on padding): ``(B,) -> (B, T)``."""
+    advantages = torch.where(response_mask.bool(), per_sequence[:, None], torch.zeros((), dtype=per_sequence.dtype))
+    return advantages.detach(), advantages.detach()
+
+
+@register_advantage_estimator("rloo")
+def rloo_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                    group_index: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""REINFORCE leave-one-out: :math:`A_i = R_i - rac{1}{k-1}\sum_{j
+e i} R_j = rac{k}{k-1}(R_i - ar R)`.
+
+    The baseline of sample i is the mean of the *other* k−1 samples of its prompt, independent
+    of sample i, so the estimate stays unbiased (chapter 09). :math:`R_i` is the whole
+    sequence's reward, the score plus the per-token KL terms (Ahmadian et al. 2024).
+
+    Returns:
+        ``(advantages, returns)`` ``(B, T)``: :math:`A_i` on every real token of response i; returns = advantages.
+    """
+    _check_groups(group_index, "rloo")
+    R = _sequence_returns(token_level_rewards, response_mask)  # (B,)
+    _, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
+    k = counts[inverse].to(R.dtype)  # (B,): the size of each row's group
+    others_mean = (group_mean(R, group_index) * k - R) / (k - 1)  # (sum of the group − R_i) / (k − 1)
+    return _broadcast(R - others_mean, response_mask)
+
+
+@register_advantage_estimator("grpo")
+def grpo_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                    group_index: torch.Tensor | None = None, *, eps: float = 1e-6,
+                    **options) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""GRPO's group-normalised advantage :math:`(R_i - \mathrm{mean}(R))/(\mathrm{std}(R) + \epsilon)`,
+    on every token of response i (Shao et al. 2024, outcome supervision, Sec. 4.1.2).
+
+    ``std`` is the unbiased sample standard deviation of the group, as in verl. Dividing by it
+    weights prompts whose samples all score alike (too easy, or too hard) as much as the
+    others: the "difficulty bias" that Dr. GRPO removes (chapter 09).
+    """
+    _check_groups(group_index, "grpo")
+    R = _sequence_returns(token_level_rewards, response_mask)
+    centred = R - group_mean(R, group_index)
+    _, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
+    var = torch.zeros(len(counts), dtype=R.dtype, device=R.device).index_add_(0, inverse, centred**2) / (counts - 1)
+    return _broadcast(centred / (var.sqrt()[inverse] + eps), response_mask)
+
+
+@register_advantage_estimator("dr_grpo")
+def dr_grpo_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                       group_index: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Dr. GRPO's advantage :math:`R_i - \mathrm{mean}(R)`: GRPO without the std normalisation
+    (Liu et al. 2025); their loss also drops GRPO's :math:`1/|o_i|` length weighting."""
+    _check_groups(group_index, "dr_grpo")
+    R = _sequence_returns(token_level_rewards, response_mask)
+    return _broadcast(R - group_mean(R, group_index), response_mask)
+
+
 # ------------------------------------------------------------------------------ losses
 @register_policy_loss("ppo_clip")
 def ppo_clip_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
@@ -123,5 +208,9 @@ def vanilla_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
 # ------------------------------------------------------------------------------ algorithms
 register_algorithm(Algorithm("ppo", advantage_estimator="gae", policy_loss="ppo_clip", critic=True,
                              description="PPO with GAE and a learned critic (Schulman et al. 2017; Ziegler et al. 2019)."))
+register_algorithm(Algorithm("rloo", advantage_estimator="rloo", policy_loss="vanilla_pg", critic=False,
+                             samples_per_prompt=4,
+                             description="REINFORCE leave-one-out, 4 samples per prompt, the KL in the reward "
+                                         "(Kool et al. 2019; Ahmadian et al. 2024)."))
 register_algorithm(Algorithm("reinforce", advantage_estimator="reinforce", policy_loss="vanilla_pg", critic=False,
                              description="REINFORCE with the batch-mean (or group-mean) return as baseline (Williams 1992)."))

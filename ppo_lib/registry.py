@@ -33,7 +33,9 @@ Policy loss contract::
 
 An :class:`Algorithm` names one estimator, one loss, whether a critic is trained, and how many
 samples each prompt gets. Built in (:mod:`ppo_lib.policy_gradient`): ``"ppo"`` (GAE with a
-critic, the clipped loss) and ``"reinforce"`` (REINFORCE with a baseline, no critic).
+critic, the clipped loss), ``"reinforce"`` (REINFORCE with a baseline, no critic) and
+``"rloo"`` (REINFORCE leave-one-out over 4 samples per prompt). The estimators ``"grpo"`` and
+``"dr_grpo"`` are registered too; their algorithms, whose loss carries the KL, come with chapter 09.
 """
 
 from __future__ import annotations

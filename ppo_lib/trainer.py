@@ -68,7 +68,8 @@ class PPOConfig:
     # --- algorithm (chapters 06, 09)
     algorithm: str = "ppo"
     """A registered algorithm (:mod:`ppo_lib.registry`): "ppo" (GAE with a critic, the clipped
-    loss) or "reinforce" (REINFORCE with a batch-mean baseline, no critic)."""
+    loss), "reinforce" (REINFORCE with a batch-mean baseline, no critic) or "rloo" (4 samples
+    per prompt, leave-one-out baseline, no critic)."""
 
     # --- rollout (chapter 06, step 1)
     batch_size: int = 16

@@ -30,7 +30,7 @@ def test_an_unknown_name_is_a_clear_error_that_lists_the_known_ones(get, kind):
 
 
 def test_the_config_refuses_an_unknown_algorithm():
-    with pytest.raises(ValueError, match="unknown algorithm 'grpo'; registered: \\['ppo', 'reinforce'\\]"):
+    with pytest.raises(ValueError, match="unknown algorithm 'grpo'; registered: \\['ppo', 'reinforce', 'rloo'\\]"):
         PPOConfig(algorithm="grpo")
     with pytest.raises(ValueError, match="trains no critic"):
         PPOConfig(algorithm="reinforce", separate_critic=True)
@@ -69,6 +69,38 @@ def test_reinforce_estimator_by_hand():
     grouped, _ = get_advantage_estimator("reinforce")(REWARDS, MASK, torch.tensor([7, 3, 7]), gamma=0.5)
     baseline = torch.tensor([0.125, 2.0, 0.125], dtype=torch.float64)
     torch.testing.assert_close(grouped, torch.where(MASK, expected_ret - baseline[:, None], torch.zeros(())))
+
+
+# Two prompts, two samples each; the score sits on the last real token: R = 1, 3 | 2, 6.
+GROUP_REWARDS = torch.tensor([[0.0, 1.0], [0.0, 3.0], [2.0, 0.0], [0.0, 6.0]], dtype=torch.float64)
+GROUP_MASK = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 1]], dtype=torch.bool)
+GROUPS = torch.tensor([5, 5, 9, 9])
+
+
+@pytest.mark.parametrize("name, per_sequence", [
+    ("rloo", [1 - 3, 3 - 1, 2 - 6, 6 - 2]),                  # R_i minus the other sample
+    ("grpo", [-0.5**0.5, 0.5**0.5, -0.5**0.5, 0.5**0.5]),  # (R - mean) / unbiased std, std = √2 and √8
+    ("dr_grpo", [-1.0, 1.0, -2.0, 2.0]),                     # R - mean
+])
+def test_group_estimators_by_hand(name, per_sequence):
+    adv, ret = get_advantage_estimator(name)(GROUP_REWARDS, GROUP_MASK, GROUPS)
+    expected = torch.where(GROUP_MASK, torch.tensor(per_sequence, dtype=torch.float64)[:, None], torch.zeros(()))
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=1e-6)  # GRPO's ε = 1e-6 in the denominator
+    torch.testing.assert_close(ret, adv)
+    with pytest.raises(ValueError, match="needs group_index"):
+        get_advantage_estimator(name)(GROUP_REWARDS, GROUP_MASK)
+    with pytest.raises(ValueError, match="≥ 2 samples in every group"):
+        get_advantage_estimator(name)(GROUP_REWARDS, GROUP_MASK, torch.tensor([5, 5, 9, 7]))
+
+
+def test_rloo_equals_k_over_k_minus_1_times_the_centred_return():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    mask = torch.ones(12, 5, dtype=torch.bool)
+    groups = torch.arange(3).repeat_interleave(4)
+    rloo, _ = get_advantage_estimator("rloo")(rewards, mask, groups)
+    dr, _ = get_advantage_estimator("dr_grpo")(rewards, mask, groups)
+    torch.testing.assert_close(rloo, 4 / 3 * dr)
 
 
 def test_group_mean_equals_a_loop():
@@ -114,6 +146,21 @@ def test_ppo_through_the_stages_equals_ppo_before_them(name):
                 assert math.isnan(got[key]), key
             else:
                 assert got[key] == pytest.approx(value, abs=1e-6, rel=0), key
+
+
+def test_rloo_through_the_same_loop_draws_groups_and_learns():
+    cfg = PPOConfig(algorithm="rloo", batch_size=8, max_new_tokens=12, temperature=1.0, ppo_epochs=1,
+                    num_minibatches=1, learning_rate=3e-3, kl_coef=0.01, stop_at_eos=False, seed=0)
+    t = build_trainer("tiny-gpt2", target_token_fraction(string.ascii_lowercase), cfg)
+    prompts = t.next_prompts(PROMPTS)
+    assert len(prompts) == 8 and prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4
+    assert t.group_index(prompts).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="repeated 4 times in a row"):
+        t.step(PROMPTS)
+    history = t.train(PROMPTS, n_updates=30, progress=False)
+    first = sum(h["env/score_mean"] for h in history[:5]) / 5
+    last = sum(h["env/score_mean"] for h in history[-5:]) / 5
+    assert first < 0.2 and last > first + 0.1, (first, last)
 
 
 def test_reinforce_through_the_same_loop_learns():
