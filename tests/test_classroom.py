@@ -319,11 +319,14 @@ JUNK = ("def my_whiten(x, mask):\n    return torch.zeros_like(x)\n"
 
 TAMPERING = {
     "replace the checkers": JUNK + (
-        "import sys\n"
+        "import sys, types\n"
         "import ppo_lib.exercises.ch04 as checks\n"
         "for name, module in list(sys.modules.items()):\n"
         "    if name.startswith('ppo_lib.exercises'):\n"
-        "        module.check_whiten = module.check_gae = lambda *args, **kwargs: None\n"),
+        "        module.check_whiten = module.check_gae = lambda *args, **kwargs: None\n"
+        "fake = types.ModuleType('ppo_lib.exercises.ch04')\n"
+        "fake.check_whiten = fake.check_gae = lambda *args, **kwargs: None\n"
+        "sys.modules['ppo_lib.exercises.ch04'] = fake\n"),
     "patch torch.testing.assert_close and torch.allclose": JUNK + (
         "import torch.testing\n"
         "torch.testing.assert_close = lambda *args, **kwargs: None\n"
@@ -523,6 +526,21 @@ def test_timeout_must_be_positive(timeout, student, instructor, capsys):
         classroom.main(["grade", str(student), "--timeout", str(timeout)])
     assert exit_.value.code == 2
     assert "must be greater than 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["deadline", "memory_gib"])
+def test_other_limits_must_be_positive(limit, student, instructor):
+    with pytest.raises(ValueError, match=f"{limit} must be a positive number"):
+        grade(student, instructor=instructor, **{limit: 0})
+
+
+def test_the_whole_notebook_has_a_deadline(student, instructor, tmp_path):
+    submission = write_variant(student, tmp_path, ex9_1_solution="import time\ntime.sleep(60)")
+    start = time.monotonic()
+    report = grade(submission, instructor=instructor, timeout=30, deadline=3)
+    assert time.monotonic() - start < 20
+    assert report.total == 0 and all(e.message.startswith("not run") for e in report.exercises[:2])
+    assert any("ran longer than its 3 s limit" in n for n in report.notes), report.notes
 
 
 def test_attack_a_loop_that_ignores_interrupts_is_killed(student, instructor, tmp_path):

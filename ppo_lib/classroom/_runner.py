@@ -97,7 +97,9 @@ def set_limits(limits: dict) -> None:
     """Apply the job's resource limits to this process (and, inherited, to its children)."""
     import resource
 
-    for name, value in (("RLIMIT_AS", limits.get("memory")), ("RLIMIT_CPU", limits.get("cpu")),
+    # RLIMIT_DATA (heap and private writable mappings), not RLIMIT_AS: torch built for CUDA maps
+    # gigabytes of libraries and reserves address space it never uses.
+    for name, value in (("RLIMIT_DATA", limits.get("memory")), ("RLIMIT_CPU", limits.get("cpu")),
                         ("RLIMIT_NPROC", limits.get("processes")), ("RLIMIT_FSIZE", limits.get("file_size")),
                         ("RLIMIT_CORE", 0)):
         if value is None or not hasattr(resource, name):

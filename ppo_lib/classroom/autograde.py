@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import os
 import re
 import shutil
 import sys
@@ -262,11 +263,13 @@ def _assemble(student, teacher, name: str) -> _Plan:
         else:
             source = cell.source
         nb.cells[index] = _new_cell(t_cell.cell_type, source, t_cell.metadata)
+    teacher_ids = _grade_ids(teacher)
     for index, cell in enumerate(nb.cells):
         gid = _nbgrader(cell).get("grade_id")
         if gid and index not in claimed:
-            notes.append(f"{_where(name, index, cell)}: the instructor's version has no cell with this "
-                         "grade_id; it ran as an ordinary cell")
+            why = "another cell has the same grade_id" if gid in teacher_ids else \
+                "the instructor's version has no cell with this grade_id"
+            notes.append(f"{_where(name, index, cell)}: {why}; it ran as an ordinary cell")
             cell.metadata.pop("nbgrader", None)
     return _Plan(nb, located, missing, notes)
 
@@ -490,7 +493,7 @@ def grade(notebook: Path | str, instructor: Path | str | None = None, timeout: f
             fails, one that ignores the interrupt stops the run.
         kernel: a Jupyter kernel name whose Python runs the notebook; default: this Python.
         deadline: seconds the whole notebook may run (> 0); after it, the rest is not run.
-        memory_gib: address space the notebook's process may use, in GiB (> 0).
+        memory_gib: memory the notebook's process may allocate, in GiB (> 0).
 
     Returns:
         A :class:`GradeReport`. It never raises for a bad submission: an unreadable file,
@@ -503,6 +506,9 @@ def grade(notebook: Path | str, instructor: Path | str | None = None, timeout: f
     limits = Limits(timeout=timeout, deadline=deadline, memory_gib=memory_gib)
     path = Path(notebook)
     report = GradeReport(notebook=str(notebook), timeout=timeout, deadline=deadline)
+    if os.name != "posix":  # process groups, rlimits, pass_fds
+        report.error = "grading needs Linux or macOS (on Windows, run it in WSL)."
+        return report.clean()
     try:
         student = _read_notebook(path)
         teacher_path = _find_instructor(path, student, Path(instructor) if instructor else None)

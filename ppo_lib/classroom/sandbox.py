@@ -8,10 +8,11 @@ guarantees, whatever the notebook's code does, as long as it runs as an ordinary
   assembled notebook; ``ppo_lib`` is imported from a private read-only copy whose files are
   verified by hash at import, so neither the instructor's files nor the grader's library are
   where the notebook looks. ``TMPDIR`` points into the private folder, which is deleted after.
-* **What it may use.** Address space (``Limits.memory_gib``), CPU seconds (the deadline),
-  file size, and processes (``Limits.processes`` more than the user already runs; the kernel
-  does not enforce this one for root) are capped with ``setrlimit`` in the runner before any
-  notebook code; the GPU is hidden (``CUDA_VISIBLE_DEVICES=""``): grading runs on the CPU.
+* **What it may use.** Allocated memory (``Limits.memory_gib``, as RLIMIT_DATA), CPU seconds
+  (the deadline), file size, and processes (``Limits.processes`` more than the user already
+  runs; the kernel does not enforce this one for root) are capped with ``setrlimit`` in the
+  runner before any notebook code; the GPU is hidden (``CUDA_VISIBLE_DEVICES=""``): grading
+  runs on the CPU.
 * **How long.** A cell that outlives its time limit by :data:`GRACE` seconds (one that ignores
   the interrupt), or a notebook that outlives ``Limits.deadline``, gets its whole process group
   killed; the cells after it are not run.
@@ -67,7 +68,7 @@ class Limits:
     Attributes:
         timeout: seconds each cell may run (> 0).
         deadline: seconds the whole notebook may run (> 0), imports included.
-        memory_gib: address space of the process in GiB (> 0); torch alone maps about 1 GiB.
+        memory_gib: memory the process may allocate (its heap and private mappings), in GiB (> 0).
         processes: processes and threads the notebook may start, on top of those the user runs.
         file_size_gib: size of the largest file the notebook may write, in GiB.
     """
@@ -145,8 +146,9 @@ class _Run:
     # -- before -----------------------------------------------------------------------------
 
     def prepare(self, protected: list[Path], notebook_json: str, notebook_name: str) -> None:
-        """The private folder: ``lib/ppo_lib`` (read-only copy), ``run/`` (the working directory,
-        holding only the notebook), ``tmp/``, ``log/``; and the snapshot of protected files."""
+        """The private folder: ``lib/ppo_lib`` (read-only copy) and ``lib/figures`` (the book's
+        data files, without images), ``run/`` (the working directory, holding only the
+        notebook), ``tmp/``, ``log/``; and the snapshot of protected files."""
         package = Path(__file__).resolve().parents[1]  # the grader's own ppo_lib
         lib = self.work / "lib"
         for path in sorted(package.rglob("*")):
@@ -163,6 +165,9 @@ class _Run:
         for path in protected:
             if path.is_file() and path not in self.snapshot:
                 self.snapshot[path] = (path.read_bytes(), path.stat().st_mode)
+        figures = package.parent / "figures"  # data some chapters read (plotting.figures_dir())
+        if figures.is_dir():
+            shutil.copytree(figures, lib / "figures", ignore=shutil.ignore_patterns("*.png", "*.pdf", "*.svg"))
         for directory, _, files in os.walk(lib, topdown=False):
             for name in files:
                 os.chmod(os.path.join(directory, name), 0o444)
