@@ -18,6 +18,7 @@ One module per concept (chapter where it is derived):
   ``trainer``         ``PPOConfig`` and ``PPOTrainer``: ``step()`` reads as numbered steps (06)
   ``checkpoint``      all-or-nothing checkpoints, no code on load            (06)
   ``cli_train``       ``python -m ppo_lib train``                            (06)
+  ``schedules``, ``memory``  learning-rate schedules, predicted memory       (07)
 * tools: ``plotting/`` (every figure), ``exercises/`` (the self-checks), ``classroom/``
   (student versions and grading), ``bench/`` (against TRL); one command line, ``python -m ppo_lib``.
 
