@@ -222,6 +222,8 @@ res_exact, res_wrong = mdp.gae_moments(lams, 0.95, 0.0), mdp.gae_moments(lams, 0
 assert res_exact["bias2"].max() < 1e-12  # an exact critic: unbiased at every λ
 assert res_wrong["bias2"][-1] < 1e-12 and res_wrong["bias2"][0] > 0.1  # λ=1 unbiased, λ=0 not
 assert np.all(np.diff(res_wrong["var"][1:]) > 0)  # variance grows with λ here
+assert res_wrong["var"][-1] > 10 * res_wrong["var"][0]  # λ = 1 against λ = 0: more than ten times the variance
+assert res_wrong["mse"].argmin() not in (0, len(lams) - 1)  # the smallest MSE is at an intermediate λ
 
 # %% [markdown]
 # Read the two tables together.
@@ -245,6 +247,8 @@ lam_grid = np.linspace(0, 1, 51)
 for c in (0.0, 0.25, 0.5, 1.0, 2.0):
     res = mdp.gae_moments(lam_grid, gamma=0.95, critic_error=c)
     print(f"critic error {c:4.2f}: MSE-optimal λ = {lam_grid[np.argmin(res['mse'])]:.2f}   min MSE = {res['mse'].min():.4f}")
+for gam, var_at_1 in ((0.8, 0.4566), (0.95, 1.1640), (1.0, 1.6501)):  # the numbers quoted below
+    assert abs(mdp.gae_moments([1.0], gamma=gam, critic_error=0.5)["var"][0] - var_at_1) < 1e-4
 
 # %% [markdown]
 # The worse the critic, the more of the future the estimator should read from sampled rewards.
@@ -265,6 +269,47 @@ widgets.interact(_show,
                  lam=widgets.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.05, description="λ"),
                  critic_error=widgets.FloatSlider(value=0.5, min=0.0, max=2.0, step=0.1, description="critic error"),
                  );
+
+# %% [markdown]
+# ### Is $\lambda = 0$ always the most biased?
+#
+# Not in general. Exercise 4.4 derives where the bias comes from: with the critic's error
+# $e(s) = \hat V(s) - V^\pi(s)$ ($e = 0$ after the episode ends) and $b_k = \gamma^k\,\mathbb{E}[e(s_{t+k}) \mid s_t, a_t]$,
+#
+# $$\mathrm{bias}(\lambda) = \sum_{k\ge1}(1-\lambda)\lambda^{k-1}\, b_k . \tag{4.10}$$
+#
+# The bias is a weighted average of the $b_k$, and raising $\lambda$ moves the weight to larger $k$. If
+# the $b_k$ have one sign and $|b_k|$ does not increase with $k$, the bias shrinks as $\lambda$ grows and is
+# largest at $\lambda = 0$ (the proof is exercise 4.4). Without the second condition it can grow: below, the
+# critic's error has one sign but grows along the episode, $e(s_t) = 0.5\,t$, so $\gamma^k\,0.5k$ increases
+# with $k$ over the 7 steps, and the bias is largest near $\lambda = 0.7$, not at $\lambda = 0$. A critic that
+# is wrong by a shrinking amount, $e(s_t) = 0.5 \cdot 0.8^t$, satisfies the condition, and its bias falls with $\lambda$.
+
+# %%
+def bias_with_error(error_of_t, lams, gamma=0.95):
+    """Exact bias of Â_0 on ChainMDP when the critic is off by error_of_t(t) in every state at step t."""
+    m = ChainMDP(seed=0)
+    t = np.arange(m.horizon + 1)
+    m.error_pattern = np.where(t < m.horizon, error_of_t(t), 0.0)[:, None] * np.ones((1, m.n_states))  # e = 0 at the end
+    res = m.gae_moments(lams, gamma=gamma, critic_error=1.0)
+    return res["mean"] - res["target"]
+
+def bias_formula(error_of_t, lams, gamma=0.95, horizon=ChainMDP().horizon):
+    """Eq. (4.10) with b_k = γ^k e(k); the Monte-Carlo tail (k ≥ horizon) has e = 0."""
+    k = np.arange(1, horizon)
+    return np.array([((1 - l) * l ** (k - 1) * gamma**k * error_of_t(k)).sum() for l in lams])
+
+lams_cx = np.linspace(0, 1, 21)
+growing, shrinking = (lambda t: 0.5 * t), (lambda t: 0.5 * 0.8**t)
+b_grow, b_shrink = bias_with_error(growing, lams_cx), bias_with_error(shrinking, lams_cx)
+for l in (0.0, 0.3, 0.5, 0.7, 0.9):  # at λ = 1 both are 0 (asserted below)
+    i = int(round(l * 20))
+    print(f"λ = {l:.1f}   bias with e = 0.5·t: {b_grow[i]:+.4f}    with e = 0.5·0.8^t: {b_shrink[i]:+.4f}")
+np.testing.assert_allclose(b_grow, bias_formula(growing, lams_cx), atol=1e-12)  # Eq. (4.10), exactly
+np.testing.assert_allclose(b_shrink, bias_formula(shrinking, lams_cx), atol=1e-12)
+assert b_grow.max() > 1.9 * b_grow[0] and 0.6 <= lams_cx[b_grow.argmax()] <= 0.8  # counter-example: peak inside (0, 1)
+assert np.all(np.diff(b_shrink) <= 1e-12) and b_shrink[0] == b_shrink.max()  # with the hypothesis: largest at λ = 0
+assert abs(b_grow[-1]) < 1e-12 and abs(b_shrink[-1]) < 1e-12  # and no bias at λ = 1
 
 # %% [markdown]
 # > **Common mistake.** "A larger $\lambda$ makes the advantage smoother, but with more variance"
@@ -578,8 +623,10 @@ check_whiten(my_whiten)
 #
 # Let the critic's error be $e(s) = \hat V(s) - V^\pi(s)$ (0 at the end of the episode). Using (4.1)
 # and (4.3), show that
-# $\mathbb{E}[\hat A_t \mid s_t, a_t] - \big(Q^\pi(s_t,a_t) - \hat V(s_t)\big) = \sum_{k\ge1}(1-\lambda)\lambda^{k-1}\gamma^k\,\mathbb{E}[e(s_{t+k}) \mid s_t, a_t]$,
-# and explain with it why the bias vanishes at $\lambda = 1$ and is largest at $\lambda = 0$ when $e$ has one sign.
+# $\mathbb{E}[\hat A_t \mid s_t, a_t] - \big(Q^\pi(s_t,a_t) - \hat V(s_t)\big) = \sum_{k\ge1}(1-\lambda)\lambda^{k-1}\gamma^k\,\mathbb{E}[e(s_{t+k}) \mid s_t, a_t]$
+# (Eq. 4.10), and explain with it why the bias vanishes at $\lambda = 1$. Then show: if $b_k = \gamma^k\,\mathbb{E}[e(s_{t+k}) \mid s_t, a_t]$
+# has one sign for all $k$ and $|b_k|$ is non-increasing in $k$, the absolute bias is non-increasing in $\lambda$, hence largest at
+# $\lambda = 0$. (Section 2 shows that "$e$ has one sign" alone is not enough: with $e(s_t) = 0.5\,t$ the bias peaks near $\lambda = 0.7$.)
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "ex4_4", "locked": false, "points": 2, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
@@ -587,7 +634,9 @@ check_whiten(my_whiten)
 # place of $\hat V$ has expectation $Q^\pi(s_t, a_t)$ (apply the Bellman equation (3.4) $k$ times). So
 # $\mathbb{E}[\hat A^{(k)}_t] - (Q^\pi - \hat V(s_t)) = \gamma^k\,\mathbb{E}[e(s_{t+k})]$. GAE is the average (4.3) with weights $(1-\lambda)\lambda^{k-1}$
 # summing to 1, and expectation is linear, which gives the formula. At $\lambda = 1$ every weight is 0
-# except the tail on the Monte-Carlo estimator, where $e = 0$ after the end: no bias. At $\lambda = 0$
-# all weight sits on $k = 1$, the nearest future state, whose error is discounted only once by $\gamma$.
-# With a one-signed $e$ the sum is a weighted average of $\gamma^k\mathbb{E}[e(s_{t+k})]$ and shrinks as weight moves to larger $k$.
+# except the tail on the Monte-Carlo estimator, where $e = 0$ after the end: no bias.
+# For the second part, write $d_j = |b_j| - |b_{j+1}| \ge 0$, so that $|b_k| = \sum_{j\ge k} d_j$ ($b_k = 0$ past the end). With one sign,
+# $|\mathrm{bias}(\lambda)| = \sum_k (1-\lambda)\lambda^{k-1}\sum_{j\ge k} d_j = \sum_j d_j \sum_{k\le j}(1-\lambda)\lambda^{k-1} = \sum_j d_j\,(1-\lambda^j)$,
+# and every $1-\lambda^j$ decreases in $\lambda$: the largest value is $\sum_j d_j = |b_1|$, at $\lambda = 0$. Without the monotonicity
+# some $d_j < 0$ and those terms grow with $\lambda$, as in the counter-example of section 2.
 # ### END SOLUTION
