@@ -233,7 +233,7 @@ assert grad[0, 0] == 0 and grad[0, 1] != 0 and grad[0, 2] != 0
 #
 # $$k_1 = -\log r, \qquad k_2 = \tfrac12(\log r)^2, \qquad k_3 = (r - 1) - \log r. \tag{5.12}$$
 #
-# $k_1$ and $k_3$ are unbiased; $k_3 \ge 0$ always and has lower variance; $k_2$ is biased but low-variance.
+# $k_1$ and $k_3$ are unbiased, $k_2$ is biased; $k_3 \ge 0$ for every sample (exercise 1.4), $k_1$ is often negative.
 # `ppo_lib.kl.kl_estimate` implements them; we check the means against the exact KL.
 
 # %%
@@ -247,6 +247,54 @@ for kind in ("k1", "k2", "k3"):
     print(f"  {kind}: mean {est.mean().item():.4f}   std {est.std().item():.4f}   min {est.min().item():+.4f}")
 r_ = q.log()[a] - p.log()[a]  # log r
 torch.testing.assert_close(kl_estimate(p.log()[a], q.log()[a], "k3"), torch.expm1(r_) - r_)
+
+# %% [markdown]
+# **Which estimator is less noisy depends on the distance.** It is often said that $k_3$ has lower variance
+# than $k_1$. That holds only when the two policies are close. Since $k_3 = k_1 + (r - 1)$,
+#
+# $$\mathrm{Var}[k_3] - \mathrm{Var}[k_1] = \mathrm{Var}[r] - 2\,\mathrm{Cov}[r, \log r],$$
+#
+# so $k_3$ is the tighter one exactly when $\mathrm{Var}[r] < 2\,\mathrm{Cov}[r, \log r]$. Near $r = 1$, $\log r \approx r - 1$, the
+# covariance is about $\mathrm{Var}[r]$ and the condition holds: the standard deviation of $k_3$ is of the order of the KL
+# itself, that of $k_1$ of its square root (Schulman 2020 makes this argument). But
+# $\mathrm{Var}[r] = \mathbb{E}_{\pi_\theta}[(\pi_{ref}/\pi_\theta)^2] - 1$ is huge when the policy puts little mass on
+# tokens the reference likes, as a sharpened fine-tuned policy does; then $k_3$ is the *noisier* estimator. Chapter 01
+# met this case on SmolLM2 (a policy at temperature 0.7: one-token std 1.2 for $k_3$ against 0.72 for $k_1$).
+#
+# Measured here on 8 actions: $\pi_{ref} = \mathrm{softmax}(z)$ and the policy $\pi_\tau = \mathrm{softmax}(z/\tau)$ at two distances,
+# $\tau = 0.9$ (close) and $\tau = 0.5$ (sharper, farther). Each measured std is the mean over 20 batches of 10,000
+# samples, with its standard error; the exact value sums over the 8 actions.
+
+# %%
+from ppo_lib.plotting.ch05 import kl_estimator_spread
+
+print(f"{'τ':>4}{'KL':>8}  " + "".join(f"{k + ' exact':>10}{k + ' measured':>18}" for k in ("k1", "k3")))
+spread = {tau: kl_estimator_spread(tau) for tau in (0.9, 0.5)}
+for tau, sp in spread.items():
+    print(f"{tau:4.1f}{sp['kl']:8.4f}  " + "".join(
+        f"{sp['exact_std'][k]:10.4f}{sp['measured_std'][k]:10.4f} ± {sp['measured_se'][k]:.4f}" for k in ("k1", "k3")))
+    np.testing.assert_allclose(sp["exact_std"]["k3"] ** 2 - sp["exact_std"]["k1"] ** 2,
+                               sp["var_r"] - 2 * sp["cov_r_logr"], rtol=1e-10)  # the identity above
+close, far = spread[0.9], spread[0.5]
+for sp, k3_tighter in ((close, True), (far, False)):  # the crossover, exactly and as measured (beyond 3 s.e.)
+    assert (sp["exact_std"]["k3"] < sp["exact_std"]["k1"]) == k3_tighter
+    gap = sp["measured_std"]["k1"] - sp["measured_std"]["k3"]
+    assert (gap > 3 * (sp["measured_se"]["k1"] + sp["measured_se"]["k3"])) if k3_tighter else \
+        (-gap > 3 * (sp["measured_se"]["k1"] + sp["measured_se"]["k3"]))
+assert 8 < close["exact_std"]["k1"] / close["exact_std"]["k3"] < 9 and 1.9 < far["exact_std"]["k3"] / far["exact_std"]["k1"] < 2.1
+
+# %% [markdown]
+# Close to the reference $k_3$ is about eight times tighter than $k_1$; at $\tau = 0.5$ it is about twice as wide. The figure
+# sweeps the distance, for sharper ($\tau < 1$) and flatter ($\tau > 1$) policies. On its log–log axes the $k_1$ lines have
+# slope ½ and the $k_3$ lines slope 1 near the reference: standard deviations proportional to $\sqrt{\mathrm{KL}}$ and to
+# $\mathrm{KL}$. For flatter policies $k_3$ stays the tighter one here; for sharper ones it loses once $\tau$ falls below about 0.6,
+# a KL of about 0.12 nats (the exact curves cross between $\tau = 0.59$ and $0.60$), and its measured spread becomes
+# unreliable: the rare tokens that dominate $\mathrm{Var}[r]$ seldom appear in a batch, so the sample std falls short of the
+# exact one, with a large standard error. A per-token KL of a tenth of a nat is not unusual in RLHF (a few nats over a few
+# dozen tokens), so which estimator is tighter in a given run is worth measuring rather than assuming.
+
+# %%
+fig = render("05_kl_estimator_spread")
 
 # %% [markdown]
 # $\beta$ is hard to choose: the right value changes during training. PPO's paper adapts it after each
@@ -380,7 +428,7 @@ print("its off-diagonal entries are exactly 1 and the gradient's direction is go
 # * Importance sampling (5.2) rewrites the expected advantage under $\pi_\theta$ with samples of $\pi_{\theta_{old}}$; the surrogate $L^{CPI}$ (5.4) has the policy gradient as its gradient at $\theta_{old}$ (5.5).
 # * $L^{CLIP}$ (5.7) takes the pessimistic minimum of the unclipped and clipped terms: zero gradient once $\rho > 1+\epsilon$ for $A > 0$ (5.8) or $\rho < 1-\epsilon$ for $A < 0$ (5.9); `ppo_lib.losses.ppo_clip_loss` was asserted equal to it, and its zero-gradient regions checked with autograd.
 # * The value loss (5.10) regresses on GAE returns, optionally clipped like the ratio (`value_loss`).
-# * PPO-Penalty (5.11) uses a KL penalty, estimated per token with $k_1, k_2, k_3$ (5.12); $\beta$ adapts to a target KL (5.13, 5.14; `AdaptiveKLController`).
+# * PPO-Penalty (5.11) uses a KL penalty, estimated per token with $k_1, k_2, k_3$ (5.12); $\beta$ adapts to a target KL (5.13, 5.14; `AdaptiveKLController`). $k_3$ has the lower variance only while the policies are close ($\mathrm{Var}[r] < 2\,\mathrm{Cov}[r, \log r]$); for a much sharper policy $k_1$ is tighter.
 # * Reusing a batch for many epochs without a clip drifts nats away from the data's policy while the batch over-promises; the clip stops each sample's pull at $1\pm\epsilon$.
 #
 # **References.** Schulman, Wolski, Dhariwal, Radford & Klimov (2017), "Proximal Policy Optimization Algorithms", arXiv:1707.06347.

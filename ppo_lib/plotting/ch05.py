@@ -4,9 +4,51 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
+from ..kl import KL_KINDS, kl_estimate
 from ..toys import adaptive_kl_simulation, bandit_many_batches, bandit_one_batch
 from . import figure
+
+__all__ = ["kl_estimator_spread"]
+
+
+def kl_estimator_spread(tau: float, n_actions: int = 8, n_samples: int = 10_000, n_batches: int = 20,
+                        seed: int = 0) -> dict:
+    r"""Spread of the one-sample KL estimators k1, k2, k3 (Eq. 5.12) at one distance between two policies.
+
+    The reference is :math:`\pi_{ref} = \mathrm{softmax}(z)` over ``n_actions`` actions, with
+    :math:`z = 1.5\,\varepsilon`, :math:`\varepsilon \sim N(0, I)` drawn from ``seed``; the policy is
+    :math:`\pi_\tau = \mathrm{softmax}(z/\tau)`, sharper than the reference for :math:`\tau < 1` and
+    flatter for :math:`\tau > 1`. Everything is float64.
+
+    Returns:
+        dict with ``kl`` (exact :math:`\mathrm{KL}(\pi_\tau\|\pi_{ref})`), ``exact_std`` (per kind, by
+        enumerating the actions), ``measured_std`` and ``measured_se`` (per kind: the mean and the
+        standard error over ``n_batches`` batches of ``n_samples`` draws from :math:`\pi_\tau` of the
+        sample standard deviation), ``var_r`` and ``cov_r_logr`` (exact :math:`\mathrm{Var}[r]` and
+        :math:`\mathrm{Cov}[r, \log r]`, :math:`r = \pi_{ref}/\pi_\tau`).
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = 1.5 * torch.randn(n_actions, generator=g, dtype=torch.float64)
+    logq = torch.log_softmax(z, 0)  # (K,) π_ref
+    logp = torch.log_softmax(z / tau, 0)  # (K,) π_τ
+    p = logp.exp()
+    out = {"tau": tau, "kl": float((p * (logp - logq)).sum()), "exact_std": {}, "measured_std": {}, "measured_se": {}}
+    a = torch.multinomial(p, n_samples * n_batches, replacement=True, generator=g).view(n_batches, n_samples)
+    for kind in KL_KINDS:
+        k = kl_estimate(logp, logq, kind)  # (K,) the estimate if action k is drawn
+        mean = (p * k).sum()
+        out["exact_std"][kind] = float((p * (k - mean) ** 2).sum().sqrt())
+        per_batch = k[a].std(dim=1)  # (n_batches,)
+        out["measured_std"][kind] = float(per_batch.mean())
+        out["measured_se"][kind] = float(per_batch.std() / n_batches**0.5)
+    log_r = logq - logp
+    r = log_r.exp()
+    mean_r, mean_log_r = (p * r).sum(), (p * log_r).sum()
+    out["var_r"] = float((p * (r - mean_r) ** 2).sum())
+    out["cov_r_logr"] = float((p * (r - mean_r) * (log_r - mean_log_r)).sum())
+    return out
 
 
 @figure("05_clip_cases")
@@ -90,5 +132,35 @@ def multi_epoch(clip_eps: float = 0.2, epochs: int = 100, lr: float = 0.05):
                 title="the whole loop, 30 batches")
     for ax in axes:
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+@figure("05_kl_estimator_spread")
+def kl_estimator_spread_figure(n_actions: int = 8, seed: int = 0):
+    r"""Std of one-sample k1, k2, k3 against the KL between policy and reference: exact lines, measured points.
+
+    Two families of policies :math:`\pi_\tau = \mathrm{softmax}(z/\tau)` around :math:`\pi_{ref} = \mathrm{softmax}(z)`:
+    sharper (:math:`\tau < 1`, left) and flatter (:math:`\tau > 1`, right); see :func:`kl_estimator_spread`.
+    """
+    families = {"sharper policies, τ from 0.97 down to 0.3": (np.geomspace(0.97, 0.3, 40), (0.9, 0.7, 0.5, 0.4)),
+                "flatter policies, τ from 1.03 up to 3": (np.geomspace(1.03, 3.0, 40), (1.1, 1.5, 2.5))}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), sharey=True)
+    for ax, (title, (taus, measured_taus)) in zip(axes, families.items()):
+        exact = [kl_estimator_spread(float(t), n_actions, n_samples=10, n_batches=2, seed=seed) for t in taus]
+        meas = [kl_estimator_spread(t, n_actions, seed=seed) for t in measured_taus]
+        for kind, color in zip(KL_KINDS, ("C3", "C2", "C0")):
+            ax.plot([e["kl"] for e in exact], [e["exact_std"][kind] for e in exact], color=color, label=f"{kind}, exact")
+            ax.errorbar([m["kl"] for m in meas], [m["measured_std"][kind] for m in meas],
+                        yerr=[2 * m["measured_se"][kind] for m in meas], fmt="o", ms=4, color=color, capsize=2,
+                        label=f"{kind}, measured (±2 s.e.)")
+        for m in meas:
+            ax.annotate(f"τ={m['tau']}", (m["kl"], m["measured_std"]["k1"]), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=7)
+        ax.set(xscale="log", yscale="log", xlabel="exact KL(π_τ ‖ π_ref), nats", title=title)
+    axes[0].set_ylabel("std of a one-sample estimate, nats")
+    axes[0].legend(fontsize=7, ncol=2, loc="upper left")
+    fig.suptitle("k3 is the tighter estimator near the reference and for flatter policies; "
+                 "for much sharper policies k1 is", fontsize=10)
     fig.tight_layout()
     return fig
