@@ -37,6 +37,7 @@ equation                                                   function
                                                            ``policy_gradient.gae_advantages`` ("gae")
 RLOO, GRPO, Dr. GRPO group advantages (chapter 09)         ``policy_gradient.rloo_advantages``, ``grpo_advantages``,
                                                            ``dr_grpo_advantages`` ("rloo", "grpo", "dr_grpo")
+GRPO loss (clip + β·k3, 1/|o_i|), Dr. GRPO loss (Σ_t / T)   ``policy_gradient.grpo_loss``, ``dr_grpo_loss``
 (5.7) PPO-Clip surrogate                                    ``losses.ppo_clip_loss`` ("ppo_clip")
 (5.4) :math:`L^{CPI}` without a clip                         ``policy_gradient.vanilla_pg_loss`` ("vanilla_pg")
 (5.10) clipped value loss                                   ``losses.value_loss``

@@ -17,6 +17,8 @@ estimator ``grpo``  :math:`(R_i - \bar R)/(\mathrm{std}(R) + \epsilon)` in the g
 estimator           :math:`R_i - \bar R` (no std normalisation)                  09; Liu et al. 2025
 ``dr_grpo``
 loss ``ppo_clip``   the clipped surrogate, Eq. (5.7)                            05; Schulman et al. 2017
+loss ``grpo``       clipped surrogate + β·k3 KL to π_ref, 1/|o_i| per response   09; Shao et al. 2024
+loss ``dr_grpo``    the same terms, Σ_t / T per response                        09; Liu et al. 2025
 loss                :math:`-\rho A` with :math:`\rho = \pi_\theta/\pi_{old}`; at   02
 ``vanilla_pg``      :math:`\rho = 1` its gradient is REINFORCE's
 ==================  =========================================================  ==================
@@ -41,12 +43,13 @@ from __future__ import annotations
 import torch
 
 from .advantages import check_right_padded, discounted_returns, gae
+from .kl import kl_estimate
 from .losses import ppo_clip_loss
-from .masking import masked_mean
+from .masking import masked_mean, masked_sum
 from .registry import Algorithm, register_advantage_estimator, register_algorithm, register_policy_loss
 
 __all__ = ["gae_advantages", "reinforce_advantages", "rloo_advantages", "grpo_advantages", "dr_grpo_advantages",
-           "ppo_clip_policy_loss", "vanilla_pg_loss", "group_mean"]
+           "ppo_clip_policy_loss", "vanilla_pg_loss", "grpo_loss", "dr_grpo_loss", "group_mean"]
 
 
 # ------------------------------------------------------------------------------ estimators
@@ -205,6 +208,61 @@ def vanilla_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     return loss, stats
 
 
+def _clipped_with_kl(logprobs, old_logprobs, advantages, response_mask, clip_eps, ref_logprobs, kl_coef):
+    """Per-token GRPO objective, negated: ``-min(ρA, clip(ρ)A) + β·k3(π_θ‖π_ref)``, ``(B, T)``, and stats."""
+    if ref_logprobs is None:
+        raise ValueError("this loss carries the KL to the reference: pass ref_logprobs (the trainer does).")
+    m = response_mask.bool()
+    advantages = advantages.detach()
+    log_ratio = logprobs - old_logprobs.detach()  # (B, T), log π/π_old
+    ratio = torch.exp(log_ratio)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    kl_ref = kl_estimate(logprobs, ref_logprobs.detach(), "k3")  # (B, T), ≥ 0, with gradient
+    per_token = torch.max(pg_loss1, pg_loss2) + kl_coef * kl_ref
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), m),
+                 "approx_kl_k1": masked_mean(-log_ratio, m),
+                 "approx_kl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
+                 "ratio_mean": masked_mean(ratio, m),
+                 "ratio_max": torch.where(m, ratio, torch.zeros_like(ratio)).max(),
+                 "kl_ref": masked_mean(kl_ref, m)}
+    return per_token, m, stats
+
+
+@register_policy_loss("grpo", aggregation="seq_mean")
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+              response_mask: torch.Tensor, *, clip_eps: float = 0.2, ref_logprobs: torch.Tensor | None = None,
+              kl_coef: float = 0.0, **options):
+    r"""GRPO's loss (Shao et al. 2024, Eq. 3): the clipped surrogate plus :math:`eta`·k3 KL to the
+    reference on every token, averaged over each response's tokens (the :math:`1/|o_i|` of the
+    paper) and then over responses.
+
+    The :math:`1/|o_i|` makes a token of a short response weigh more than one of a long response:
+    for a negative advantage, long wrong answers are penalised less per token (the "length
+    bias" that Dr. GRPO removes, chapter 09). At :math:`eta = 0`, on-policy (ρ = 1), the value
+    of the loss is :math:`-\mathrm{mean}_i A_i`, which group normalisation makes 0 whatever the
+    policy learns: a loss near 0 says nothing about learning.
+    """
+    per_token, m, stats = _clipped_with_kl(logprobs, old_logprobs, advantages, response_mask, clip_eps,
+                                           ref_logprobs, kl_coef)
+    per_sequence = masked_sum(per_token, m, dim=1) / m.sum(dim=1)  # (B,): 1/|o_i| Σ_t
+    return per_sequence.mean(), stats
+
+
+@register_policy_loss("dr_grpo", aggregation="seq_mean")
+def dr_grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                 response_mask: torch.Tensor, *, clip_eps: float = 0.2, ref_logprobs: torch.Tensor | None = None,
+                 kl_coef: float = 0.0, **options):
+    r"""Dr. GRPO's loss (Liu et al. 2025): GRPO's per-token terms summed over each response and
+    divided by a constant, the batch's response length T, instead of by :math:`|o_i|`; every
+    token then weighs the same whatever the length of its response."""
+    per_token, m, stats = _clipped_with_kl(logprobs, old_logprobs, advantages, response_mask, clip_eps,
+                                           ref_logprobs, kl_coef)
+    per_sequence = masked_sum(per_token, m, dim=1) / m.shape[1]  # (B,): Σ_t / T, T the same for every row
+    return per_sequence.mean(), stats
+
+
 # ------------------------------------------------------------------------------ algorithms
 register_algorithm(Algorithm("ppo", advantage_estimator="gae", policy_loss="ppo_clip", critic=True,
                              description="PPO with GAE and a learned critic (Schulman et al. 2017; Ziegler et al. 2019)."))
@@ -212,5 +270,13 @@ register_algorithm(Algorithm("rloo", advantage_estimator="rloo", policy_loss="va
                              samples_per_prompt=4,
                              description="REINFORCE leave-one-out, 4 samples per prompt, the KL in the reward "
                                          "(Kool et al. 2019; Ahmadian et al. 2024)."))
+register_algorithm(Algorithm("grpo", advantage_estimator="grpo", policy_loss="grpo", critic=False,
+                             samples_per_prompt=4, kl_in_reward=False, whiten_advantages=False,
+                             description="GRPO: group-normalised advantages, 4 samples per prompt, clip, k3 KL in "
+                                         "the loss, 1/|o| weighting (Shao et al. 2024)."))
+register_algorithm(Algorithm("dr_grpo", advantage_estimator="dr_grpo", policy_loss="dr_grpo", critic=False,
+                             samples_per_prompt=4, kl_in_reward=False, whiten_advantages=False,
+                             description="Dr. GRPO: GRPO without the std normalisation and the 1/|o| weighting "
+                                         "(Liu et al. 2025)."))
 register_algorithm(Algorithm("reinforce", advantage_estimator="reinforce", policy_loss="vanilla_pg", critic=False,
                              description="REINFORCE with the batch-mean (or group-mean) return as baseline (Williams 1992)."))

@@ -30,12 +30,16 @@ Policy loss contract::
 * ``ref_logprobs`` and ``kl_coef`` are for losses that carry the KL penalty themselves (GRPO);
   losses of algorithms that put the KL into the reward ignore them.
 * ``stats`` is a dict of detached 0-dim tensors (no ``.item()``, no CPU-GPU sync).
+* A loss declares how it averages over tokens, ``aggregation``: ``"token_mean"`` (every real
+  token of the batch weighs the same) or ``"seq_mean"`` (a mean over sequences of a per-sequence
+  quantity). The trainer needs it to accumulate micro-batches exactly.
 
-An :class:`Algorithm` names one estimator, one loss, whether a critic is trained, and how many
-samples each prompt gets. Built in (:mod:`ppo_lib.policy_gradient`): ``"ppo"`` (GAE with a
-critic, the clipped loss), ``"reinforce"`` (REINFORCE with a baseline, no critic) and
-``"rloo"`` (REINFORCE leave-one-out over 4 samples per prompt). The estimators ``"grpo"`` and
-``"dr_grpo"`` are registered too; their algorithms, whose loss carries the KL, come with chapter 09.
+An :class:`Algorithm` names one estimator, one loss, whether a critic is trained, how many
+samples each prompt gets, and where the KL to the reference goes. Built in
+(:mod:`ppo_lib.policy_gradient`): ``"ppo"`` (GAE with a critic, the clipped loss),
+``"reinforce"`` (REINFORCE with a baseline, no critic), ``"rloo"`` (REINFORCE leave-one-out
+over 4 samples per prompt), ``"grpo"`` and ``"dr_grpo"`` (group-normalised advantages, the KL
+in the loss).
 """
 
 from __future__ import annotations
@@ -79,6 +83,12 @@ class Algorithm:
     """Whether a value function is trained (and its values passed to the estimator)."""
     samples_per_prompt: int = 1
     """k, responses sampled for each prompt (a group); estimators with a group baseline need ≥ 2."""
+    kl_in_reward: bool = True
+    """True: −β·KL(π‖π_ref) is added to every token's reward (Ziegler et al. 2019). False: the
+    policy loss carries the KL itself, from ``ref_logprobs`` (GRPO)."""
+    whiten_advantages: bool = True
+    """Whether ``PPOConfig.whiten_advantages`` may normalise the advantages over the batch's
+    tokens; False for estimators that normalise within each group already (GRPO)."""
     description: str = ""
     """One line: what the algorithm is, with its reference."""
 
@@ -102,9 +112,17 @@ def register_advantage_estimator(name: str):
     return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name)
 
 
-def register_policy_loss(name: str):
-    """Decorator: register a policy loss under ``name`` (see the contract above)."""
-    return _register(POLICY_LOSSES, "policy loss", name)
+def register_policy_loss(name: str, aggregation: str = "token_mean"):
+    """Decorator: register a policy loss under ``name`` (see the contract above) that averages
+    over tokens as ``aggregation`` says ("token_mean" or "seq_mean")."""
+    if aggregation not in ("token_mean", "seq_mean"):
+        raise ValueError(f"aggregation must be 'token_mean' or 'seq_mean', got {aggregation!r}.")
+
+    def decorator(fn):
+        fn.aggregation = aggregation
+        return _register(POLICY_LOSSES, "policy loss", name)(fn)
+
+    return decorator
 
 
 def register_algorithm(algorithm: Algorithm) -> Algorithm:

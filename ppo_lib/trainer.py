@@ -68,8 +68,9 @@ class PPOConfig:
     # --- algorithm (chapters 06, 09)
     algorithm: str = "ppo"
     """A registered algorithm (:mod:`ppo_lib.registry`): "ppo" (GAE with a critic, the clipped
-    loss), "reinforce" (REINFORCE with a batch-mean baseline, no critic) or "rloo" (4 samples
-    per prompt, leave-one-out baseline, no critic)."""
+    loss), "reinforce" (REINFORCE with a batch-mean baseline, no critic), "rloo" (4 samples
+    per prompt, leave-one-out baseline), "grpo" or "dr_grpo" (4 samples per prompt, group-
+    normalised advantages, the KL in the loss; they need whiten_advantages=False)."""
 
     # --- rollout (chapter 06, step 1)
     batch_size: int = 16
@@ -204,6 +205,8 @@ class PPOConfig:
         need(self.batch_size % algorithm.samples_per_prompt == 0,
              f"algorithm {self.algorithm!r} samples {algorithm.samples_per_prompt} responses per prompt; "
              f"batch_size={self.batch_size} must be a multiple of it.")
+        need(algorithm.whiten_advantages or not self.whiten_advantages,
+             f"algorithm {self.algorithm!r} normalises advantages within each group: set whiten_advantages=False.")
         need(algorithm.critic or not self.separate_critic,
              f"algorithm {self.algorithm!r} trains no critic: separate_critic=True would load a backbone for nothing.")
         need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
@@ -329,6 +332,7 @@ class PPOTrainer:
         self.algorithm = get_algorithm(config.algorithm)
         self.estimator = get_advantage_estimator(self.algorithm.advantage_estimator)
         self.policy_loss = get_policy_loss(self.algorithm.policy_loss)
+        self.loss_aggregation = self.policy_loss.aggregation  # "token_mean" or "seq_mean": how micro-batches weigh
         self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                        if config.adaptive_kl else FixedKLController(config.kl_coef))
         self.step_count = 0
@@ -397,7 +401,7 @@ class PPOTrainer:
         rewards, kl_stats = self.shape_rewards(scores, old_logprobs, ref_logprobs, batch)  # 4. shaping
         advantages, returns = self.advantages(rewards, batch, group_index, old_values)    # 5. advantages
         lr = self.set_learning_rate()                                                     # 6. epochs
-        train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer)
+        train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer, ref_logprobs)
         kl_coef = self.kl_ctl.kl_coef                                                     # 7. stats, β, η
         stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)
         stats["optimizer/lr"] = lr
@@ -479,8 +483,8 @@ class PPOTrainer:
         """Step 4: per-token rewards, −β·KL on every token and the score on the last one
         (:func:`ppo_lib.kl.shape_rewards`); optionally scaled to unit variance."""
         mask = batch.response_mask
-        rewards, kl_stats = shape_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.kl_coef,
-                                          self.config.kl_estimator)
+        kl_coef = self.kl_ctl.kl_coef if self.algorithm.kl_in_reward else 0.0  # else the loss carries it
+        rewards, kl_stats = shape_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, self.config.kl_estimator)
         if self.config.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         return rewards, kl_stats
@@ -508,12 +512,15 @@ class PPOTrainer:
                              f"each prompt repeated {k} times in a row (next_prompts() draws them so).")
         return torch.arange(len(runs), device=self.device).repeat_interleave(k)
 
-    def ppo_epochs(self, batch, old_logprobs, old_values, advantages, returns, timer) -> dict[str, float]:
+    def ppo_epochs(self, batch, old_logprobs, old_values, advantages, returns, timer,
+                   ref_logprobs=None) -> dict[str, float]:
         """Step 6: K epochs of minibatch updates on the policy loss, plus the value loss when the
         algorithm trains a critic.
 
         Gradient accumulation is exact: each micro-batch's loss is weighted by its share of
-        the minibatch's real tokens, so the summed gradient equals that of one big batch.
+        the minibatch's real tokens (its share of the sequences, for a loss that averages over
+        sequences), so the summed gradient equals that of one big batch. ``ref_logprobs`` go to
+        losses that carry the KL themselves (GRPO).
         """
         c = self.config
         self.policy.train()
@@ -526,12 +533,17 @@ class PPOTrainer:
                 ratio_max = torch.zeros((), device=self.device)
                 for micro_idx in mb_idx.split(c.micro_batch_size):
                     mask = batch.response_mask[micro_idx]
-                    weight = mask.sum() / n_tokens  # this micro-batch's share of the tokens
+                    if self.loss_aggregation == "seq_mean":
+                        weight = len(micro_idx) / len(mb_idx)  # this micro-batch's share of the sequences
+                    else:
+                        weight = mask.sum() / n_tokens  # this micro-batch's share of the tokens
                     with timer("train_forward"), self.autocast():
                         logprobs, values, logits = forward_response(self.policy, batch[micro_idx], c.temperature,
                                                                     return_logits=True)
-                        pg_loss, pg_stats = self.policy_loss(logprobs, old_logprobs[micro_idx], advantages[micro_idx],
-                                                             mask, clip_eps=c.clip_eps)
+                        pg_loss, pg_stats = self.policy_loss(
+                            logprobs, old_logprobs[micro_idx], advantages[micro_idx], mask, clip_eps=c.clip_eps,
+                            ref_logprobs=None if ref_logprobs is None else ref_logprobs[micro_idx],
+                            kl_coef=self.kl_ctl.kl_coef)
                         loss = pg_loss
                         if self.algorithm.critic:
                             vf_loss, vf_stats = value_loss(values, old_values[micro_idx], returns[micro_idx], mask,
