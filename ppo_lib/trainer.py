@@ -12,9 +12,9 @@ One iteration, as :meth:`PPOTrainer.step` reads it::
             → 7 KL controller update and statistics
 
 Each stage has one contract. An algorithm is a choice of an advantage estimator, a policy loss,
-whether a critic is trained and how many samples each prompt gets, registered by name in
-:mod:`ppo_lib.registry`; ``PPOConfig.algorithm`` picks one ("ppo", the default, or
-"reinforce"), and the loop stays the same.
+whether a critic is trained, how many samples each prompt gets and where the KL goes,
+registered by name in :mod:`ppo_lib.registry`; ``PPOConfig.algorithm`` picks one ("ppo", the
+default, "reinforce", "rloo", "grpo" or "dr_grpo"), and the loop stays the same.
 
 No math lives here: every formula is a call into ``advantages``, ``losses``, ``kl`` and
 ``policy_gradient``, which are tested on hand-computed tensors.
