@@ -473,10 +473,11 @@ def test_attack_a_large_allocation_fails(student, instructor, tmp_path):
 
 
 def test_attack_forging_the_report_and_killing_the_grader(student, instructor, tmp_path):
-    runner = tmp_path / "runner.pid"
+    runner, folder = tmp_path / "runner.pid", tmp_path / "folder"
     submission = write_variant(student, tmp_path, ex9_1_solution=(
         "import json, os, signal, sys\n"
         f"open({str(runner)!r}, 'w').write(str(os.getpid()))\n"
+        f"open({str(folder)!r}, 'w').write(os.path.dirname(os.getcwd()))\n"
         "report = json.dumps({'notebook': 'x', 'total': 5, 'max_total': 5, 'error': None})\n"
         "for fd in range(1, 64):\n"
         "    try:\n"
@@ -491,6 +492,9 @@ def test_attack_forging_the_report_and_killing_the_grader(student, instructor, t
     assert '"total": 5' not in run.stdout
     time.sleep(0.5)
     assert not alive(int(runner.read_text()))  # it died with the grader
+    assert Path(folder.read_text()).exists()  # nothing cleans up after a SIGKILL ...
+    grade(student, instructor=instructor)
+    assert not Path(folder.read_text()).exists()  # ... but the next grade does
 
 
 def test_attack_writing_on_the_result_channel_voids_the_grade(student, instructor, tmp_path):

@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     gr.add_argument("--deadline", type=_positive, default=3600,
                     help="seconds the whole notebook may run (default: 3600)")
     gr.add_argument("--memory", type=_positive, default=4.0, metavar="GIB",
-                    help="memory the notebook may allocate, in GiB (default: 4)")
+                    help="memory the notebook may allocate, in GiB (default: 4; chapter 06, which trains "
+                         "two models, needs 8)")
     gr.add_argument("--kernel", default=None,
                     help="Jupyter kernel whose Python runs the notebook (default: this Python environment)")
     gr.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -960,12 +960,19 @@ class Runner:
                 namespace[name] = guard.wrap(value, name, forbidden)
             elif _defined_in_notebook(kind):
                 namespace[name] = Unavailable(name, "an object of a class defined in the notebook")
+            elif _is_tensor(kind) and value.__dict__:  # an attribute set on it would shadow a method
+                namespace[name] = Unavailable(name, "a tensor with attributes set by the notebook")
             else:
                 namespace[name] = value
         namespace.update(self.trusted)
         namespace["__builtins__"] = builtins
         namespace["__name__"] = "__main__"
         return namespace
+
+
+def _is_tensor(kind) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and kind in (torch.Tensor, torch.nn.Parameter)
 
 
 def _defined_in_notebook(kind) -> bool:

@@ -59,6 +59,7 @@ MARKER = "PPO_LIB_GRADER_RUN"
 """Environment variable that marks every process of one grading run (for the final sweep)."""
 
 MAX_MESSAGE = 2**20  # bytes of one result line
+PREFIX = "ppo_lib-grade-"  # of the private folders, in the temporary directory
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def run_notebook(cells: list[dict], limits: Limits, *, python: str | None = None
     Raises:
         StartError: the runner did not start.
     """
+    _remove_stale_folders()
     run = _Run(cells, limits, python or sys.executable, list(preimport))
     try:
         run.prepare(list(protected), notebook_json, notebook_name)
@@ -137,7 +139,8 @@ def run_notebook(cells: list[dict], limits: Limits, *, python: str | None = None
 class _Run:
     def __init__(self, cells, limits: Limits, python: str, preimport: list[str]):
         self.cells, self.limits, self.python, self.preimport = cells, limits, python, preimport
-        self.work = Path(tempfile.mkdtemp(prefix="ppo_lib-grade-"))  # mode 0700
+        self.work = Path(tempfile.mkdtemp(prefix=PREFIX))  # mode 0700
+        (self.work / "grader.pid").write_text(str(os.getpid()))
         self.token, self.marker = secrets.token_hex(16), secrets.token_hex(16)
         self.manifest: dict[str, str] = {}
         self.snapshot: dict[Path, tuple[bytes, int]] = {}
@@ -496,9 +499,23 @@ def _set_subreaper(on: bool) -> bool:
         return True
 
 
+def _remove_stale_folders() -> None:
+    """Delete the private folders of graders that were killed before they could (SIGKILL)."""
+    for folder in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / "grader.pid").read_text())
+            os.kill(pid, 0)  # alive: its grader will clean up
+        except ProcessLookupError:
+            _remove_tree(folder)
+        except (OSError, ValueError):
+            continue
+
+
 def _remove_tree(root: Path) -> None:
     """Delete the private folder, whatever permissions the notebook left (symlinks not followed)."""
-    if not root.exists():
+    if root.is_symlink() or not root.exists():
         return
     for directory, subdirectories, _ in os.walk(root):
         for name in subdirectories:
