@@ -71,7 +71,7 @@ class NotAllowedError(Exception):
 
 
 class Stop(BaseException):
-    """The process can no longer be trusted to run checks (a thread, a torch registration).
+    """The process can no longer be trusted to run checks (a thread the notebook left running).
     A BaseException, so that no ``except Exception`` in a checker swallows it."""
 
 

@@ -25,8 +25,8 @@ guarantees, whatever the notebook's code does, as long as it runs as an ordinary
   private folder and are never shown. A message with the wrong token, out of order, or after
   the end is evidence of interference, and the grade is void.
 * **Files.** The grader's ``ppo_lib`` and the instructor's files are hashed before and after: a
-  deleted file is written back; a changed one is reported (the grade is void) and left as it
-  is, since only a person can tell the notebook's change from their own.
+  deleted file is written back; a changed one is named in a note and left as it is, since only
+  a person can tell the notebook's change from their own (the grade itself used copies).
 
 None of this makes the grader a security boundary: the notebook runs as the user who grades,
 so it can do on disk what that user can. For high-stakes grading, run it in a container.
@@ -92,7 +92,7 @@ class Outcome:
     """What the run gave: ``results[cell index]`` is None (ran cleanly) or a one-line error for
     each cell that ran; ``stopped`` says why the run ended early; ``interference`` lists
     evidence that the notebook interfered with the grader (the grade is void); ``notes`` what
-    the grader repaired."""
+    the grader repaired or found changed on disk."""
 
     results: dict[int, str | None] = field(default_factory=dict)
     stopped: str | None = None
