@@ -35,7 +35,17 @@ def _classroom(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ppo_lib", description=__doc__)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["classroom"]:  # its own parser takes every flag, --help included
+        return _classroom(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m ppo_lib", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The book's one command line:\n"
+                    "  train      fine-tune an LM with PPO (or another registered algorithm) against a reward\n"
+                    "  figures    every figure of the book into figures/\n"
+                    "  bench      ppo_lib against TRL's PPO and the raw-compute floor\n"
+                    "  classroom  student versions, grading, Colab setup\n"
+                    "Each command has its own --help.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fig = sub.add_parser("figures", help="regenerate every figure in figures/ (deterministic, CPU)")
@@ -45,10 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     fig.add_argument("--updates", type=int, default=40, help="updates of each --train-ch06 run (default 40)")
     fig.set_defaults(run=_figures)
 
-    cls = sub.add_parser("classroom", help="student versions, grading and Colab setup (see `classroom --help`)",
-                         add_help=False)
-    cls.add_argument("args", nargs=argparse.REMAINDER)
-    cls.set_defaults(run=lambda a: _classroom(a.args))
+    sub.add_parser("classroom", help="student versions, grading and Colab setup (see `classroom --help`)",
+                   add_help=False)  # dispatched above, before this parser
 
     add_train_parser(sub)
     add_bench_parser(sub)
