@@ -140,3 +140,37 @@ def test_chapter_06_claims_match_its_stored_outputs():
     row = next(line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines() if "06_rlhf_ppo.ipynb" in line)
     minutes = float(re.search(r"~(\d+) min", row).group(1))
     assert abs(minutes * 60 - total) < 0.25 * total
+
+
+# ----------------------------------------------------------------------------- Appendix A
+APPENDIX = CHAPTERS / "A_misconceptions.py"
+
+
+def test_appendix_has_a_section_per_seed_mistake_each_ending_in_a_link():
+    text = APPENDIX.read_text(encoding="utf-8")
+    sections = re.split(r"^# ## (\d)\. ", text, flags=re.M)
+    numbers = [int(sections[i]) for i in range(1, len(sections), 2)]
+    assert numbers == list(range(1, 9)), numbers
+    for number, body in zip(numbers, sections[2::2]):
+        assert re.search(r"[\u4e00-\u9fff]", body), f"section {number} quotes no Chinese"
+        assert "**Why" in body or "**What the record says" in body, f"section {number} says not why"
+        assert "assert" in body, f"section {number} has no runnable check"
+        assert "Treated in" in body, f"section {number} links to no chapter"
+
+
+def test_appendix_glossary_covers_the_terms_and_links_resolve():
+    text = APPENDIX.read_text(encoding="utf-8")
+    glossary = text[text.index("## Glossary"):]
+    rows = [line for line in glossary.splitlines() if line.startswith("# | ") and "---" not in line][1:]
+    assert len(rows) >= 50
+    for term in ("近端策略优化", "广义优势估计", "时序差分误差", "重要性采样", "奖励模型", "策略梯度", "优势函数",
+                 "KL散度", "参考模型", "价值网络", "回报", "折扣因子", "基线", "梯度累积", "自适应学习率"):
+        assert any(term in row for row in rows), term
+    for target in re.findall(r"\]\(([^)#]+\.ipynb)\)", text):
+        assert (CHAPTERS / target).exists(), f"broken link to {target}"
+
+
+def test_appendix_cites_arxiv_ids_consistent_with_years():
+    text = APPENDIX.read_text(encoding="utf-8")
+    for author, year, arxiv_id in re.findall(r'\("(\w+)", (\d{4}), "(\d{4}\.\d{4,5})"\)', text):
+        assert 2000 + int(arxiv_id[:2]) == int(year), (author, year, arxiv_id)
