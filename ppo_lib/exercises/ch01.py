@@ -52,14 +52,15 @@ def _withheld(answer, replacements: dict):
             namespace[key] = value
 
 
-def _refuse(dotted: str, why: str = "this exercise asks you to write it yourself"):
+def _refuse(dotted: str, why: str = "the library function this exercise asks you to write yourself"):
     def refused(*args, **kwargs):
-        raise AssertionError(f"the answer calls {dotted}: {why}.")
+        raise AssertionError(f"the answer calls {dotted}, {why}.")
     return refused
 
 
 def _forbidding(answer, *dotted: str):
-    """``_withheld`` with each of ``dotted`` raising "this exercise asks you to write it yourself"."""
+    """``_withheld`` with each of ``dotted`` raising "the answer calls ..., the library function
+    this exercise asks you to write yourself" (the classroom grader's words)."""
     return _withheld(answer, {name: _refuse(name) for name in dotted})
 
 
