@@ -51,7 +51,15 @@ def test_check_td_errors_accepts_library_and_rejects_common_bugs():
 
 
 def test_check_random_walk_values():
-    ch03.check_random_walk_values(random_walk_true_values)
+    def solved():  # the Bellman equations as a linear system, (I - P) v = r_bar
+        P = np.diag(np.full(4, 0.5), 1) + np.diag(np.full(4, 0.5), -1)
+        return np.linalg.solve(np.eye(5) - P, np.array([0, 0, 0, 0, 0.5]))
+
+    ch03.check_random_walk_values(solved)
+    with pytest.raises(AssertionError, match="write yourself"):  # the library's answer is withheld
+        ch03.check_random_walk_values(random_walk_true_values)
+    with pytest.raises(AssertionError, match="no linear system was solved"):  # typed in
+        ch03.check_random_walk_values(lambda: np.arange(1, 6) / 6)
     with pytest.raises(AssertionError):
         ch03.check_random_walk_values(lambda: np.full(5, 0.5))
     with pytest.raises(AssertionError):
@@ -89,10 +97,23 @@ def test_check_gae_rejects_bootstrap_across_padding():
         ch04.check_gae(no_mask_values)
 
 
+def recursive_lambda_returns(r, v, m, gamma, lam):
+    """G_t = r_t + γ[(1 − λ) V(s_{t+1}) + λ G_{t+1}], both 0 after the last real token."""
+    G = torch.zeros_like(v)
+    for b in range(r.shape[0]):
+        after_G = after_V = 0.0
+        for t in reversed(range(int(m[b].sum()))):
+            G[b, t] = r[b, t] + gamma * ((1 - lam) * after_V + lam * after_G)
+            after_G, after_V = G[b, t], v[b, t]
+    return G
+
+
 def test_check_lambda_returns():
-    ch04.check_lambda_returns(lambda r, v, m, g, l: gae(r, v, m, g, l)[1], hidden=True)
-    with pytest.raises(AssertionError):
-        ch04.check_lambda_returns(lambda r, v, m, g, l: gae(r, v, m, g, l)[0])  # advantages, not returns
+    ch04.check_lambda_returns(recursive_lambda_returns, hidden=True)
+    with pytest.raises(AssertionError):  # advantages, not returns
+        ch04.check_lambda_returns(lambda r, v, m, g, l: recursive_lambda_returns(r, v, m, g, l) - v * m)
+    with pytest.raises(AssertionError, match="write yourself"):  # the library's gae is withheld
+        ch04.check_lambda_returns(lambda r, v, m, g, l: gae(r, v, m, g, l)[1])
 
 
 def test_check_whiten():

@@ -8,6 +8,10 @@ import torch
 from ..advantages import discounted_returns, td_errors
 from ..toys import random_walk_true_values
 from . import passed
+from .ch01 import _refuse, _resolve, _withheld
+
+_SOLVERS = tuple(f"{lib}.{name}" for lib in ("numpy.linalg", "torch.linalg", "scipy.linalg")
+                 for name in ("solve", "inv", "lstsq", "pinv")) + ("torch.linalg.solve_ex", "torch.linalg.inv_ex")
 
 
 def _ragged(B: int, T: int, seed: int):
@@ -62,13 +66,42 @@ def check_td_errors(fn, hidden: bool = False) -> None:
     passed("check_td_errors")
 
 
+def _recording(dotted: str, seen: list):
+    original = _resolve(dotted)
+
+    def recorded(a, *args, **kwargs):
+        seen.append(np.array(a.detach().cpu().numpy() if torch.is_tensor(a) else a, dtype=float, copy=True))
+        return original(a, *args, **kwargs)
+    return recorded
+
+
 def check_random_walk_values(fn) -> None:
-    """Check ``fn() -> array of 5`` solves the Bellman equations of the random walk exactly."""
-    v = np.asarray(fn(), dtype=float).reshape(-1)
+    """Check ``fn() -> array of 5`` solves the Bellman equations of the random walk exactly.
+
+    The answer has no size to vary, so besides the values the check looks at how they were made:
+    while ``fn`` runs, the linear solvers (``solve``, ``inv``, ``lstsq``, ``pinv`` of numpy,
+    torch and scipy) record the matrices they are given, and ``ppo_lib.toys.random_walk_true_values``
+    is withheld. The answer must have solved a system that couples neighbouring states (a square
+    matrix of at least 5 rows with off-diagonal entries, as I − P is): values typed in, or read
+    from the library, do not."""
+    if fn is _resolve("ppo_lib.toys.random_walk_true_values"):
+        _refuse("ppo_lib.toys.random_walk_true_values")()
+    seen: list = []
+    replacements = {name: _recording(name, seen) for name in _SOLVERS if _resolve(name) is not None}
+    replacements["ppo_lib.toys.random_walk_true_values"] = _refuse("ppo_lib.toys.random_walk_true_values")
+    with _withheld(fn, replacements):
+        v = fn()
+    v = np.asarray(v.detach().cpu() if torch.is_tensor(v) else v, dtype=float).reshape(-1)
     assert v.shape == (5,), f"expected the 5 values of A..E, got shape {v.shape}"
     if np.allclose(v, 0.5):
         raise AssertionError("0.5 everywhere is the initial guess, not the solution of the Bellman equations.")
     assert np.allclose(v, random_walk_true_values(), atol=1e-8), (
         f"got {np.round(v, 4)}; each V(s) must equal ½·(r_left + V(left)) + ½·(r_right + V(right)), "
         "with V(terminal) = 0 and reward 1 only on the step into the right terminal.")
+    coupled = [a for a in seen if a.ndim == 2 and a.shape[0] == a.shape[1] >= 5
+               and np.abs(a - np.diag(np.diag(a))).max() > 0]
+    assert coupled, (
+        "the values are right, but no linear system was solved to get them: build I − P and r̄ and "
+        "solve (I − P) v = r̄ (np.linalg.solve); this exercise asks you to solve the Bellman "
+        "equations, not to type in (or look up) their solution.")
     passed("check_random_walk_values")
