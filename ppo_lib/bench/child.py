@@ -18,22 +18,10 @@ import os
 import sys
 from pathlib import Path
 
+from .trl_side import peak_rss_mb  # one definition, in the file that must run without ppo_lib
 from .workload import MODES, WORKLOAD, Workload
 
 __all__ = ["main", "peak_rss_mb"]
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (VmHWM) in MiB; ``ru_maxrss`` where /proc is absent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str]) -> int:
