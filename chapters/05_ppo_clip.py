@@ -47,10 +47,10 @@ print("device:", DEVICE)
 import numpy as np
 import matplotlib.pyplot as plt
 
-from ppo_lib.kl import AdaptiveKLController, kl_estimate
-from ppo_lib.losses import ppo_clip_loss, value_loss
+from ppo_lib.kl import AdaptiveKLController, adaptive_penalty_coef, kl_estimate
+from ppo_lib.losses import ppo_clip_loss, ppo_penalty_loss, value_loss
 from ppo_lib.plotting import render
-from ppo_lib.toys import ContextualBandit, adaptive_kl_simulation, bandit_many_batches, bandit_one_batch
+from ppo_lib.toys import ContextualBandit, adaptive_kl_simulation
 
 torch.manual_seed(0)
 np.set_printoptions(precision=4, suppress=True)
@@ -122,11 +122,58 @@ torch.testing.assert_close(g_cpi, g_pg)
 print("∇L^CPI at θ_old == policy gradient:", True)
 
 # %% [markdown]
-# So one step on $L^{CPI}$ is one policy-gradient step. The trouble is the next steps. $L^{CPI}$ is
-# estimated from samples of $\pi_{\theta_{old}}$; as $\pi_\theta$ moves away, the ratios grow, the estimate
-# gets noisy, and maximising it rewards pushing $\rho_t$ ever higher on whichever samples happened to
+# So one step on $L^{CPI}$ is one policy-gradient step. The trouble is the next steps, for two reasons.
+#
+# First, even computed exactly, $L^{CPI}$ is only a *local* model of the objective. The true improvement is
+# $J(\theta) - J(\theta_{old}) = \sum_t \gamma^t\,\mathbb{E}_{s_t \sim d^{\pi_\theta}_t,\, a_t\sim\pi_\theta}\big[A^{\pi_{old}}(s_t, a_t)\big]$, the states drawn from
+# the **new** policy's visitation $d^{\pi_\theta}_t$; $L^{CPI}$ keeps the states of $\pi_{\theta_{old}}$, which are the only ones in the batch.
+# The two agree to first order in $\theta - \theta_{old}$ and no further (Kakade & Langford 2002; Schulman et al. 2015 bound
+# the gap by the KL divergence between the policies). That is why the step must stay in a **trust region**.
+# Second, $L^{CPI}$ is estimated from samples of $\pi_{\theta_{old}}$; as $\pi_\theta$ moves away, the ratios grow, the
+# estimate gets noisy, and maximising it rewards pushing $\rho_t$ ever higher on whichever samples happened to
 # have positive advantage. Schulman et al. (2015, TRPO) constrained the KL divergence between old
 # and new policy; PPO gets a similar effect with a first-order method by **clipping** the ratio.
+#
+# The first point, exactly, on chapter 03's 7-step MDP (`ChainMDP`, everything by enumeration): move the policy's logits
+# by $\varepsilon A^{\pi_{old}}$ (raising the logits of good actions) and compare the true gain with $L^{CPI}$ computed with
+# $\pi_{old}$'s state distribution. The gap shrinks like $\varepsilon^2$ (the fourth column is nearly constant), so its share of the
+# gain grows with the step, from 0.4 % at $\varepsilon = 0.125$ to 9 % at $\varepsilon = 2$; with the new policy's own states (the
+# performance-difference identity) the gap is 0.
+
+# %%
+from ppo_lib.toys import ChainMDP
+
+gamma_c = 0.9
+old_mdp = ChainMDP(seed=0)
+H, S, nA = old_mdp.horizon, old_mdp.n_states, old_mdp.n_actions
+V_old, Q_old = old_mdp.values(gamma_c)
+A_old = Q_old - V_old[:-1, :, None]  # (H, S, A) advantages of π_old
+
+def state_distribution(pi):
+    """d_t(s) under policy pi (H, S, A), starting from a uniform state."""
+    d = [np.full(S, 1.0 / S)]
+    for t in range(H - 1):
+        d.append(np.einsum("s,sa,sat->t", d[-1], pi[t], old_mdp.P))
+    return np.array(d)  # (H, S)
+
+def J_of(pi):
+    mdp = ChainMDP(seed=0)
+    mdp.pi = pi
+    return mdp.values(gamma_c)[0][0].mean()  # E_{s_0 uniform} V^π(s_0)
+
+direction = A_old  # raise the logits of good actions: the direction a policy-improvement step takes
+d_old = state_distribution(old_mdp.pi)
+weights = gamma_c ** np.arange(H)[:, None]  # (H, 1)
+print("    ε   J(π) − J(π_old)   L^CPI (π_old's states)   gap / ε²   with π's own states")
+for eps_ in (2.0, 1.0, 0.5, 0.25, 0.125):
+    logits_new = np.log(old_mdp.pi) + eps_ * direction
+    pi_new = np.exp(logits_new) / np.exp(logits_new).sum(-1, keepdims=True)
+    gain = J_of(pi_new) - J_of(old_mdp.pi)
+    L_cpi = (weights * d_old * (pi_new * A_old).sum(-1)).sum()  # Σ_t γ^t E_{s~d_old}[Σ_a π(a|s) A_old(s, a)]
+    pdl = (weights * state_distribution(pi_new) * (pi_new * A_old).sum(-1)).sum()  # the same with d^π
+    print(f"{eps_:6.3f}{gain:14.6f}{L_cpi:22.6f}{(gain - L_cpi) / eps_**2:14.4f}{pdl:19.6f}")
+    assert abs(pdl - gain) < 1e-12  # exact with the new policy's states
+    assert -0.02 < (gain - L_cpi) / eps_**2 < -0.01  # the gap is second order, and L^CPI over-promises
 
 # %% [markdown]
 # ## 2. The clipped objective
@@ -297,6 +344,21 @@ assert 8 < close["exact_std"]["k1"] / close["exact_std"]["k3"] < 9 and 1.9 < far
 fig = render("05_kl_estimator_spread")
 
 # %% [markdown]
+# **PPO-Penalty in the library.** `ppo_lib.losses.ppo_penalty_loss` is $-L^{KLPEN}$ of (5.11) averaged over real tokens, with
+# $\mathrm{KL}(\pi_{\theta_{old}}\|\pi_\theta)$ estimated per token from the batch: the tokens were sampled from $\pi_{\theta_{old}}$, so the ratio of (5.12)
+# is $\pi_\theta/\pi_{\theta_{old}} = \rho_t$ and $k_3 = (\rho_t - 1) - \log\rho_t$. Against (5.11) written by hand on the padded batch of section 2:
+
+# %%
+beta_pen = 0.5
+kl_k3 = (rho - 1) - torch.log(rho)  # (B, T) k3 of KL(π_old ‖ π_θ), samples from π_old
+L_klpen = (rho * adv - beta_pen * kl_k3)[mask].mean()  # Eq. (5.11)
+loss_pen, stats_pen = ppo_penalty_loss(new_lp, old_lp, adv, mask, kl_coef=beta_pen)
+torch.testing.assert_close(loss_pen, -L_klpen)
+grad_pen, = torch.autograd.grad(loss_pen, new_lp)
+torch.testing.assert_close(grad_pen[mask], ((-rho * adv + beta_pen * (rho - 1)) / mask.sum())[mask].detach())  # d/d log π
+print(f"−L^KLPEN by hand = {-L_klpen.item():.6f}   ppo_penalty_loss = {loss_pen.item():.6f}   KL estimate {stats_pen['kl'].item():.4f}")
+
+# %% [markdown]
 # $\beta$ is hard to choose: the right value changes during training. PPO's paper adapts it after each
 # update from the measured KL $d$ and a target $d_{targ}$: if $d < d_{targ}/1.5$ halve $\beta$, if $d > 1.5\,d_{targ}$ double it,
 #
@@ -310,9 +372,14 @@ fig = render("05_kl_estimator_spread")
 #
 # The paper uses a fixed gain $K_\beta = 0.1$; its code, TRL and `ppo_lib` scale the gain by the number of samples
 # in the update, $K_\beta = n_{steps}/H$ with a horizon $H$, as written here.
-# `ppo_lib.kl.AdaptiveKLController` implements (5.14). First, one update by hand:
+# `ppo_lib.kl.adaptive_penalty_coef` implements (5.13) and `ppo_lib.kl.AdaptiveKLController` implements (5.14).
+# (Appendix A, section 3, runs PPO-Penalty with (5.13) on a bandit: the KL of each update follows $d_{targ}$.) One update of each by hand:
 
 # %%
+d_targ = 0.01
+for d_measured, expected in ((0.004, 0.25), (0.01, 0.5), (0.02, 1.0)):  # below the band, inside it, above it
+    assert adaptive_penalty_coef(0.5, d_measured, d_targ) == expected  # Eq. (5.13) with β = 0.5
+print("adaptive_penalty_coef == Eq. (5.13): β/2 below d_targ/1.5, 2β above 1.5·d_targ, else β")
 ctl = AdaptiveKLController(kl_coef=0.1, kl_target=6.0, kl_horizon=10_000)
 beta_new = ctl.update(current_kl=9.0, n_steps=256)  # KL 50% above target: error clipped to +0.2
 by_hand = 0.1 * (1 + 256 / 10_000 * min(max((9.0 - 6.0) / 6.0, -0.2), 0.2))
@@ -344,41 +411,71 @@ fig = render("05_adaptive_kl")
 # exactly. We sample one batch of 32 (context, action, reward) triples, compute advantages
 # $r - V^{\pi_{old}}(c)$, and take 100 full-batch Adam steps (learning rate 0.05) on it, either on the
 # unclipped $L^{CPI}$ (what vanilla policy gradient does if you reuse its batch) or on $L^{CLIP}$.
-# Everything is averaged over 50 independent batches.
+# Everything is repeated on 50 independent batches; we report the mean ± its standard error over them
+# (`ppo_lib.plotting.ch05.bandit_one_batch_per_seed` is `ppo_lib.toys.bandit_one_batch` keeping every seed).
 
 # %%
-no_clip = bandit_one_batch(None)
-ppo = bandit_one_batch(0.2)
+from ppo_lib.plotting.ch05 import bandit_many_batches_per_seed, bandit_one_batch_per_seed, mean_and_se
+
+def pm(x, digits=3):
+    """'mean ± s.e.' over the seeds (the last axis)."""
+    m, se = mean_and_se(x)
+    return f"{m:.{digits}f} ± {se:.{digits}f}"
+
+no_clip, ppo = bandit_one_batch_per_seed(None), bandit_one_batch_per_seed(0.2)
 for name, run in (("no clip", no_clip), ("PPO-Clip 0.2", ppo)):
-    print(f"{name:13s} after 10/50/100 epochs: KL {run['kl'][10]:.3f}/{run['kl'][50]:.3f}/{run['kl'][100]:.3f}   "
-          f"true gain {run['gain'][100]:+.3f}   promised by the batch {run['promised'][100]:+.3f}")
-assert no_clip["kl"][100] > 10 * ppo["kl"][100]
+    print(f"{name}:\n  KL(π_old‖π_θ) after 10 / 30 / 100 epochs: {pm(run['kl'][10])} / {pm(run['kl'][30])} / {pm(run['kl'][100])} nats")
+    print(f"  after 100 epochs: true gain {pm(run['gain'][100])}   promised by the batch {pm(run['promised'][100])}")
+    print(f"  largest ratio in the batch {pm(run['ratio_max'][100], 2)}   share of samples past the clip boundary {pm(run['clipfrac'][100], 2)}")
+kl_gap = no_clip["kl"][100] - ppo["kl"][100]
+assert mean_and_se(no_clip["kl"][100])[0] > 10 * mean_and_se(ppo["kl"][100])[0] and (kl_gap > 0).all()
+for run in (no_clip, ppo):  # the batch over-promises, by many standard errors, with or without the clip
+    over = run["promised"][100] - run["gain"][100]
+    assert mean_and_se(over)[0] > 5 * mean_and_se(over)[1]
+assert (ppo["ratio_max"][100] > 1.2).all() and mean_and_se(ppo["ratio_max"][100])[0] > 1.8  # the clip does not bound the ratio
 
 # %% [markdown]
 # Without the clip the policy keeps moving for all 100 epochs, about 3 nats from the policy that
 # collected the data, and the batch's own estimate of the improvement (the importance-weighted
-# surrogate) promises seven times more than the true gain: the optimiser is fitting the noise of
-# 32 samples. With the clip the KL stops at about 0.1 nats after ~30 epochs, because every sample's
-# ratio has reached its clip boundary and its gradient is zero.
+# surrogate) promises about seven times the true gain (3.7 against 0.52): the optimiser is fitting the noise of
+# 32 samples. With the clip the KL nearly stops, at about 0.12 nats after ~30 epochs: three quarters of the samples
+# have their clipped term active, so their gradient is zero, and the rest no longer move the policy much. Even so
+# the clipped batch still over-promises about five-fold (0.76 against 0.15): the clip limits the damage, it does not
+# make a 32-sample estimate accurate.
 #
-# On this tabular toy the unclipped run still gains more true return from its one batch (a table
-# of logits cannot generalise badly to unseen contexts, as a network would). The price shows
-# in the whole loop, with a fresh batch every iteration: the unclipped policy becomes nearly
-# deterministic early, on few samples, and stops exploring; PPO improves more slowly and ends higher.
+# **The clip removes the gradient; it does not bound the ratio.** Once a sample's clipped term is active its own
+# gradient is zero, but its probability keeps moving: the other samples of its context share the softmax's
+# normaliser, and Adam's momentum carries the parameters on. In every one of the 50 batches the largest ratio ends
+# far past $1 + \epsilon = 1.2$ (1.92 ± 0.02 on average). On a language model, where all tokens share the network's
+# weights, it is more extreme: in chapter 06's stored run (SmolLM2-135M, $\epsilon = 0.2$) the first update's
+# third minibatch had `policy/ratio_max` = 46. A bound on the ratio needs a bound on the step: a smaller learning
+# rate, fewer epochs, or early stopping on the approximate KL.
+#
+# On this tabular toy the unclipped run still gains more true return from its one batch
+# (0.52 ± 0.05 against 0.15 ± 0.01; a table of logits cannot generalise badly to unseen contexts, as a network
+# would). The price shows in the whole loop, with a fresh batch every iteration: the unclipped policy becomes
+# nearly deterministic early, on few samples, and stops exploring; PPO improves more slowly and ends higher,
+# by a margin of about two and a half standard errors.
 
 # %%
-loop_none, loop_ppo = bandit_many_batches(None), bandit_many_batches(0.2)
-print(f"return after 5/30 iterations: no clip {loop_none['return'][5]:.3f}/{loop_none['return'][30]:.3f}   "
-      f"PPO {loop_ppo['return'][5]:.3f}/{loop_ppo['return'][30]:.3f}   best possible {loop_ppo['best']:.3f}")
-print(f"policy entropy after 30 iterations: no clip {loop_none['entropy'][30]:.3f}   PPO {loop_ppo['entropy'][30]:.3f} nats")
-assert loop_ppo["return"][30] > loop_none["return"][30]
+loop_none, loop_ppo = bandit_many_batches_per_seed(None), bandit_many_batches_per_seed(0.2)
+for it in (5, 30):
+    diff = loop_ppo["return"][it] - loop_none["return"][it]  # per seed (the same first batch)
+    print(f"return after {it:2d} iterations: no clip {pm(loop_none['return'][it])}   PPO {pm(loop_ppo['return'][it])}   "
+          f"PPO − no clip {pm(diff)}")
+print(f"best possible return {loop_ppo['best']:.3f}")
+print(f"policy entropy after 30 iterations: no clip {pm(loop_none['entropy'][30])}   PPO {pm(loop_ppo['entropy'][30])} nats")
+early, late = (loop_ppo["return"][it] - loop_none["return"][it] for it in (5, 30))
+assert mean_and_se(early)[0] < -5 * mean_and_se(early)[1]  # PPO is slower early, beyond doubt
+assert mean_and_se(late)[0] > 2 * mean_and_se(late)[1]  # and ends higher, by more than two standard errors
 
 # %%
 fig = render("05_multi_epoch")
 
 # %% [markdown]
-# Try other clip ranges: a small $\epsilon$ keeps the policy very close and learns slowly; a large one
-# approaches the unclipped run. (Each redraw takes a few seconds.)
+# The figure shows the means over the 50 batches with bands of ± 2 standard errors. Try other clip ranges: a
+# small $\epsilon$ keeps the policy very close and learns slowly; a large one approaches the unclipped run.
+# (Each redraw takes a few seconds.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -429,7 +526,8 @@ print("its off-diagonal entries are exactly 1 and the gradient's direction is go
 # * $L^{CLIP}$ (5.7) takes the pessimistic minimum of the unclipped and clipped terms: zero gradient once $\rho > 1+\epsilon$ for $A > 0$ (5.8) or $\rho < 1-\epsilon$ for $A < 0$ (5.9); `ppo_lib.losses.ppo_clip_loss` was asserted equal to it, and its zero-gradient regions checked with autograd.
 # * The value loss (5.10) regresses on GAE returns, optionally clipped like the ratio (`value_loss`).
 # * PPO-Penalty (5.11) uses a KL penalty, estimated per token with $k_1, k_2, k_3$ (5.12); $\beta$ adapts to a target KL (5.13, 5.14; `AdaptiveKLController`). $k_3$ has the lower variance only while the policies are close ($\mathrm{Var}[r] < 2\,\mathrm{Cov}[r, \log r]$); for a much sharper policy $k_1$ is tighter.
-# * Reusing a batch for many epochs without a clip drifts nats away from the data's policy while the batch over-promises; the clip stops each sample's pull at $1\pm\epsilon$.
+# * $L^{CPI}$ matches $J(\theta) - J(\theta_{old})$ only to first order, because its states come from $\pi_{old}$ (Kakade & Langford 2002): the reason for a trust region.
+# * Reusing a batch for many epochs without a clip drifts nats away from the data's policy while the batch over-promises; the clip removes each sample's gradient beyond $1\pm\epsilon$, which keeps the KL near 0.1 nats on the toy, but it does not bound the ratio itself.
 #
 # **References.** Schulman, Wolski, Dhariwal, Radford & Klimov (2017), "Proximal Policy Optimization Algorithms", arXiv:1707.06347.
 # Schulman, Levine, Moritz, Jordan & Abbeel (2015), "Trust Region Policy Optimization", arXiv:1502.05477.

@@ -174,3 +174,27 @@ def test_appendix_cites_arxiv_ids_consistent_with_years():
     text = APPENDIX.read_text(encoding="utf-8")
     for author, year, arxiv_id in re.findall(r'\("(\w+)", (\d{4}), "(\d{4}\.\d{4,5})"\)', text):
         assert 2000 + int(arxiv_id[:2]) == int(year), (author, year, arxiv_id)
+
+
+# ----------------------------------------------------------------------------- chapter 05, part 2
+@pytest.mark.parametrize("clip_eps", [None, 0.2])
+def test_per_seed_bandit_runs_reproduce_the_toys_means(clip_eps):
+    """The error bands of 05_multi_epoch come from the same runs whose means chapter 05 used to print."""
+    from ppo_lib.plotting.ch05 import bandit_many_batches_per_seed, bandit_one_batch_per_seed
+    from ppo_lib.toys import bandit_many_batches, bandit_one_batch
+
+    one, one_seeds = bandit_one_batch(clip_eps, epochs=20), bandit_one_batch_per_seed(clip_eps, epochs=20)
+    for key in ("kl", "gain", "promised"):
+        np.testing.assert_allclose(one_seeds[key].mean(-1), one[key], atol=1e-12)
+    many, many_seeds = bandit_many_batches(clip_eps, iterations=5), bandit_many_batches_per_seed(clip_eps, iterations=5)
+    for key in ("return", "entropy"):
+        np.testing.assert_allclose(many_seeds[key].mean(-1), many[key], atol=1e-12)
+
+
+def test_the_clip_removes_the_gradient_but_does_not_bound_the_ratio():
+    from ppo_lib.plotting.ch05 import bandit_one_batch_per_seed
+
+    run = bandit_one_batch_per_seed(0.2, epochs=100)
+    assert (run["ratio_max"][100] > 1.2).all() and run["ratio_max"][100].mean() > 1.8
+    nb = (CHAPTERS / "06_rlhf_ppo.ipynb").read_text(encoding="utf-8")
+    assert max(float(x) for x in re.findall(r"'policy/ratio_max': ([\d.]+)", nb)) > 40  # the value chapter 05 quotes
