@@ -349,9 +349,10 @@ fig = render("01_kl_estimators")
 # %% [markdown]
 # **Whole responses.** Sample 8 responses at $\tau = 0.7$ and compute, for each, the sum over
 # its tokens of (a) the exact per-token KL (1.5), (b) $k_1$ and (c) $k_3$. By (1.6) all three
-# have the same expectation, the sequence KL. The exact per-token sum has the lowest
-# variance, since it averages over the action at every step instead of using one sample,
-# but it needs the full $V$-dimensional distributions of both models.
+# have the same expectation, the sequence KL. The exact per-token sum averages over the action at every
+# step instead of using one sample, which removes that source of noise (not the randomness of the states
+# the response passes through), but it needs the full $V$-dimensional distributions of both models. With 8
+# responses the table illustrates; the next cell checks (1.6) and compares the three spreads exactly, on a toy.
 # `forward_response` returns the logits of the response tokens, and `response_mask` (True on
 # real tokens, including the EOS) excludes padding from every sum.
 
@@ -380,6 +381,45 @@ for b in range(len(prompts)):
 print(f"{'mean':>6}{seq_exact.mean():14.3f}{seq_k1.mean():9.3f}{seq_k3.mean():9.3f}")
 print(f"{'std':>6}{seq_exact.std():14.3f}{seq_k1.std():9.3f}{seq_k3.std():9.3f}")
 assert (kl_t[m] >= -1e-9).all() and (seq_k3 >= 0).all()
+
+# %% [markdown]
+# **Eq. (1.6), exactly.** Chapter 02's toy language model writes 3 tokens over the vocabulary {A, B, C} with a
+# bigram table of logits, so all $3^3 = 27$ responses can be enumerated. Take two such policies, $\pi_\theta$ and
+# $\pi_{\text{ref}}$, and compute the sequence KL from its definition (a sum over the 27 responses) and as the
+# expected sum of per-token KLs (the right side of (1.6)). They must agree to rounding error. The same enumeration
+# gives the exact variance of the three whole-response estimates of the previous cell.
+
+# %%
+from ppo_lib.plotting.ch02 import all_sequences, toy_logprob
+
+g_toy = torch.Generator().manual_seed(0)
+theta_pol, theta_ref = torch.randn(4, 3, generator=g_toy, dtype=torch.float64), torch.randn(4, 3, generator=g_toy, dtype=torch.float64)
+ys = all_sequences()  # (27, 3)
+lp_y, lr_y = toy_logprob(theta_pol, ys), toy_logprob(theta_ref, ys)  # (27,) log π(y), log π_ref(y)
+p_y = lp_y.exp()
+kl_sequence = (p_y * (lp_y - lr_y)).sum()  # KL(π(·|x) ‖ π_ref(·|x)) over whole responses
+step_pol, step_ref = torch.log_softmax(theta_pol, -1), torch.log_softmax(theta_ref, -1)  # (4, 3): row = previous token (3 = start)
+kl_per_state = (step_pol.exp() * (step_pol - step_ref)).sum(-1)  # (4,) KL_t in each state, Eq. (1.5)
+prev = torch.cat([torch.full((len(ys), 1), 3), ys[:, :-1]], 1)  # (27, 3) the state of each token
+sum_kl_t = kl_per_state[prev].sum(1)  # (27,) Σ_t KL_t along each response
+print(f"sequence KL by enumeration: {kl_sequence:.10f}")
+print(f"E[Σ_t KL_t]  (Eq. 1.6):     {(p_y * sum_kl_t).sum():.10f}")
+torch.testing.assert_close(kl_sequence, (p_y * sum_kl_t).sum(), rtol=0, atol=1e-12)
+
+def exact_var(x):
+    return float((p_y * (x - (p_y * x).sum()) ** 2).sum())
+
+tok_pol, tok_ref = step_pol[prev, ys], step_ref[prev, ys]  # (27, 3) token log-probs
+sums = {"Σ exact KL_t": sum_kl_t, "Σ k1": kl_estimate(tok_pol, tok_ref, "k1").sum(1), "Σ k3": kl_estimate(tok_pol, tok_ref, "k3").sum(1)}
+for name, x in sums.items():
+    print(f"{name:13s} mean {(p_y * x).sum():.6f}   variance {exact_var(x):.4f}")
+    torch.testing.assert_close((p_y * x).sum(), kl_sequence, rtol=0, atol=1e-12)  # all three are unbiased
+assert exact_var(sums["Σ exact KL_t"]) < exact_var(sums["Σ k3"]) < exact_var(sums["Σ k1"])
+
+# %% [markdown]
+# Here the exact per-token sum has about a seventh of the variance of $\sum k_1$, and $\sum k_3$ lies in between. The
+# ordering is a property of these two policies, not a theorem: the first gap comes from averaging over each step's
+# action, and the place of $k_3$ depends on the distance between the policies (chapter 05 measures when $k_3$ wins).
 
 # %% [markdown]
 # > **Common mistake.** Reading a negative $k_1$ on a batch as "the policy is closer than
