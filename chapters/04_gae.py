@@ -244,9 +244,12 @@ fig = render("04_gae_bias_variance")
 
 # %%
 lam_grid = np.linspace(0, 1, 51)
+best_lams = []
 for c in (0.0, 0.25, 0.5, 1.0, 2.0):
     res = mdp.gae_moments(lam_grid, gamma=0.95, critic_error=c)
-    print(f"critic error {c:4.2f}: MSE-optimal λ = {lam_grid[np.argmin(res['mse'])]:.2f}   min MSE = {res['mse'].min():.4f}")
+    best_lams.append(lam_grid[np.argmin(res['mse'])])
+    print(f"critic error {c:4.2f}: MSE-optimal λ = {best_lams[-1]:.2f}   min MSE = {res['mse'].min():.4f}")
+assert np.all(np.diff(best_lams) > 0)  # the worse the critic, the larger the best λ (here, exactly)
 for gam, var_at_1 in ((0.8, 0.4566), (0.95, 1.1640), (1.0, 1.6501)):  # the numbers quoted below
     assert abs(mdp.gae_moments([1.0], gamma=gam, critic_error=0.5)["var"][0] - var_at_1) < 1e-4
 
