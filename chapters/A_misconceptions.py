@@ -98,8 +98,9 @@ np.set_printoptions(precision=4, suppress=True)
 # > 在语言模型中，近端策略优化主要用于加速预训练和微调过程，使得模型能够在更短的训练时间内获得更高的性能。
 # >
 # > "In language models, proximal policy optimisation is mainly used to speed up pre-training and
-# > fine-tuning, so that the model reaches higher performance in a shorter training time." (source article 000;
-# > article 001 calls PPO 一种……优化算法, "an optimisation algorithm", and pairs it with Adagrad.)
+# > fine-tuning, so that the model reaches higher performance in a shorter training time." (source article 000,
+# > which implements it with `tf.train.AdagradOptimizer`; article 001 calls PPO 一种基于梯度的优化算法，专门用于训练大规模
+# > 深度神经网络模型, "a gradient-based optimisation algorithm designed for training large deep neural networks".)
 #
 # **Why it is wrong.** Proximal Policy Optimization (Schulman et al. 2017) is a reinforcement-learning
 # algorithm. It defines an *objective*, the clipped surrogate
