@@ -5,7 +5,8 @@ Any callable with that signature is a reward. The library ships two:
 * :func:`vader_sentiment`: the VADER compound sentiment of the response, in ``[-1, 1]``;
   rule-based, offline, its lexicon ships inside the ``vaderSentiment`` package.
 * :func:`hf_sentiment`: the positive-class logit of a Hugging Face text classifier, such as
-  ``lvwerra/distilbert-imdb`` (Ziegler et al. 2019; the original TRL example). Needs the Hub.
+  ``lvwerra/distilbert-imdb`` (the original TRL PPO example, an IMDB stand-in for the learned
+  reward model of Ziegler et al. 2019). Needs the Hub.
 
 :func:`score` calls a reward function and checks what it returns, so a bad reward fails
 with a message naming it instead of poisoning training with NaN.
@@ -53,7 +54,7 @@ def hf_sentiment(
     """A reward from a Hub sequence classifier: the logit of its positive class.
 
     The raw logit (not the probability) keeps a gradient signal when the classifier is
-    confident, as in Ziegler et al. (2019). Responses are scored alone, without the prompt.
+    confident, as in TRL's original PPO example. Responses are scored alone, without the prompt.
 
     Args:
         model_id: a Hub id of an ``AutoModelForSequenceClassification``.
