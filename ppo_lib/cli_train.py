@@ -4,7 +4,9 @@
     python -m ppo_lib train --preset sentiment-gpt2               # Colab: gpt2 + a DistilBERT IMDB classifier
     python -m ppo_lib train --model gpt2 --reward lvwerra/distilbert-imdb --updates 100
     python -m ppo_lib train --preset sentiment --set kl_coef=0.1 --set learning_rate=2e-5
-    python -m ppo_lib train --config my_config.json --out runs/mine --resume
+    python -m ppo_lib train --config my_config.json --out runs/mine
+    python -m ppo_lib train --out runs/mine --resume                 # the settings come from runs/mine/config.json
+    python -m ppo_lib train --preset sentiment --set algorithm=rloo  # another registered algorithm
 
 A run folder holds ``config.json``, ``history.jsonl``, ``samples_before.md``,
 ``samples_after.md``, ``eval.json`` (held-out reward and KL, before and after),
@@ -184,6 +186,7 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
     from .checkpoint import CheckpointError, recover_checkpoint
     from .plotting.training import plot_history
     from .rewards import get_reward, review_prompts
+    from .rollout import tokenize_prompts
     from .trainer import build_trainer
 
     try:  # the model's context and vocabulary, and the launch, are checked here
@@ -193,6 +196,10 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
     acc = trainer.accelerator
     main = acc.is_main_process
     train_prompts, heldout = review_prompts("train"), review_prompts("heldout")[: args.eval_prompts]
+    try:  # every prompt must fit max_prompt_length: fail before the run folder is touched
+        tokenize_prompts(trainer.tokenizer, train_prompts + heldout, config.max_prompt_length)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     history_path, ckpt = out / "history.jsonl", out / "checkpoint"
     if args.resume:
         if main:

@@ -93,7 +93,8 @@ def test_resume_without_a_checkpoint_is_an_error_that_changes_nothing(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"model": "tiny-gpt2", "reward": "chars:ab", "updates": 2,
-                                                 "config": {"batch_size": 4, "max_new_tokens": 6}}))
+                                                 "config": {"batch_size": 4, "max_new_tokens": 6,
+                                                            "max_prompt_length": 96}}))
     (out / "history.jsonl").write_text('{"update": 1}\n')
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(SystemExit, match="no checkpoint to resume from"):
@@ -116,6 +117,7 @@ def test_resume_refuses_flags_that_would_change_the_run(straight):
     (["--set", "top_k=100000"], "top_k=100000 exceeds the model's vocabulary"),
     (["--set", "max_prompt_length=251"], "exceeds the model's context of 256 tokens"),
     (["--reward", "chars:"], "targets must name at least one character"),
+    (["--set", "max_prompt_length=8"], "more than max_prompt_length=8"),
 ])
 def test_bad_input_is_a_one_line_error_before_the_run_folder_exists(tmp_path, extra, message):
     out = tmp_path / "run"
