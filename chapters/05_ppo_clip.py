@@ -412,7 +412,7 @@ fig = render("05_adaptive_kl")
 # $r - V^{\pi_{old}}(c)$, and take 100 full-batch Adam steps (learning rate 0.05) on it, either on the
 # unclipped $L^{CPI}$ (what vanilla policy gradient does if you reuse its batch) or on $L^{CLIP}$.
 # Everything is repeated on 50 independent batches; we report the mean ± its standard error over them
-# (`ppo_lib.plotting.ch05.bandit_one_batch_per_seed` is `ppo_lib.toys.bandit_one_batch` keeping every seed).
+# (`ppo_lib.toys.bandit_one_batch_per_seed`, whose mean over seeds is `ppo_lib.toys.bandit_one_batch`).
 
 # %%
 from ppo_lib.plotting.ch05 import bandit_many_batches_per_seed, bandit_one_batch_per_seed, mean_and_se

@@ -34,6 +34,8 @@ __all__ = [
     "ContextualBandit",
     "bandit_one_batch",
     "bandit_many_batches",
+    "bandit_one_batch_per_seed",
+    "bandit_many_batches_per_seed",
     "adaptive_kl_simulation",
 ]
 
@@ -320,36 +322,42 @@ def _surrogate_loss(logprobs, old_logprobs, advantages, clip_eps):
     return ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip_eps)[0]
 
 
-def bandit_one_batch(clip_eps: float | None, epochs: int = 100, batch_size: int = 32, lr: float = 0.05,
-                     n_seeds: int = 50, noise: float = 2.0, seed: int = 0) -> dict[str, np.ndarray]:
+def bandit_one_batch_per_seed(clip_eps: float | None, epochs: int = 100, batch_size: int = 32, lr: float = 0.05,
+                              n_seeds: int = 50, noise: float = 2.0, seed: int = 0) -> dict[str, np.ndarray]:
     r"""Optimise one batch for many epochs with PPO-Clip (``clip_eps``) or the unclipped L^CPI (None).
 
     ``n_seeds`` independent batches (same bandit, same start) are run in parallel, each with
     full-batch Adam steps; advantages are :math:`r - V^{\pi_{old}}(c)` with the exact value.
 
-    Returns (each ``(epochs + 1,)``, averaged over seeds): ``kl`` exact
-    :math:`\mathrm{KL}(\pi_{old}\|\pi_\theta)`, ``gain`` the true :math:`J(\theta) - J(\theta_{old})`,
-    ``promised`` the batch's importance-sampling estimate of that gain,
-    :math:`\mathrm{mean}(\rho A) - \mathrm{mean}(A)`.
+    Returns ``kl`` exact :math:`\mathrm{KL}(\pi_{old}\|\pi_\theta)`, ``gain`` the true
+    :math:`J(\theta) - J(\theta_{old})`, ``promised`` the batch's importance-sampling estimate of
+    that gain, :math:`\mathrm{mean}(\rho A) - \mathrm{mean}(A)`, ``ratio_max`` (the largest ratio :math:`\pi_\theta/\pi_{old}` among the
+    batch's samples) and ``clipfrac`` (the fraction of samples whose clipped term is active, with
+    :math:`\epsilon` = ``clip_eps``, or 0.2 for the unclipped run), each ``(epochs + 1, n_seeds)``.
     """
     env = ContextualBandit(noise=noise)
     with _one_thread():
         g = torch.Generator().manual_seed(seed)
         logits0 = env.initial_logits().expand(n_seeds, -1, -1).clone()
         c, a, r = env.sample(logits0, batch_size, g)
-        V = (torch.softmax(logits0, -1) * env.mean_reward).sum(-1)  # (S, C) exact V^{π_old}(c)
+        V = (torch.softmax(logits0, -1) * env.mean_reward).sum(-1)  # (S, C)
         A = r - V[torch.arange(n_seeds)[:, None], c]  # (S, N)
         old = env.logprobs(logits0, c, a)
         J0 = env.expected_return(logits0)
         theta = logits0.clone().requires_grad_(True)
         opt = torch.optim.Adam([theta], lr=lr)
-        out = {"kl": [], "gain": [], "promised": []}
+        out = {"kl": [], "gain": [], "promised": [], "ratio_max": [], "clipfrac": []}
         for _ in range(epochs + 1):
             lp = env.logprobs(theta, c, a)
             with torch.no_grad():
-                out["kl"].append(env.kl(logits0, theta).mean().item())
-                out["gain"].append((env.expected_return(theta) - J0).mean().item())
-                out["promised"].append((torch.exp(lp - old) * A - A).mean().item())
+                out["kl"].append(env.kl(logits0, theta).numpy())
+                out["gain"].append((env.expected_return(theta) - J0).numpy())
+                out["promised"].append((torch.exp(lp - old) * A - A).mean(-1).numpy())
+                ratio = torch.exp(lp - old)  # (S, N)
+                out["ratio_max"].append(ratio.max(-1).values.numpy())
+                eps = 0.2 if clip_eps is None else clip_eps
+                clipped = ((A > 0) & (ratio > 1 + eps)) | ((A < 0) & (ratio < 1 - eps))  # the clipped term is active
+                out["clipfrac"].append(clipped.double().mean(-1).numpy())
             loss = _surrogate_loss(lp, old, A, clip_eps) * n_seeds  # seeds are independent: sum their losses
             opt.zero_grad()
             loss.backward()
@@ -357,25 +365,25 @@ def bandit_one_batch(clip_eps: float | None, epochs: int = 100, batch_size: int 
     return {k: np.array(v) for k, v in out.items()}
 
 
-def bandit_many_batches(clip_eps: float | None, iterations: int = 30, epochs: int = 20, batch_size: int = 32,
-                        lr: float = 0.05, n_seeds: int = 50, noise: float = 2.0, seed: int = 1) -> dict[str, np.ndarray]:
+def bandit_many_batches_per_seed(clip_eps: float | None, iterations: int = 30, epochs: int = 20, batch_size: int = 32,
+                                 lr: float = 0.05, n_seeds: int = 50, noise: float = 2.0, seed: int = 1) -> dict:
     """The PPO loop on the bandit: ``iterations`` × (sample a fresh batch, ``epochs`` Adam steps on it).
 
-    Returns ``return`` ``(iterations + 1,)`` (exact expected return, mean over seeds),
-    ``entropy`` (mean policy entropy, nats) and ``best`` (the best achievable return).
+    Returns ``return`` (exact expected return) and ``entropy`` (policy entropy, nats), each
+    ``(iterations + 1, n_seeds)``, and ``best`` (the best achievable return).
     """
     env = ContextualBandit(noise=noise)
     with _one_thread():
         g = torch.Generator().manual_seed(seed)
         theta = env.initial_logits().expand(n_seeds, -1, -1).clone().requires_grad_(True)
         opt = torch.optim.Adam([theta], lr=lr)
+        rets, ents = [], []
 
         def record():
             p = torch.softmax(theta.detach(), -1)
-            rets.append(env.expected_return(theta.detach()).mean().item())
-            ents.append(-(p * p.log()).sum(-1).mean().item())
+            rets.append(env.expected_return(theta.detach()).numpy())
+            ents.append(-(p * p.log()).sum(-1).mean(-1).numpy())
 
-        rets, ents = [], []
         record()
         for _ in range(iterations):
             logits0 = theta.detach().clone()
@@ -389,8 +397,23 @@ def bandit_many_batches(clip_eps: float | None, iterations: int = 30, epochs: in
                 loss.backward()
                 opt.step()
             record()
-    best = env.mean_reward.max(-1).values.mean().item()
-    return {"return": np.array(rets), "entropy": np.array(ents), "best": best}
+    return {"return": np.array(rets), "entropy": np.array(ents), "best": env.mean_reward.max(-1).values.mean().item()}
+
+
+def bandit_one_batch(clip_eps: float | None, epochs: int = 100, batch_size: int = 32, lr: float = 0.05,
+                     n_seeds: int = 50, noise: float = 2.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """:func:`bandit_one_batch_per_seed` averaged over the seeds: ``kl``, ``gain``, ``promised``,
+    each ``(epochs + 1,)``."""
+    run = bandit_one_batch_per_seed(clip_eps, epochs, batch_size, lr, n_seeds, noise, seed)
+    return {k: run[k].mean(-1) for k in ("kl", "gain", "promised")}
+
+
+def bandit_many_batches(clip_eps: float | None, iterations: int = 30, epochs: int = 20, batch_size: int = 32,
+                        lr: float = 0.05, n_seeds: int = 50, noise: float = 2.0, seed: int = 1) -> dict[str, np.ndarray]:
+    """:func:`bandit_many_batches_per_seed` averaged over the seeds: ``return`` and ``entropy``,
+    each ``(iterations + 1,)``, and ``best``."""
+    run = bandit_many_batches_per_seed(clip_eps, iterations, epochs, batch_size, lr, n_seeds, noise, seed)
+    return {"return": run["return"].mean(-1), "entropy": run["entropy"].mean(-1), "best": run["best"]}
 
 
 def adaptive_kl_simulation(kl_coef: float = 0.05, kl_target: float = 1.0, kl_horizon: float = 500.0,

@@ -7,111 +7,16 @@ import numpy as np
 import torch
 
 from ..kl import KL_KINDS, kl_estimate
-from ..losses import ppo_clip_loss
-from ..toys import ContextualBandit, adaptive_kl_simulation
+from ..toys import adaptive_kl_simulation, bandit_many_batches_per_seed, bandit_one_batch_per_seed  # noqa: F401 (re-exported)
 from . import figure
 
 __all__ = ["kl_estimator_spread", "bandit_one_batch_per_seed", "bandit_many_batches_per_seed", "mean_and_se"]
-
-
-class _threads:
-    """Run tiny tensor code on ``n`` CPU threads (thread start-up costs more than 4×8 tensors)."""
-
-    def __init__(self, n: int = 1):
-        self.n = n
-
-    def __enter__(self):
-        self.saved = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.saved)
-
-
-def _surrogate(logprobs, old_logprobs, advantages, clip_eps):
-    """``ppo_clip_loss`` or, with ``clip_eps=None``, the unclipped :math:`-L^{CPI}` (as ``ppo_lib.toys`` does)."""
-    if clip_eps is None:
-        return -(torch.exp(logprobs - old_logprobs) * advantages).mean()
-    return ppo_clip_loss(logprobs, old_logprobs, advantages, torch.ones_like(advantages, dtype=torch.bool), clip_eps)[0]
 
 
 def mean_and_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error over the last axis (the seeds)."""
     x = np.asarray(x)
     return x.mean(-1), x.std(-1, ddof=1) / np.sqrt(x.shape[-1])
-
-
-def bandit_one_batch_per_seed(clip_eps: float | None, epochs: int = 100, batch_size: int = 32, lr: float = 0.05,
-                              n_seeds: int = 50, noise: float = 2.0, seed: int = 0) -> dict[str, np.ndarray]:
-    r""":func:`ppo_lib.toys.bandit_one_batch`, step for step, keeping every seed.
-
-    Returns ``kl``, ``gain``, ``promised`` (as in ``bandit_one_batch``, whose values are the means
-    over seeds of these), ``ratio_max`` (the largest ratio :math:`\pi_\theta/\pi_{old}` among the
-    batch's samples) and ``clipfrac`` (the fraction of samples whose clipped term is active, with
-    :math:`\epsilon` = ``clip_eps``, or 0.2 for the unclipped run), each ``(epochs + 1, n_seeds)``.
-    """
-    env = ContextualBandit(noise=noise)
-    with _threads(1):
-        g = torch.Generator().manual_seed(seed)
-        logits0 = env.initial_logits().expand(n_seeds, -1, -1).clone()
-        c, a, r = env.sample(logits0, batch_size, g)
-        V = (torch.softmax(logits0, -1) * env.mean_reward).sum(-1)  # (S, C)
-        A = r - V[torch.arange(n_seeds)[:, None], c]  # (S, N)
-        old = env.logprobs(logits0, c, a)
-        J0 = env.expected_return(logits0)
-        theta = logits0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([theta], lr=lr)
-        out = {"kl": [], "gain": [], "promised": [], "ratio_max": [], "clipfrac": []}
-        for _ in range(epochs + 1):
-            lp = env.logprobs(theta, c, a)
-            with torch.no_grad():
-                out["kl"].append(env.kl(logits0, theta).numpy())
-                out["gain"].append((env.expected_return(theta) - J0).numpy())
-                out["promised"].append((torch.exp(lp - old) * A - A).mean(-1).numpy())
-                ratio = torch.exp(lp - old)  # (S, N)
-                out["ratio_max"].append(ratio.max(-1).values.numpy())
-                eps = 0.2 if clip_eps is None else clip_eps
-                clipped = ((A > 0) & (ratio > 1 + eps)) | ((A < 0) & (ratio < 1 - eps))  # the clipped term is active
-                out["clipfrac"].append(clipped.double().mean(-1).numpy())
-            loss = _surrogate(lp, old, A, clip_eps) * n_seeds  # seeds are independent: sum their losses
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return {k: np.array(v) for k, v in out.items()}
-
-
-def bandit_many_batches_per_seed(clip_eps: float | None, iterations: int = 30, epochs: int = 20, batch_size: int = 32,
-                                 lr: float = 0.05, n_seeds: int = 50, noise: float = 2.0, seed: int = 1) -> dict:
-    """:func:`ppo_lib.toys.bandit_many_batches`, step for step, keeping every seed.
-
-    Returns ``return`` and ``entropy``, each ``(iterations + 1, n_seeds)``, and ``best``.
-    """
-    env = ContextualBandit(noise=noise)
-    with _threads(1):
-        g = torch.Generator().manual_seed(seed)
-        theta = env.initial_logits().expand(n_seeds, -1, -1).clone().requires_grad_(True)
-        opt = torch.optim.Adam([theta], lr=lr)
-        rets, ents = [], []
-
-        def record():
-            p = torch.softmax(theta.detach(), -1)
-            rets.append(env.expected_return(theta.detach()).numpy())
-            ents.append(-(p * p.log()).sum(-1).mean(-1).numpy())
-
-        record()
-        for _ in range(iterations):
-            logits0 = theta.detach().clone()
-            c, a, r = env.sample(logits0, batch_size, g)
-            V = (torch.softmax(logits0, -1) * env.mean_reward).sum(-1)
-            A = r - V[torch.arange(n_seeds)[:, None], c]
-            old = env.logprobs(logits0, c, a)
-            for _ in range(epochs):
-                loss = _surrogate(env.logprobs(theta, c, a), old, A, clip_eps) * n_seeds
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            record()
-    return {"return": np.array(rets), "entropy": np.array(ents), "best": env.mean_reward.max(-1).values.mean().item()}
 
 
 def kl_estimator_spread(tau: float, n_actions: int = 8, n_samples: int = 10_000, n_batches: int = 20,
