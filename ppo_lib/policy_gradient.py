@@ -199,13 +199,19 @@ def vanilla_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     log_ratio = logprobs - old_logprobs.detach()  # (B, T)
     ratio = torch.exp(log_ratio)
     loss = masked_mean(-advantages.detach() * ratio, m)
-    with torch.no_grad():
-        stats = {"clipfrac": torch.zeros((), device=ratio.device),
-                 "approx_kl_k1": masked_mean(-log_ratio, m),
-                 "approx_kl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
-                 "ratio_mean": masked_mean(ratio, m),
-                 "ratio_max": torch.where(m, ratio, torch.zeros_like(ratio)).max()}
-    return loss, stats
+    return loss, _ratio_stats(log_ratio, torch.zeros_like(ratio, dtype=torch.bool), m)
+
+
+@torch.no_grad()
+def _ratio_stats(log_ratio: torch.Tensor, clipped: torch.Tensor, m: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The statistics every policy loss reports, as :func:`~ppo_lib.losses.ppo_clip_loss` does:
+    clip fraction, approx-KL(π_old‖π_θ) by k1 and k3, mean and max ratio (detached, 0-dim)."""
+    ratio = torch.exp(log_ratio)
+    return {"clipfrac": masked_mean(clipped.to(ratio.dtype), m),
+            "approx_kl_k1": masked_mean(-log_ratio, m),
+            "approx_kl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
+            "ratio_mean": masked_mean(ratio, m),
+            "ratio_max": torch.where(m, ratio, torch.zeros_like(ratio)).max()}
 
 
 def _clipped_with_kl(logprobs, old_logprobs, advantages, response_mask, clip_eps, ref_logprobs, kl_coef):
@@ -220,13 +226,8 @@ def _clipped_with_kl(logprobs, old_logprobs, advantages, response_mask, clip_eps
     pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     kl_ref = kl_estimate(logprobs, ref_logprobs.detach(), "k3")  # (B, T), ≥ 0, with gradient
     per_token = torch.max(pg_loss1, pg_loss2) + kl_coef * kl_ref
-    with torch.no_grad():
-        stats = {"clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), m),
-                 "approx_kl_k1": masked_mean(-log_ratio, m),
-                 "approx_kl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
-                 "ratio_mean": masked_mean(ratio, m),
-                 "ratio_max": torch.where(m, ratio, torch.zeros_like(ratio)).max(),
-                 "kl_ref": masked_mean(kl_ref, m)}
+    stats = _ratio_stats(log_ratio, pg_loss2 > pg_loss1, m)
+    stats["kl_ref"] = masked_mean(kl_ref.detach(), m)
     return per_token, m, stats
 
 
