@@ -500,7 +500,9 @@ check_entropy_at_temperature(entropy_at_temperature, hidden=True)
 # Write `kl_exact(logits_p, logits_q)`: $\mathrm{KL}(p\,\|\,q)$, Eq. (1.5), of
 # $p = \mathrm{softmax}(\text{logits\_p})$ and $q = \mathrm{softmax}(\text{logits\_q})$ over the
 # last dimension, shapes `(..., V), (..., V) -> (...)`. Then use it to find the temperature
-# $\tau < 1$ at which $\mathrm{KL}(\pi_\tau \,\|\, \pi_1)$ after our prompt reaches 1 nat.
+# $\tau < 1$ at which $\mathrm{KL}(\pi_\tau \,\|\, \pi_1)$ after our prompt reaches 1 nat (the logits `z`
+# above), to two decimals, and store it in `tau_one_nat`. One call of `kl_exact` on a batch of
+# temperatures is enough.
 
 # %% nbgrader={"grade": false, "grade_id": "ex1_3_solution", "locked": false, "schema_version": 3, "solution": true}
 def kl_exact(logits_p, logits_q):
@@ -509,13 +511,18 @@ def kl_exact(logits_p, logits_q):
     return (logp.exp() * (logp - logq)).sum(-1)
     ### END SOLUTION
 
+
+### BEGIN SOLUTION
+taus = torch.linspace(0.3, 1.0, 141, dtype=torch.float64)
+kls = kl_exact(z[None].double() / taus[:, None], z[None].double().expand(len(taus), -1))
+tau_one_nat = float(taus[(kls - 1).abs().argmin()])
+### END SOLUTION
+
 # %% nbgrader={"grade": true, "grade_id": "ex1_3", "locked": true, "points": 2, "schema_version": 3, "solution": false}
 from ppo_lib.exercises.ch01 import check_kl_exact
 
-check_kl_exact(kl_exact)
-taus = torch.linspace(0.3, 1.0, 141, dtype=torch.float64)
-kls = kl_exact(z[None] / taus[:, None], z[None].expand(len(taus), -1))
-print(f"KL(π_τ ‖ π_1) = 1 nat at τ ≈ {taus[(kls - 1).abs().argmin()]:.3f}")
+check_kl_exact(kl_exact, logits=z, tau=tau_one_nat)  # both parts: the function, and the τ you found
+print(f"KL(π_τ ‖ π_1) = 1 nat at τ ≈ {tau_one_nat:.2f}")
 ### BEGIN HIDDEN TESTS
 check_kl_exact(kl_exact, hidden=True)
 ### END HIDDEN TESTS

@@ -483,28 +483,35 @@ check_td_errors(my_td_errors, hidden=True)
 # %% [markdown]
 # ### Exercise 3.3 — Solving the Bellman equations (1 point)
 #
-# Write `random_walk_values()` returning the five true values of A–E by *solving* the Bellman
-# equations (3.4) of the random walk as a linear system, without using the answer above.
+# Write `random_walk_values(n_states=5)` returning the true values of the non-terminal states by
+# *solving* the Bellman equations (3.4) of the random walk as a linear system, without using the
+# answer above. The walk may have any number of non-terminal states (the hidden tests use 7 and 19,
+# the size of Sutton & Barto's Example 7.1, which there has reward −1 on the left exit; here it stays 0); with 5 they are A–E.
 # Hint: build the matrix $P$ of transition probabilities between non-terminal states and the
 # vector $\bar r$ of expected one-step rewards, then solve $(I - P)\,v = \bar r$.
 
 # %% nbgrader={"grade": false, "grade_id": "ex3_3_solution", "locked": false, "schema_version": 3, "solution": true}
-def random_walk_values():
+def random_walk_values(n_states=5):
     ### BEGIN SOLUTION
-    P = np.zeros((5, 5))
-    for i in range(5):
+    n = n_states
+    P = np.zeros((n, n))
+    for i in range(n):
         if i > 0:
             P[i, i - 1] = 0.5
-        if i < 4:
+        if i < n - 1:
             P[i, i + 1] = 0.5
-    r_bar = np.array([0.0, 0.0, 0.0, 0.0, 0.5])
-    return np.linalg.solve(np.eye(5) - P, r_bar)
+    r_bar = np.zeros(n)
+    r_bar[-1] = 0.5  # the right exit: probability ½, reward 1
+    return np.linalg.solve(np.eye(n) - P, r_bar)
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex3_3", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 from ppo_lib.exercises.ch03 import check_random_walk_values
 check_random_walk_values(random_walk_values)
+### BEGIN HIDDEN TESTS
+check_random_walk_values(random_walk_values, hidden=True)
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 3.4 — The TD error with a wrong critic (2 points, written)

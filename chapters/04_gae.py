@@ -620,6 +620,9 @@ def my_whiten(x, mask):
 # %% nbgrader={"grade": true, "grade_id": "ex4_3", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 from ppo_lib.exercises.ch04 import check_whiten
 check_whiten(my_whiten)
+### BEGIN HIDDEN TESTS
+check_whiten(my_whiten, hidden=True)
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 4.4 — Where the bias comes from (2 points, written)

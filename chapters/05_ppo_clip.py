@@ -296,6 +296,23 @@ r_ = q.log()[a] - p.log()[a]  # log r
 torch.testing.assert_close(kl_estimate(p.log()[a], q.log()[a], "k3"), torch.expm1(r_) - r_)
 
 # %% [markdown]
+# > **Common mistake: $k_3$ written as `torch.exp(log_r) - 1 - log_r`.** Near convergence of a PPO epoch
+# > π and π_old (or π_ref) agree to many digits, $\log r \approx 10^{-6}$ and $k_3 \approx (\log r)^2/2 \approx 5\cdot10^{-13}$.
+# > `exp(log_r)` is then $1 + 10^{-6}$, stored with an absolute error of about $10^{-16}$ in float64
+# > ($10^{-7}$ in float32), and subtracting 1 and `log_r` leaves mostly that error. `torch.expm1` computes
+# > $e^x - 1$ without forming $e^x$, so the difference keeps its digits:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (the last digits of exp differ between CPUs' vector kernels; the asserts hold on all of them)
+x = torch.tensor([1e-4, 1e-6, 1e-8], dtype=torch.float64)
+exact = x**2 / 2 + x**3 / 6 + x**4 / 24  # the series of e^x − 1 − x (the next term is x⁵/120)
+for name, k3 in (("exp(x) − 1 − x", torch.exp(x) - 1 - x), ("expm1(x) − x", torch.expm1(x) - x)):
+    print(f"{name:15s} relative error: " + "  ".join(f"{e:.0e}" for e in ((k3 - exact).abs() / exact).tolist()))
+assert ((torch.expm1(x) - x - exact).abs() / exact).max() < 1e-6
+assert ((torch.exp(x) - 1 - x - exact).abs() / exact).max() > 1e-3
+
+# %% [markdown]
 # **Which estimator is less noisy depends on the distance.** It is often said that $k_3$ has lower variance
 # than $k_1$. That holds only when the two policies are close. Since $k_3 = k_1 + (r - 1)$,
 #
@@ -447,9 +464,11 @@ assert (ppo["ratio_max"][100] > 1.2).all() and mean_and_se(ppo["ratio_max"][100]
 # gradient is zero, but its probability keeps moving: the other samples of its context share the softmax's
 # normaliser, and Adam's momentum carries the parameters on. In every one of the 50 batches the largest ratio ends
 # far past $1 + \epsilon = 1.2$ (1.92 ± 0.02 on average). On a language model, where all tokens share the network's
-# weights, it is more extreme: in chapter 06's stored run (SmolLM2-135M, $\epsilon = 0.2$) the first update's
-# third minibatch had `policy/ratio_max` = 46. A bound on the ratio needs a bound on the step: a smaller learning
-# rate, fewer epochs, or early stopping on the approximate KL.
+# weights, it is more extreme: in an earlier run of chapter 06 (SmolLM2-135M, $\epsilon = 0.2$, learning rate
+# $3\cdot10^{-5}$ without warm-up) the first update's third minibatch had `policy/ratio_max` = 46. A bound on the
+# ratio needs a bound on the step: a smaller learning rate, a warm-up, fewer epochs, or early stopping on the
+# approximate KL. Chapter 06 now takes the first two, and its run prints the largest ratio of its updates: smaller,
+# and still past $1 + \epsilon$.
 #
 # On this tabular toy the unclipped run still gains more true return from its one batch
 # (0.52 ± 0.05 against 0.15 ± 0.01; a table of logits cannot generalise badly to unseen contexts, as a network
@@ -588,6 +607,8 @@ check_value_loss(my_value_loss, hidden=True)
 #
 # Write `my_kl_k3(logprobs, ref_logprobs)` returning the per-token $k_3$ estimate of
 # $\mathrm{KL}(\pi_\theta\|\pi_{ref})$ of Eq. (5.12), for tokens sampled from $\pi_\theta$.
+# It must stay accurate when the two policies are close: the hidden tests use log-ratios of
+# $10^{-6}$, where $k_3 \approx 5\cdot 10^{-13}$ (see the common mistake on `expm1` in Section 5 above).
 
 # %% nbgrader={"grade": false, "grade_id": "ex5_3_solution", "locked": false, "schema_version": 3, "solution": true}
 def my_kl_k3(logprobs, ref_logprobs):
@@ -600,6 +621,9 @@ def my_kl_k3(logprobs, ref_logprobs):
 # %% nbgrader={"grade": true, "grade_id": "ex5_3", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 from ppo_lib.exercises.ch05 import check_kl_k3
 check_kl_k3(my_kl_k3)
+### BEGIN HIDDEN TESTS
+check_kl_k3(my_kl_k3, hidden=True)
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 5.4 — Why a minimum? (2 points, written)

@@ -162,6 +162,23 @@ def test_random_walk_solution_passes(solution):
     check_random_walk_values(solution)
 
 
+def _random_walk_values_any_size(n_states=5):
+    half = np.full(n_states - 1, 0.5)
+    r_bar = np.zeros(n_states)
+    r_bar[-1] = 0.5
+    return np.linalg.solve(np.eye(n_states) - np.diag(half, 1) - np.diag(half, -1), r_bar)
+
+
+def test_random_walk_hidden_tests_ask_for_other_sizes():
+    check_random_walk_values(_random_walk_values_any_size, hidden=True)
+    with pytest.raises(AssertionError, match="must take the number of non-terminal states"):
+        check_random_walk_values(_random_walk_values, hidden=True)  # right for 5 states only
+    with pytest.raises(AssertionError, match="no linear system was solved"):  # the pattern, typed in
+        check_random_walk_values(lambda n_states=5: np.arange(1, n_states + 1) / (n_states + 1), hidden=True)
+    with pytest.raises(AssertionError, match="n_states=19"):  # solved, but for a fixed system of 7
+        check_random_walk_values(lambda n_states=5: _random_walk_values_any_size(min(n_states, 7)), hidden=True)
+
+
 def test_random_walk_refuses_typed_in_values():
     with pytest.raises(AssertionError, match="no linear system was solved"):
         check_random_walk_values(lambda: np.arange(1, 6) / 6)
@@ -220,3 +237,47 @@ def test_lambda_returns_recursion_level_checks():
 def test_gae_refuses_the_library():
     with pytest.raises(AssertionError, match=f"ppo_lib.advantages.gae, {YOURSELF}"):
         check_gae(lambda r, v, m, g, l: gae(r, v, m, g, l))
+
+
+# ---------------------------------------------------------------- hidden tests of 4.3, 5.3, 6.3
+def _whiten(x, mask):
+    real = x[mask]
+    out = (x - real.mean()) / torch.sqrt(real.var() + 1e-8)
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def test_whiten_hidden_tests_catch_lost_precision():
+    from ppo_lib.exercises.ch04 import check_whiten
+
+    check_whiten(_whiten)
+    check_whiten(_whiten, hidden=True)
+
+    def in_float32(x, mask):  # right to ~1e-7 relative: enough near 0, not for values near 1e3
+        return _whiten(x.float(), mask).double()
+    check_whiten(in_float32)
+    with pytest.raises(AssertionError):
+        check_whiten(in_float32, hidden=True)
+
+
+def test_k3_hidden_tests_ask_for_expm1():
+    from ppo_lib.exercises.ch05 import check_kl_k3
+
+    def with_expm1(logprobs, ref_logprobs):
+        log_r = ref_logprobs - logprobs
+        return torch.expm1(log_r) - log_r
+
+    def with_exp(logprobs, ref_logprobs):
+        log_r = ref_logprobs - logprobs
+        return torch.exp(log_r) - 1 - log_r
+    check_kl_k3(with_expm1, hidden=True)
+    check_kl_k3(with_exp)  # the visible check cannot tell them apart
+    with pytest.raises(AssertionError, match="expm1"):
+        check_kl_k3(with_exp, hidden=True)
+
+
+def test_explained_variance_hidden_tests_pass_the_solution_only():
+    from ppo_lib.exercises.ch06 import check_explained_variance
+
+    check_explained_variance(lambda v, R, m: float(1 - (R - v)[m].var() / R[m].var()), hidden=True)
+    with pytest.raises(AssertionError):  # padding counted
+        check_explained_variance(lambda v, R, m: float(1 - (R - v).var() / R.var()), hidden=True)

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from ..advantages import discounted_returns, td_errors
-from ..toys import random_walk_true_values
 from . import passed
 from .ch01 import _refuse, _resolve, _withheld
 
@@ -75,33 +74,43 @@ def _recording(dotted: str, seen: list):
     return recorded
 
 
-def check_random_walk_values(fn) -> None:
-    """Check ``fn() -> array of 5`` solves the Bellman equations of the random walk exactly.
+def check_random_walk_values(fn, hidden: bool = False) -> None:
+    """Check ``fn(n_states=5) -> array of n_states`` solves the Bellman equations of the random walk exactly.
 
-    The answer has no size to vary, so besides the values the check looks at how they were made:
-    while ``fn`` runs, the linear solvers (``solve``, ``inv``, ``lstsq``, ``pinv`` of numpy,
-    torch and scipy) record the matrices they are given, and ``ppo_lib.toys.random_walk_true_values``
-    is withheld. The answer must have solved a system that couples neighbouring states (a square
-    matrix of at least 5 rows with off-diagonal entries, as I − P is): values typed in, or read
-    from the library, do not."""
+    The visible check asks for the chapter's five states A..E; the hidden tests ask for walks of 7
+    and 19 states (Sutton & Barto's Example 7.1 uses 19), whose true values are i/(n+1).
+    Besides the values the check looks at how they were made: while ``fn`` runs, the linear
+    solvers (``solve``, ``inv``, ``lstsq``, ``pinv`` of numpy, torch and scipy) record the matrices
+    they are given, and ``ppo_lib.toys.random_walk_true_values`` is withheld. The answer must have
+    solved a system that couples neighbouring states (a square matrix of at least n rows with
+    off-diagonal entries, as I − P is): values typed in, or read from the library, do not."""
     if fn is _resolve("ppo_lib.toys.random_walk_true_values"):
         _refuse("ppo_lib.toys.random_walk_true_values")()
-    seen: list = []
-    replacements = {name: _recording(name, seen) for name in _SOLVERS if _resolve(name) is not None}
-    replacements["ppo_lib.toys.random_walk_true_values"] = _refuse("ppo_lib.toys.random_walk_true_values")
-    with _withheld(fn, replacements):
-        v = fn()
-    v = np.asarray(v.detach().cpu() if torch.is_tensor(v) else v, dtype=float).reshape(-1)
-    assert v.shape == (5,), f"expected the 5 values of A..E, got shape {v.shape}"
-    if np.allclose(v, 0.5):
-        raise AssertionError("0.5 everywhere is the initial guess, not the solution of the Bellman equations.")
-    assert np.allclose(v, random_walk_true_values(), atol=1e-8), (
-        f"got {np.round(v, 4)}; each V(s) must equal ½·(r_left + V(left)) + ½·(r_right + V(right)), "
-        "with V(terminal) = 0 and reward 1 only on the step into the right terminal.")
-    coupled = [a for a in seen if a.ndim == 2 and a.shape[0] == a.shape[1] >= 5
-               and np.abs(a - np.diag(np.diag(a))).max() > 0]
-    assert coupled, (
-        "the values are right, but no linear system was solved to get them: build I − P and r̄ and "
-        "solve (I − P) v = r̄ (np.linalg.solve); this exercise asks you to solve the Bellman "
-        "equations, not to type in (or look up) their solution.")
+    for n in ((7, 19) if hidden else (5,)):
+        seen: list = []
+        replacements = {name: _recording(name, seen) for name in _SOLVERS if _resolve(name) is not None}
+        replacements["ppo_lib.toys.random_walk_true_values"] = _refuse("ppo_lib.toys.random_walk_true_values")
+        with _withheld(fn, replacements):
+            if n == 5:
+                v = fn()
+            else:
+                try:
+                    v = fn(n_states=n)
+                except TypeError as e:
+                    raise AssertionError(f"random_walk_values(n_states={n}) failed ({e}): the function must take "
+                                         "the number of non-terminal states, n_states, with default 5.") from None
+        v = np.asarray(v.detach().cpu() if torch.is_tensor(v) else v, dtype=float).reshape(-1)
+        assert v.shape == (n,), f"expected the {n} values of a walk with n_states={n}, got shape {v.shape}"
+        if np.allclose(v, 0.5):
+            raise AssertionError("0.5 everywhere is the initial guess, not the solution of the Bellman equations.")
+        want = np.arange(1, n + 1) / (n + 1)
+        assert np.allclose(v, want, atol=1e-8), (
+            f"n_states={n}: got {np.round(v, 4)[:6]}...; each V(s) must equal ½·(r_left + V(left)) + "
+            "½·(r_right + V(right)), with V(terminal) = 0 and reward 1 only on the step into the right terminal.")
+        coupled = [a for a in seen if a.ndim == 2 and a.shape[0] == a.shape[1] >= n
+                   and np.abs(a - np.diag(np.diag(a))).max() > 0]
+        assert coupled, (
+            f"n_states={n}: the values are right, but no linear system was solved to get them: build I − P "
+            "and r̄ and solve (I − P) v = r̄ (np.linalg.solve); this exercise asks you to solve the Bellman "
+            "equations, not to type in (or look up) their solution.")
     passed("check_random_walk_values")

@@ -113,16 +113,25 @@ def _check_lambda_returns(fn, hidden: bool, gae) -> None:
                 "G^λ_t = r_t + γ[(1−λ) V(s_{t+1}) + λ G^λ_{t+1}], with V and G^λ equal to 0 after the last real token.")
 
 
-def check_whiten(fn) -> None:
-    """Check ``fn(x, mask) -> (B, T)``: mean 0, unbiased variance 1 over the masked entries, 0 on padding."""
-    x, _, m = _ragged(4, 8, 7)
-    x = x + 3.0
-    x_pad = torch.where(m, x, torch.full_like(x, 100.0))  # padding holds junk
-    out = fn(x_pad, m)
-    assert bool((out[~m].abs() < 1e-12).all()), "whitened padding must be 0."
-    mean, var = out[m].mean().item(), out[m].var().item()
-    if abs(mean) > 1e-6 or abs(var - 1) > 1e-4:
-        raise AssertionError(f"over real tokens mean={mean:.4f}, var={var:.4f}: the statistics must be taken "
-                             "over masked entries only (padding holds 100 here).")
-    torch.testing.assert_close(out, masked_whiten(x_pad, m), atol=1e-6, rtol=1e-6)
+def check_whiten(fn, hidden: bool = False) -> None:
+    """Check ``fn(x, mask) -> (B, T)``: mean 0, unbiased variance 1 over the masked entries, 0 on padding.
+
+    The hidden tests add batches of other shapes and offsets, a row that is all padding, and
+    values far from 0 (where subtracting the mean of the padded tensor would be visibly wrong)."""
+    cases = [(4, 8, 7, 3.0)] + ([(1, 5, 70, -2.0), (6, 3, 71, 1e3), (3, 12, 72, 0.0)] if hidden else [])
+    for B, T, seed, offset in cases:
+        x, _, m = _ragged(B, T, seed)
+        x = x * (1 + seed % 3) + offset
+        if hidden and B > 2:
+            m[1] = False  # a row that is all padding
+            m[0, 0] = m[2, 0] = True
+        x_pad = torch.where(m, x, torch.full_like(x, 100.0))  # padding holds junk
+        out = fn(x_pad, m)
+        assert tuple(out.shape) == (B, T), f"expected shape {(B, T)}, got {tuple(out.shape)}"
+        assert bool((out[~m].abs() < 1e-12).all()), "whitened padding must be 0."
+        mean, var = out[m].mean().item(), out[m].var().item()
+        if abs(mean) > 1e-6 or abs(var - 1) > 1e-4:
+            raise AssertionError(f"over real tokens mean={mean:.4f}, var={var:.4f}: the statistics must be taken "
+                                 "over masked entries only (padding holds 100 here), with the unbiased variance.")
+        torch.testing.assert_close(out, masked_whiten(x_pad, m), atol=1e-6, rtol=1e-6)
     passed("check_whiten")

@@ -58,8 +58,12 @@ def check_value_loss(fn, hidden: bool = False) -> None:
     passed("check_value_loss")
 
 
-def check_kl_k3(fn) -> None:
-    """Check ``fn(logprobs, ref_logprobs) -> per-token k3 estimate`` of KL(π‖π_ref), Eq. (5.12)."""
+def check_kl_k3(fn, hidden: bool = False) -> None:
+    """Check ``fn(logprobs, ref_logprobs) -> per-token k3 estimate`` of KL(π‖π_ref), Eq. (5.12).
+
+    The hidden tests take π and π_ref close together (log-ratios of 1e-6, as after a few PPO
+    steps), where k3 ≈ (log r)²/2 ≈ 5e-13 and ``exp(log r) − 1`` loses it to rounding: they ask
+    for a relative error below 1e-6, which ``torch.expm1`` gives and ``torch.exp(...) − 1`` does not."""
     g = torch.Generator().manual_seed(0)
     lp, ref = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(3, 5, generator=g, dtype=torch.float64)
     out = fn(lp, ref)
@@ -73,4 +77,13 @@ def check_kl_k3(fn) -> None:
     est = fn(p.log()[a][None], q.log()[a][None]).mean().item()
     exact = (p * (p / q).log()).sum().item()
     assert abs(est - exact) < 0.02, f"the sample mean {est:.4f} should estimate KL(π‖π_ref) = {exact:.4f}."
+    if hidden:
+        log_r = torch.tensor([[1e-6, -1e-6, 3e-7, -2e-8, 0.0]], dtype=torch.float64)
+        lp = torch.randn(1, 5, generator=g, dtype=torch.float64)
+        out = torch.as_tensor(fn(lp, lp + log_r), dtype=torch.float64)
+        want = kl_estimate(lp, lp + log_r, "k3")
+        rel = ((out - want).abs() / want.clamp_min(1e-300)).max().item()
+        assert rel < 1e-6 and out[0, -1].abs().item() < 1e-30, (
+            f"with π close to π_ref (log-ratios ~1e-6) your k3 is off by a relative {rel:.1e}: exp(x) − 1 "
+            "cancels near x = 0; compute r − 1 as torch.expm1(log r).")
     passed("check_kl_k3")
