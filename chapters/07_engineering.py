@@ -398,8 +398,8 @@ assert (bf16_full - fp32_full).abs().max() > 1e-2
 
 # %% [markdown]
 # In float32 the two passes agree to rounding (≈ 1e-5), so the first ratio is 1 to that precision; in bf16 log-probs
-# move by a tenth of a nat or more, and a "first ratio" built from two different passes is off by up to about 20 %
-# for the worst token (measured when written: 0.18 nats), as large as the clip range $\epsilon = 0.2$. The library's default (`reuse_sampling_logprobs=False`)
+# move by a tenth of a nat or more, and a "first ratio" built from two different passes is off by tens of percent for
+# the worst token (0.18–0.30 nats in the runs made when this was written), as large as the clip range $\epsilon = 0.2$. The library's default (`reuse_sampling_logprobs=False`)
 # computes $\log\pi_{old}$ and $\log\pi_\theta$ with the same function on the same batch, so before the first optimiser
 # step the ratio is exactly 1 in either precision; with bf16 *and* reused sampling log-probs, a few percent of clipped
 # tokens on the first minibatch is rounding, not a bug. The trainer autocasts only on a GPU
@@ -416,10 +416,13 @@ assert (bf16_full - fp32_full).abs().max() > 1e-2
 # %%
 # NBVAL_IGNORE_OUTPUT
 def saved_bytes_and_time(model, batch):
+    """Bytes of the activations the graph keeps for backward (the weights it also keeps are not new memory)."""
+    weights = {p.data_ptr() for p in model.parameters()}
     saved = []
 
     def pack(t):
-        saved.append(t.numel() * t.element_size())
+        if t.data_ptr() not in weights:
+            saved.append(t.numel() * t.element_size())
         return t
 
     t0 = time.perf_counter()
@@ -443,7 +446,7 @@ assert ckpt[0] < 0.5 * plain[0]
 
 # %% [markdown]
 # What remains is mostly each layer's input and the logits, $B \cdot L \cdot V$ floats (49 152 columns), which no
-# checkpointing of the layers removes (measured when written: 595 MB → 112 MB for one row of 48 tokens). The price
+# checkpointing of the layers removes. The price
 # is one more forward pass of the layers per training step: a forward is about a third of forward plus backward, so
 # up to a third more time. The two times printed above are only as reliable as the machine is idle; on the shared
 # machine this was written on they were within noise of each other.
