@@ -445,8 +445,9 @@ print(f"with:    {ckpt[0] / MB:6.1f} MB saved for backward, {ckpt[1]:.2f} s forw
 assert ckpt[0] < 0.5 * plain[0]
 
 # %% [markdown]
-# What remains is mostly each layer's input and the logits, $B \cdot L \cdot V$ floats (49 152 columns), which no
-# checkpointing of the layers removes. The price
+# What remains is each layer's input, $n_{layer} \cdot B \cdot L \cdot d$ floats: $30 \times 32 \times 576 \times 4$ bytes
+# = 2.2 MB here, against 55 MB without checkpointing (measured when written). The logits, $B \cdot L \cdot V$ floats
+# (49 152 columns) kept by the loss, are outside this count, and no checkpointing of the layers removes them. The price
 # is one more forward pass of the layers per training step: a forward is about a third of forward plus backward, so
 # up to a third more time. The two times printed above are only as reliable as the machine is idle; on the shared
 # machine this was written on they were within noise of each other.
