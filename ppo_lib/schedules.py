@@ -30,7 +30,7 @@ __all__ = ["LR_SCHEDULES", "lr_factor", "adaptive_lr_scale"]
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
-def lr_factor(update: int, schedule: str = "constant", warmup_updates: int = 0,
+def lr_factor(update: int, schedule: str = "constant", lr_warmup_updates: int = 0,
               total_updates: int | None = None) -> float:
     r"""The multiplier of the base learning rate for ``update`` (0-based, the update about to run).
 
@@ -41,7 +41,7 @@ def lr_factor(update: int, schedule: str = "constant", warmup_updates: int = 0,
         \tfrac12 (1 + \cos \pi p) & \text{cosine} \end{cases},
         \qquad p = \frac{\min(u, U) - W}{U - W} \text{ after the warm-up, else } 0,
 
-    with :math:`W` = ``warmup_updates`` and :math:`U` = ``total_updates``. The decay reaches 0
+    with :math:`W` = ``lr_warmup_updates`` and :math:`U` = ``total_updates``. The decay reaches 0
     at update :math:`U`; the warm-up's first update runs at :math:`\eta/W`, never at 0.
 
     Raises:
@@ -50,15 +50,15 @@ def lr_factor(update: int, schedule: str = "constant", warmup_updates: int = 0,
     """
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {schedule!r}; use one of {LR_SCHEDULES}.")
-    if type(warmup_updates) is not int or warmup_updates < 0:
-        raise ValueError(f"warmup_updates must be an integer ≥ 0, got {warmup_updates!r}.")
-    warm = min(1.0, (update + 1) / warmup_updates) if warmup_updates else 1.0
+    if type(lr_warmup_updates) is not int or lr_warmup_updates < 0:
+        raise ValueError(f"lr_warmup_updates must be an integer ≥ 0, got {lr_warmup_updates!r}.")
+    warm = min(1.0, (update + 1) / lr_warmup_updates) if lr_warmup_updates else 1.0
     if schedule == "constant":
         return warm
-    if total_updates is None or total_updates <= warmup_updates:
+    if total_updates is None or total_updates <= lr_warmup_updates:
         raise ValueError(f"lr_schedule={schedule!r} decays to 0 at total_updates, which must be set and larger "
-                         f"than warmup_updates={warmup_updates}; got {total_updates!r}.")
-    p = max(0.0, (min(update, total_updates) - warmup_updates) / (total_updates - warmup_updates))
+                         f"than lr_warmup_updates={lr_warmup_updates}; got {total_updates!r}.")
+    p = max(0.0, (min(update, total_updates) - lr_warmup_updates) / (total_updates - lr_warmup_updates))
     return warm * ((1.0 - p) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p)))
 
 

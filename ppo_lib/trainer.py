@@ -53,7 +53,8 @@ from .models import ActorCritic, load_policy, reference_copy
 from .registry import get_advantage_estimator, get_algorithm, get_policy_loss
 from .rewards import RewardFn, score
 from .schedules import LR_SCHEDULES, adaptive_lr_scale, lr_factor
-from .rollout import Rollout, critic_values, forward_response, sample, tokenize_prompts
+from .rollout import Rollout, critic_values, forward_response, tokenize_prompts
+from .sampling import SAMPLERS, get_sampler
 
 __all__ = ["PPOConfig", "PPOTrainer", "build_trainer", "CheckpointError"]  # CheckpointError: from .checkpoint
 
@@ -135,12 +136,12 @@ class PPOConfig:
     lr_schedule: str = "constant"
     """How η changes over the run (chapter 07): "constant", "linear" or "cosine" decay to 0 at
     ``lr_decay_updates``; each after the warm-up."""
-    warmup_updates: int = 0
+    lr_warmup_updates: int = 0
     """W, updates over which η rises linearly from η/W to η (chapter 07); 0 is off. 2–10 tames
     the first updates' clip fraction."""
     lr_decay_updates: int | None = None
     """U, the update at which a "linear" or "cosine" schedule reaches 0; needed by both."""
-    adaptive_lr_kl: float | None = None
+    adaptive_lr_kl_target: float | None = None
     """Target approx-KL(π_old‖π_θ) per token for the KL-driven learning rate (chapter 07, after
     rl_games): η ÷ 1.5 when an update's KL exceeds twice it, × 1.5 below half; None is off.
     0.005–0.02."""
@@ -161,6 +162,14 @@ class PPOConfig:
     forward pass per training step for activation memory that no longer grows with depth."""
     mixed_precision: str = "no"
     """"no" or "bf16" (GPU): autocast the forward passes, keep float32 weights."""
+    compile: bool = False
+    """``torch.compile`` the training forward pass (chapter 07). The first updates pay the
+    compilation (tens of seconds on a CPU, recompiling for new response lengths); worth it only
+    for long runs, and measured in chapter 07 before it is turned on."""
+    sampler: str = "eager"
+    """How responses are sampled (chapter 07): "eager" (a growing KV cache, stops when every row
+    has ended) or "static" (a preallocated KV cache and fixed shapes, captured in a CUDA graph on
+    a GPU). Both give the same tokens for the same seed."""
     seed: int = 0
     """Seeds the prompt order, minibatch order and sampling."""
 
@@ -211,13 +220,14 @@ class PPOConfig:
              f"algorithm {self.algorithm!r} trains no critic: separate_critic=True would load a backbone for nothing.")
         need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         need(self.lr_schedule == "constant" or (self.lr_decay_updates is not None
-                                               and self.lr_decay_updates > self.warmup_updates),
+                                               and self.lr_decay_updates > self.lr_warmup_updates),
              f"lr_schedule={self.lr_schedule!r} decays to 0 at lr_decay_updates, which must be set and larger than "
-             f"warmup_updates={self.warmup_updates}; got {self.lr_decay_updates!r}.")
+             f"lr_warmup_updates={self.lr_warmup_updates}; got {self.lr_decay_updates!r}.")
         need(self.kl_estimator in KL_KINDS, f"kl_estimator must be one of {KL_KINDS}, got {self.kl_estimator!r}.")
         need(not (self.lora_rank and self.separate_critic),
              "LoRA with a separate critic is not supported: use lora_rank=0 or separate_critic=False.")
         need(self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
+        need(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}.")
 
     @property
     def minibatch_size(self) -> int:
@@ -258,12 +268,12 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "learning_rate": (0, math.inf, True, True), "weight_decay": (0, math.inf, False, True),
     "max_grad_norm": (0, math.inf, True, True), "lora_rank": (0, math.inf, False, True),
     "lora_alpha": (0, math.inf, True, True), "seed": (0, 2**63 - 1, False, False),
-    "warmup_updates": (0, math.inf, False, True), "lr_decay_updates": (1, math.inf, False, True),
-    "adaptive_lr_kl": (0, math.inf, True, True),
+    "lr_warmup_updates": (0, math.inf, False, True), "lr_decay_updates": (1, math.inf, False, True),
+    "adaptive_lr_kl_target": (0, math.inf, True, True),
 }
 _RANGE_HINTS = {"top_k": "0 turns it off.", "lora_rank": "0 trains all weights.", "top_p": "1.0 turns it off.",
                 "vf_clip_eps": "None turns value clipping off.", "max_grad_norm": "None turns clipping off.",
-                "missing_eos_penalty": "None turns it off.", "adaptive_lr_kl": "None turns it off."}
+                "missing_eos_penalty": "None turns it off.", "adaptive_lr_kl_target": "None turns it off."}
 
 
 
@@ -327,6 +337,9 @@ class PPOTrainer:
         # the optimizer step was the largest library-side cost in the CPU benchmark.
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
         self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
+        # The training forward pass (step 6): compiled when config.compile; shares the weights.
+        self.train_model = torch.compile(self.policy, dynamic=True) if config.compile else self.policy
+        self.sample = get_sampler(config.sampler)
         self.device = self.accelerator.device
         self.ref_policy = ref_policy.to(self.device).eval() if ref_policy is not None else None
         self.algorithm = get_algorithm(config.algorithm)
@@ -342,7 +355,7 @@ class PPOTrainer:
         self.sample_rng = torch.Generator(device=self.device).manual_seed(config.seed + self.accelerator.process_index)
         self._queue: list[int] = []  # indices of the prompts still to draw (see next_prompts)
         self._prompt_count: int | None = None  # length of the prompt list the queue indexes
-        self.lr_scale = 1.0  # the KL-driven multiplier of η (adaptive_lr_kl); saved in checkpoints
+        self.lr_scale = 1.0  # the KL-driven multiplier of η (adaptive_lr_kl_target); saved in checkpoints
         self.minibatch_stats: list[dict] = []  # per-minibatch stats of the last update
         self.last_samples: list[tuple[str, str, float]] = []  # (prompt, response, score) of the last update
 
@@ -406,8 +419,8 @@ class PPOTrainer:
         stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)
         stats["optimizer/lr"] = lr
         self.kl_ctl.update(stats["objective/kl"], c.batch_size * self.accelerator.num_processes)
-        if c.adaptive_lr_kl is not None:
-            self.lr_scale = adaptive_lr_scale(self.lr_scale, stats["policy/approx_kl_k3"], c.adaptive_lr_kl)
+        if c.adaptive_lr_kl_target is not None:
+            self.lr_scale = adaptive_lr_scale(self.lr_scale, stats["policy/approx_kl_k3"], c.adaptive_lr_kl_target)
         self.step_count += 1
         seconds = time.perf_counter() - t_start
         stats.update({f"time/{k}": v for k, v in timer.seconds.items()})
@@ -422,7 +435,7 @@ class PPOTrainer:
         prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, c.max_prompt_length, self.device)
         self.policy.eval()
         with self.autocast():
-            return sample(self.unwrapped, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
+            return self.sample(self.unwrapped, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
                           c.top_k, c.top_p, c.stop_at_eos, generator=self.sample_rng,
                           return_logprobs=c.reuse_sampling_logprobs)
 
@@ -473,7 +486,7 @@ class PPOTrainer:
         """Set the optimizer's η for the update about to run: the base rate × the schedule's
         factor (warm-up, decay) × the KL-driven multiplier. Returns it."""
         c = self.config
-        lr = c.learning_rate * lr_factor(self.step_count, c.lr_schedule, c.warmup_updates, c.lr_decay_updates)
+        lr = c.learning_rate * lr_factor(self.step_count, c.lr_schedule, c.lr_warmup_updates, c.lr_decay_updates)
         lr *= self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -538,7 +551,7 @@ class PPOTrainer:
                     else:
                         weight = mask.sum() / n_tokens  # this micro-batch's share of the tokens
                     with timer("train_forward"), self.autocast():
-                        logprobs, values, logits = forward_response(self.policy, batch[micro_idx], c.temperature,
+                        logprobs, values, logits = forward_response(self.train_model, batch[micro_idx], c.temperature,
                                                                     return_logits=True)
                         pg_loss, pg_stats = self.policy_loss(
                             logprobs, old_logprobs[micro_idx], advantages[micro_idx], mask, clip_eps=c.clip_eps,
@@ -675,7 +688,7 @@ class PPOTrainer:
             chunk = list(prompts[i : i + batch_size])
             ids, mask = tokenize_prompts(self.tokenizer, chunk, c.max_prompt_length, self.device)
             with self.autocast():
-                batch = sample(self.unwrapped, self.tokenizer, ids, mask, c.max_new_tokens, c.temperature,
+                batch = self.sample(self.unwrapped, self.tokenizer, ids, mask, c.max_new_tokens, c.temperature,
                                c.top_k, c.top_p, c.stop_at_eos, generator=g)
                 logprobs, _ = forward_response(self.unwrapped, batch, c.temperature)
             kl = masked_sum(logprobs - self.ref_logprobs(batch), batch.response_mask, dim=1)  # (B,)

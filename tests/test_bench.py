@@ -213,7 +213,7 @@ def test_ppo_lib_side_reads_every_setting_from_the_workload():
         assert {k: getattr(cfg, k) for k in PPO_LIB_FIELDS} == {k: UNUSUAL[v] for k, v in PPO_LIB_FIELDS.items()}
         assert cfg.lora_rank == (UNUSUAL.lora_rank if mode == "lora" else 0)
         assert cfg.stop_at_eos is False and cfg.mixed_precision == "no"
-        assert (cfg.warmup_updates, cfg.adaptive_lr_kl) == (0, None)  # η constant, as TRL's warmup_steps=0
+        assert (cfg.lr_warmup_updates, cfg.adaptive_lr_kl_target) == (0, None)  # η constant, as TRL's warmup_steps=0
     gpu = dataclasses.replace(UNUSUAL, device="cuda")
     assert bench.bench_config("shared", workload=gpu).mixed_precision == "bf16"
     # a field added to Workload must be wired into the config, or named here as read elsewhere

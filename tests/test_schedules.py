@@ -19,7 +19,7 @@ from tiny import PROMPTS, tiny_trainer
 ])
 def test_each_schedule_gives_the_expected_factor_at_the_start_the_warmup_and_the_end(schedule, expected):
     for update, factor in expected.items():
-        assert lr_factor(update, schedule, warmup_updates=4, total_updates=12) == pytest.approx(factor, abs=1e-12), update
+        assert lr_factor(update, schedule, lr_warmup_updates=4, total_updates=12) == pytest.approx(factor, abs=1e-12), update
 
 
 def test_no_warmup_starts_at_the_full_rate():
@@ -29,8 +29,8 @@ def test_no_warmup_starts_at_the_full_rate():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(schedule="step"), "unknown lr_schedule"),
     (dict(schedule="linear", total_updates=None), "must be set and larger"),
-    (dict(schedule="cosine", warmup_updates=5, total_updates=5), "must be set and larger"),
-    (dict(warmup_updates=-1), "warmup_updates must be an integer ≥ 0"),
+    (dict(schedule="cosine", lr_warmup_updates=5, total_updates=5), "must be set and larger"),
+    (dict(lr_warmup_updates=-1), "lr_warmup_updates must be an integer ≥ 0"),
 ])
 def test_bad_schedules_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -57,10 +57,10 @@ def test_the_kl_driven_rate_moves_the_right_way_and_stays_bounded():
 @pytest.mark.parametrize("fields, message", [
     (dict(lr_schedule="exp"), "lr_schedule must be one of"),
     (dict(lr_schedule="linear"), "lr_decay_updates, which must be set"),
-    (dict(lr_schedule="cosine", warmup_updates=10, lr_decay_updates=10), "must be set and larger than warmup_updates=10"),
-    (dict(warmup_updates=-2), "warmup_updates must be ≥ 0"),
-    (dict(warmup_updates=1.5), "warmup_updates must be an integer"),
-    (dict(adaptive_lr_kl=0.0), "adaptive_lr_kl must be > 0"),
+    (dict(lr_schedule="cosine", lr_warmup_updates=10, lr_decay_updates=10), "must be set and larger than lr_warmup_updates=10"),
+    (dict(lr_warmup_updates=-2), "lr_warmup_updates must be ≥ 0"),
+    (dict(lr_warmup_updates=1.5), "lr_warmup_updates must be an integer"),
+    (dict(adaptive_lr_kl_target=0.0), "adaptive_lr_kl_target must be > 0"),
 ])
 def test_bad_values_of_the_new_options_are_clear_errors(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -68,7 +68,7 @@ def test_bad_values_of_the_new_options_are_clear_errors(fields, message):
 
 
 def tiny(**overrides):
-    return tiny_trainer(**{"max_new_tokens": 8, "lr_schedule": "cosine", "warmup_updates": 3, "lr_decay_updates": 6,
+    return tiny_trainer(**{"max_new_tokens": 8, "lr_schedule": "cosine", "lr_warmup_updates": 3, "lr_decay_updates": 6,
                            **overrides})
 
 
@@ -89,10 +89,30 @@ def test_the_trainer_follows_the_schedule_and_resumes_mid_warmup_exactly(tmp_pat
 
 def test_the_kl_driven_rate_acts_in_the_trainer_and_survives_a_checkpoint(tmp_path):
     """A target far below what lr 3e-3 produces: η falls by 1.5 after every update."""
-    t = tiny(lr_schedule="constant", warmup_updates=0, lr_decay_updates=None, adaptive_lr_kl=1e-6)
+    t = tiny(lr_schedule="constant", lr_warmup_updates=0, lr_decay_updates=None, adaptive_lr_kl_target=1e-6)
     history = t.train(PROMPTS, 3, progress=False)
     assert [h["optimizer/lr"] for h in history] == pytest.approx([3e-3, 2e-3, 3e-3 / 1.5**2])
     t.save_checkpoint(tmp_path / "ckpt")
-    u = tiny(lr_schedule="constant", warmup_updates=0, lr_decay_updates=None, adaptive_lr_kl=1e-6)
+    u = tiny(lr_schedule="constant", lr_warmup_updates=0, lr_decay_updates=None, adaptive_lr_kl_target=1e-6)
     u.load_checkpoint(tmp_path / "ckpt")
     assert u.lr_scale == pytest.approx(1 / 1.5**3) and u.set_learning_rate() == pytest.approx(3e-3 / 1.5**3)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(sampler="graph"), "sampler must be one of \\('eager', 'static'\\), got 'graph'"),
+    (dict(compile="yes"), "compile must be true or false, got 'yes'"),
+    (dict(compile=1), "compile must be true or false"),
+])
+def test_bad_values_of_the_engineering_options_are_clear_errors(fields, message):
+    with pytest.raises(ValueError, match=message):
+        PPOConfig(**fields)
+
+
+def test_the_static_sampler_is_a_drop_in_replacement_in_the_trainer():
+    """Same seed, same statistics, update after update: the tokens and the generator's state
+    are the same (tests/test_sampling.py), so everything downstream is too."""
+    eager = tiny(sampler="eager").train(PROMPTS, 2, progress=False)
+    static = tiny(sampler="static").train(PROMPTS, 2, progress=False)
+    for e, s in zip(eager, static, strict=True):
+        s = {k: v for k, v in s.items() if not k.startswith(("time/", "throughput/"))}
+        assert s == pytest.approx({k: e[k] for k in s}, rel=1e-4, abs=1e-5, nan_ok=True)

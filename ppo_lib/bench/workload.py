@@ -239,7 +239,7 @@ def bench_config(mode: str, exact: bool = False, checkpointing: bool | None = No
         gamma=w.gamma, lam=w.lam, whiten_advantages=w.whiten_advantages,
         ppo_epochs=w.ppo_epochs, num_minibatches=w.num_minibatches, grad_accum_steps=1,
         clip_eps=w.clip_eps, vf_clip_eps=w.vf_clip_eps, vf_coef=w.vf_coef,
-        learning_rate=w.learning_rate, lr_schedule=w.lr_schedule, warmup_updates=0, adaptive_lr_kl=None,
+        learning_rate=w.learning_rate, lr_schedule=w.lr_schedule, lr_warmup_updates=0, adaptive_lr_kl_target=None,
         weight_decay=w.weight_decay, max_grad_norm=w.max_grad_norm,
         separate_critic=mode == "separate", lora_rank=w.lora_rank if mode == "lora" else 0, lora_alpha=w.lora_alpha,
         gradient_checkpointing=(mode == "lora") if checkpointing is None else checkpointing,

@@ -55,6 +55,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "ppo_lib.exercises.ch05.check_kl_k3": ("ppo_lib.kl.kl_estimate",),
     "ppo_lib.exercises.ch06.check_shape_rewards": ("ppo_lib.kl.shape_rewards",),
     "ppo_lib.exercises.ch06.check_response_mask": ("ppo_lib.rollout.truncate_after_eos",),
+    "ppo_lib.exercises.ch07.check_lr_schedule": ("ppo_lib.schedules.lr_factor",),
 }
 """Per checker (``ppo_lib.exercises.chNN.check_x``), the ``ppo_lib`` functions its exercise
 reimplements. Besides these, an answer that *is* a ``ppo_lib`` function (``my_gae = gae``)

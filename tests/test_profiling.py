@@ -1,0 +1,46 @@
+"""ppo_lib.profiling: the time breakdown on hand-made statistics, the interleaved order, and
+the chapter 07 figures (cheap: committed files and pure functions)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from ppo_lib.profiling import PHASES, interleaved_timing, plot_time_breakdown, time_breakdown  # noqa: E402
+
+
+def stats(generate, backward, step):
+    return {"time/generate": generate, "time/backward": backward, "time/step": step, "policy/loss": 0.0}
+
+
+def test_time_breakdown_averages_phases_and_puts_the_rest_in_other():
+    history = [stats(9.0, 9.0, 30.0), stats(2.0, 3.0, 6.0), stats(4.0, 5.0, 10.0)]
+    out = time_breakdown(history, skip=1)
+    assert out["generate"] == pytest.approx(3.0) and out["backward"] == pytest.approx(4.0)
+    assert out["step"] == pytest.approx(8.0) and out["other"] == pytest.approx(1.0)
+    assert all(out[p] == 0.0 for p in PHASES if p not in ("generate", "backward"))  # never timed: 0
+    assert sum(v for k, v in out.items() if k != "step") == pytest.approx(out["step"])
+
+
+def test_time_breakdown_refuses_what_it_cannot_average():
+    with pytest.raises(ValueError, match="at least one update after skip=2"):
+        time_breakdown([stats(1, 1, 3)] * 2, skip=2)
+    with pytest.raises(ValueError, match="'time/step'"):
+        time_breakdown([{"time/generate": 1.0}])
+
+
+def test_interleaved_timing_alternates_and_pairs_the_ratios():
+    calls = []
+    out = interleaved_timing({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # A B A B ..., the warm-up round first
+    assert len(out["seconds"]["a"]) == 3 and len(out["ratios"]) == 3
+    assert out["ratios"] == pytest.approx([x / y for x, y in zip(out["seconds"]["a"], out["seconds"]["b"])])
+
+
+def test_the_breakdown_figure_stacks_every_phase():
+    b = {p: 1.0 for p in PHASES} | {"other": 1.0, "step": 8.0}
+    fig = plot_time_breakdown({"run": b}, share=True)
+    bars = fig.axes[0].patches
+    assert len(bars) == len(PHASES) + 1
+    assert bars[-1].get_x() + bars[-1].get_width() == pytest.approx(1.0)  # shares add up to the whole update

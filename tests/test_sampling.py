@@ -1,0 +1,78 @@
+"""The static sampler (ppo_lib.sampling) against the eager one (ppo_lib.rollout.sample), on tiny-gpt2, CPU, fp32.
+
+What "equal" means here: the tokens, the masks and the generator's state afterwards are
+bitwise equal; the log-probs agree to 1e-5 (absolute). They cannot be bitwise equal in
+general: the static sampler's attention runs over P + T key slots, the unused ones masked,
+the eager one's over the P + t filled ones, and the float32 sums run in another order
+(measured: 5e-7 on tiny-gpt2, 2e-5 on SmolLM2, whose log-probs are ≈ -5; see
+figures/runs/ch07_sampler/)."""
+
+import pytest
+import torch
+
+from ppo_lib.models import load_policy
+from ppo_lib.rollout import sample, tokenize_prompts
+from ppo_lib.sampling import get_sampler, sample_static
+from tiny import PROMPTS
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    policy, tokenizer = load_policy("tiny-gpt2")
+    policy.eval()
+    ids, mask = tokenize_prompts(tokenizer, PROMPTS)
+    return policy, tokenizer, ids, mask
+
+
+class EosTokenizer:
+    """The ids a sampler needs, with EOS moved to ``eos`` (a token the test makes likely)."""
+
+    def __init__(self, tokenizer, eos):
+        self.pad_token_id, self.eos_token_id = tokenizer.pad_token_id, eos
+
+
+def both(policy, tokenizer, ids, mask, T, **kw):
+    g_eager, g_static = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a = sample(policy, tokenizer, ids, mask, T, 1.0, generator=g_eager, return_logprobs=True, **kw)
+    b = sample_static(policy, tokenizer, ids, mask, T, 1.0, generator=g_static, return_logprobs=True, **kw)
+    return a, b, g_eager, g_static
+
+
+def assert_same(a, b, g_eager, g_static):
+    assert a.response_ids.shape == b.response_ids.shape
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.response_mask, b.response_mask)
+    torch.testing.assert_close(b.old_logprobs, a.old_logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.old_values, a.old_values, rtol=0, atol=1e-5)  # the shared value head's V(s_t)
+    assert torch.equal(g_eager.get_state(), g_static.get_state())  # the next batch's draws are the same too
+
+
+@pytest.mark.parametrize("stop_at_eos", [True, False])
+def test_static_equals_eager_on_full_length_responses(tiny, stop_at_eos):
+    policy, tokenizer, ids, mask = tiny
+    assert_same(*both(policy, tokenizer, ids, mask, 12, stop_at_eos=stop_at_eos))
+
+
+def test_static_equals_eager_when_rows_end_early_and_the_eager_loop_exits(tiny):
+    """A logit bias makes a token likely (p ≈ 0.25 a step) and that token is EOS: rows end at
+    different steps, the eager loop leaves early, and the static one masks the same tokens,
+    keeps the same columns and rewinds the generator to the same state."""
+    policy, tokenizer, ids, mask = tiny
+    eos = 7
+    V = policy.lm.config.vocab_size
+    bias = torch.zeros(V)
+    bias[eos] = float(torch.log(torch.tensor(0.25 / 0.75 * (V - 1))))
+    handle = policy.lm.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+    try:
+        a, b, g1, g2 = both(policy, EosTokenizer(tokenizer, eos), ids, mask, 40)
+    finally:
+        handle.remove()
+    lengths = a.response_mask.sum(1)
+    assert a.response_ids.shape[1] < 40 and len(set(lengths.tolist())) > 2  # early exit, ragged ends
+    assert_same(a, b, g1, g2)
+
+
+def test_the_sampler_option_picks_the_function():
+    assert get_sampler("eager") is sample
+    assert get_sampler("static").func is sample_static
+    with pytest.raises(ValueError, match="unknown sampler 'graph'"):
+        get_sampler("graph")
