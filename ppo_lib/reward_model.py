@@ -427,9 +427,8 @@ def best_of_n_estimate(proxy: torch.Tensor, gold: torch.Tensor, n: int) -> torch
     # log C(i−1, n−1) − log C(N, n), −inf where i < n
     log_w = torch.full((N,), -math.inf, dtype=torch.float64)
     ok = i >= n
-    lg = torch.lgamma
-    log_w[ok] = (lg(i[ok]) - lg(torch.tensor(float(n))) - lg(i[ok] - n + 1)
-                 - (lg(torch.tensor(N + 1.0)) - lg(torch.tensor(n + 1.0)) - lg(torch.tensor(N - n + 1.0))))
+    log_binom_N_n = math.lgamma(N + 1) - math.lgamma(n + 1) - math.lgamma(N - n + 1)
+    log_w[ok] = torch.lgamma(i[ok]) - math.lgamma(n) - torch.lgamma(i[ok] - n + 1) - log_binom_N_n
     return (log_w.exp() * gold_sorted).sum(-1)
 
 
