@@ -278,7 +278,7 @@ for n in (1, 2, 4, 8):
 #
 # $$\mathrm{KL}(\pi_{\text{bon}} \,\|\, \pi) = \log n - \frac{n-1}{n} \tag{8.7}$$
 #
-# nats from the sampling policy $\pi$ (Stiennon et al. 2020 and Gao et al. 2022 use it). Beirami et al. (2024) show
+# nats from the sampling policy $\pi$ (Gao et al. 2022 use it for their best-of-$n$ curves). Beirami et al. (2024) show
 # that (8.7) is only an **upper bound**: it is exact when all outcomes have distinct rewards and vanishing probability
 # each, and the true KL is smaller otherwise (much smaller when a few outcomes carry most of the probability). On a
 # three-outcome policy the exact KL can be computed: best-of-$n$ picks the outcome $i$ (in increasing reward) with
@@ -377,7 +377,7 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 # One might hope it protects the gold score. Gao et al. (2022) varied the KL coefficient in their RL runs and report
 # that the penalty does not improve the gold score reached *at a given KL*: it makes the run converge at a smaller KL,
 # i.e. it acts like **early stopping** along the same gold-against-KL curve (their section on the effect of the KL
-# penalty; they note this holds in their setup and may not in others). So β is a knob for *where* on the curve the
+# penalty). So β is a knob for *where* on the curve the
 # run ends, and the curve itself is set by the proxy's quality (its size and data). To measure it here, run the
 # command below with `--kl-coef 0.0`, `0.02` and `0.1` and compare the gold-against-KL curves, not the final scores.
 #

@@ -170,9 +170,11 @@ class RewardModel(nn.Module):
             raise ValueError(f"need as many prompts as responses (≥ 1), got {len(prompts)} and {len(responses)}.")
         encoded = []
         for i, (p, r) in enumerate(zip(prompts, responses)):
-            if not r.strip():
-                raise RewardModelError(f"response {i} is empty; a reward model scores a response, give it one.")
+            # An empty response is scored (a policy may stop at once: that is an action with a reward);
+            # training pairs with an empty response are refused earlier, by check_pair.
             ids = self.tokenizer(p + r, add_special_tokens=True)["input_ids"]
+            if not ids:
+                raise RewardModelError(f"prompt + response {i} is empty; there is no token to read a reward from.")
             if len(ids) > self.max_length:
                 raise RewardModelError(f"prompt + response {i} has {len(ids)} tokens, more than max_length="
                                        f"{self.max_length}: shorten it or raise max_length.")
