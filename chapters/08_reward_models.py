@@ -375,9 +375,10 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 #
 # The PPO objective of chapter 06 subtracts $\beta\,\mathrm{KL}(\pi_\theta \,\|\, \pi_{\text{ref}})$ from the reward.
 # One might hope it protects the gold score. Gao et al. (2022) varied the KL coefficient in their RL runs and report
-# that the penalty does not improve the gold score reached *at a given KL*: it makes the run converge at a smaller KL,
-# i.e. it acts like **early stopping** along the same gold-against-KL curve (their section on the effect of the KL
-# penalty). So β is a knob for *where* on the curve the
+# that the penalty raises the *proxy* score reached at a given KL but not the *gold* score: the gold-against-KL curve
+# stays where it was and the run simply converges at a smaller KL, so the penalty acts like **early stopping** (their
+# section on the effect of the KL penalty; they caution that this may depend on hyperparameters).
+# So β is a knob for *where* on the curve the
 # run ends, and the curve itself is set by the proxy's quality (its size and data). To measure it here, run the
 # command below with `--kl-coef 0.0`, `0.02` and `0.1` and compare the gold-against-KL curves, not the final scores.
 #

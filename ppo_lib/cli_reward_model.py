@@ -56,9 +56,9 @@ def _safe_scores(fn, prompts, responses):
 
 def run_reward_model(args: argparse.Namespace) -> int:
     from .models import load_model
-    from .preferences import make_pairs, noise_ceiling, write_pairs
+    from .preferences import make_pairs, noise_ceiling, read_pairs, write_pairs
     from .reward_model import (RewardModel, best_of_n_estimate, best_of_n_kl_bound, evaluate_reward_model, fit_gao,
-                               train_reward_model)
+                               pair_features, train_reward_model)
     from .rewards import get_reward, review_prompts
     from .trainer import PPOConfig, build_trainer
 
@@ -73,11 +73,15 @@ def run_reward_model(args: argparse.Namespace) -> int:
     results: dict = {"settings": vars(args)}
 
     # 1. pairs, labelled by the gold with Bradley–Terry noise τ
-    prompts = review_prompts("train") * args.pair_repeats
-    pairs = make_pairs(lm, tokenizer, prompts, gold, tau=args.tau, max_new_tokens=args.max_new_tokens,
-                       temperature=args.pair_temperature, seed=args.seed_pairs)
-    n_held = max(len(pairs) // 5, 8)
-    train_pairs, held = pairs[:-n_held], pairs[-n_held:]
+    if args.pairs_from:  # reuse the pairs of an earlier run (same model, gold and τ)
+        train_pairs = read_pairs(Path(args.pairs_from) / "pairs.jsonl")
+        held = read_pairs(Path(args.pairs_from) / "pairs_heldout.jsonl")
+    else:
+        prompts = review_prompts("train") * args.pair_repeats
+        pairs = make_pairs(lm, tokenizer, prompts, gold, tau=args.tau, max_new_tokens=args.max_new_tokens,
+                           temperature=args.pair_temperature, seed=args.seed_pairs)
+        n_held = max(len(pairs) // 5, 8)
+        train_pairs, held = pairs[:-n_held], pairs[-n_held:]
     write_pairs(out / "pairs.jsonl", train_pairs)
     write_pairs(out / "pairs_heldout.jsonl", held)
     g_c = torch.tensor([p["gold_chosen"] for p in held])
@@ -92,24 +96,28 @@ def run_reward_model(args: argparse.Namespace) -> int:
     # 2. reward models at several training sizes (frozen backbone: all share the policy's weights)
     results["reward_models"] = []
     sizes = sorted({min(k, len(train_pairs)) for k in args.train_sizes})
+    rm = RewardModel(lm, tokenizer, name=args.model, trainable=args.trainable)
+    feats = pair_features(rm, train_pairs) if args.trainable == "head" else None  # once for every size
     for k in sizes:
         rm = RewardModel(lm, tokenizer, name=args.model, trainable=args.trainable)
-        history = train_reward_model(rm, train_pairs[:k], epochs=args.rm_epochs, lr=args.rm_lr, seed=0)
+        history = train_reward_model(rm, train_pairs[:k], epochs=args.rm_epochs, lr=args.rm_lr, seed=0,
+                                     weight_decay=args.rm_weight_decay,
+                                     features=None if feats is None else (feats[0][:k], feats[1][:k]))
         row = {"train_pairs": k, "train_accuracy": history[-1]["accuracy"], **evaluate_reward_model(rm, held)}
         row["fraction_of_ceiling"] = row["accuracy"] / results["pairs"]["noise_ceiling"]
         results["reward_models"].append(row)
         print("reward model:", row)
     proxy = rm  # the largest
-    results["normalization"] = proxy.normalize([p["prompt"] for p in train_pairs] * 2,
-                                               [p["chosen"] for p in train_pairs] + [p["rejected"] for p in train_pairs])
-    proxy.save(out / "reward_model")
 
-    # 3. best-of-n against the proxy, from one pool per held-out prompt
+    # 3. best-of-n against the proxy, from one pool per held-out prompt; the pool (samples of the initial
+    #    policy at its temperature) also sets the proxy's normalisation, mean 0 and std 1 (Ziegler et al. 2019)
     held_prompts = review_prompts("heldout")
     bon_prompts = held_prompts[: args.bon_prompts]
     pool = _bon_pool(lm, tokenizer, bon_prompts, args.bon_pool, args.max_new_tokens, args.temperature, seed=1)
     flat_p = [p for p, rs in zip(bon_prompts, pool) for _ in rs]
     flat_r = [r for rs in pool for r in rs]
+    results["normalization"] = proxy.normalize(flat_p, [r if r.strip() else " " for r in flat_r])
+    proxy.save(out / "reward_model")
     P = torch.tensor(_safe_scores(proxy, flat_p, flat_r)).view(len(bon_prompts), args.bon_pool)
     G = torch.tensor(_safe_scores(gold, flat_p, flat_r)).view(len(bon_prompts), args.bon_pool)
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= args.bon_pool]
@@ -203,8 +211,10 @@ def add_reward_model_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--train-sizes", type=int, nargs="+", default=[40, 80, 158], help="reward-model training sizes")
     p.add_argument("--trainable", default="head", choices=("head", "last_block", "all"))
-    p.add_argument("--rm-epochs", type=int, default=60)
+    p.add_argument("--rm-epochs", type=int, default=30)
     p.add_argument("--rm-lr", type=float, default=3e-3)
+    p.add_argument("--rm-weight-decay", type=float, default=0.1, help="AdamW weight decay of the head")
+    p.add_argument("--pairs-from", default=None, help="reuse pairs.jsonl and pairs_heldout.jsonl of this run folder")
     p.add_argument("--temperature", type=float, default=0.7, help="the policy's sampling temperature (best-of-n, PPO)")
     p.add_argument("--bon-prompts", type=int, default=16)
     p.add_argument("--bon-pool", type=int, default=16, help="N, samples per prompt in the best-of-n pool")

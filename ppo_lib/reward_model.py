@@ -59,6 +59,7 @@ __all__ = [
     "bradley_terry_loss",
     "RewardModel",
     "RewardModelError",
+    "pair_features",
     "train_reward_model",
     "evaluate_reward_model",
     "best_of_n_estimate",
@@ -325,13 +326,23 @@ def _pair_texts(pairs: Sequence[dict]) -> tuple[list[str], list[str], list[str]]
     return [p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs]
 
 
+@torch.no_grad()
+def pair_features(rm: RewardModel, pairs: Sequence[dict], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's last-token features ``(B, H)`` of every chosen and every rejected response. With a
+    frozen backbone they are all a head needs: compute them once and pass them to :func:`train_reward_model`."""
+    prompts, chosen, rejected = _pair_texts(pairs)
+    return tuple(torch.cat([rm.features(*rm.tokenize(prompts[i: i + batch_size], side[i: i + batch_size]))
+                            for i in range(0, len(pairs), batch_size)]) for side in (chosen, rejected))
+
+
 def train_reward_model(rm: RewardModel, pairs: Sequence[dict], *, epochs: int = 20, lr: float = 1e-3,
                        batch_size: int = 32, weight_decay: float = 0.0, seed: int = 0,
-                       progress: bool = True) -> list[dict]:
+                       progress: bool = True, features: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
     """Fit ``rm`` to ``pairs`` (``{"prompt", "chosen", "rejected"}``) by Adam on Eq. (8.2).
 
     With ``trainable="head"`` the frozen backbone's features of every response are computed
-    once, then the head is trained on them (identical gradients, one forward pass per text).
+    once (or taken from ``features``, :func:`pair_features` of the same pairs), then the head is
+    trained on them (identical gradients, one forward pass per text).
 
     Returns one dict per epoch: ``{"epoch", "loss", "accuracy", "margin"}`` (training-set means).
     """
@@ -342,10 +353,10 @@ def train_reward_model(rm: RewardModel, pairs: Sequence[dict], *, epochs: int = 
     params = [p for p in rm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     cached = rm.trainable == "head"
+    if features is not None and (not cached or any(len(f) != len(pairs) for f in features)):
+        raise ValueError("features are for trainable='head' and need one row per pair (see pair_features).")
     if cached:
-        with torch.no_grad():
-            feats = [torch.cat([rm.features(*rm.tokenize(prompts[i: i + batch_size], side[i: i + batch_size]))
-                                for i in range(0, len(pairs), batch_size)]) for side in (chosen, rejected)]
+        feats = features if features is not None else pair_features(rm, pairs, batch_size)
     from tqdm.auto import tqdm
 
     history = []
