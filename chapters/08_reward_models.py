@@ -310,10 +310,13 @@ for n in (2, 4, 16, 64):
 # %%
 run = load_run("rm_small")
 s = run["settings"]
-print("python -m ppo_lib reward-model --out figures/runs/rm_small --threads 2   # defaults:",
-      f"{s['pair_repeats']} pairs per prompt, τ = {s['tau']}, sizes {s['train_sizes']}, best-of-n pool {s['bon_pool']} "
-      f"on {s['bon_prompts']} prompts, PPO {s['ppo_updates']} updates × batch {s['batch_size']}, seeds {s['seeds']}")
-print(f"wall time: {run['seconds'] / 60:.0f} min on 2 shared CPU cores")
+print("python -m ppo_lib reward-model --out figures/runs/rm_small --pairs-from figures/runs/rm_small "
+      f"--bon-prompts {s['bon_prompts']} --bon-pool {s['bon_pool']} --ppo-updates {s['ppo_updates']} "
+      f"--eval-every {s['eval_every']} --eval-prompts {s['eval_prompts']} --threads 2")
+print(f"pairs: τ = {s['tau']}, {s['max_new_tokens']} new tokens, 2 per training prompt (made by the same command without "
+      "--pairs-from); reward models on", s["train_sizes"], "pairs; PPO", f"batch {s['batch_size']}, lr {s['lr']}, "
+      f"β = {s['kl_coef']}, seeds {s['seeds']}")
+print(f"wall time: {run['seconds'] / 60:.0f} min on 2 CPU cores shared with other jobs")
 
 # %% [markdown]
 # The data and the reward models:
@@ -328,7 +331,13 @@ for r in run["reward_models"]:
           f"{r['margin']:6.2f}  {r['fraction_of_ceiling']:.2f}")
 
 # %% [markdown]
-# RESULTS_RM_TEXT
+# What the committed run shows, and what it does not. The proxy's held-out accuracy rises with the number of pairs
+# (0.51, 0.56, 0.64 at 40, 80, 158 pairs), but on only 39 held-out pairs each number has a standard error of about
+# 0.08, and the best is 70 % of the noise ceiling (0.92), short of the 90 % the issue asks for at the largest size.
+# Every model fits its training pairs perfectly (training accuracy 1.0): a linear head on 576 frozen features
+# over-fits a few hundred pairs. More pairs (the full command below uses 2,000) or a fine-tuned last block
+# (`--trainable last_block`) are the two ways up. For this chapter a weak proxy is not a defect: it is the *small
+# reward model* of Gao et al., the one that over-optimisation hits first.
 #
 # Best-of-$n$ and PPO against the largest proxy, on one plot of score against $d = \sqrt{\mathrm{KL}}$ (best-of-$n$ at
 # the bound (8.7), PPO at its measured KL on held-out prompts), and the proxy − gold gap:

@@ -210,3 +210,26 @@ def test_fit_gao_recovers_parameters():
     assert fit["alpha"] == pytest.approx(0.8) and fit["beta"] == pytest.approx(0.3) and fit["n_points"] == 15
     with pytest.raises(ValueError, match="form must be"):
         fit_gao(d, d, "ppo")
+
+
+# ----------------------------------------------------------------------------- the command
+def test_reward_model_command_writes_a_run_folder(tmp_path):
+    from ppo_lib.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(["reward-model", "--out", str(out), "--model", "tiny-gpt2", "--gold", "chars:e", "--pair-repeats", "1",
+                 "--train-sizes", "20", "79", "--rm-epochs", "3", "--bon-prompts", "4", "--bon-pool", "4",
+                 "--ppo-updates", "2", "--eval-every", "1", "--eval-prompts", "8", "--max-new-tokens", "6"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "pairs.jsonl", "pairs_heldout.jsonl", "results.json", "samples.md", "rm_overview.png",
+            "reward_model"} <= names
+    import json
+
+    results = json.loads((out / "results.json").read_text())
+    bon = results["best_of_n"]
+    assert [b["n"] for b in bon] == [1, 2, 4]
+    assert bon[0]["proxy"] == pytest.approx(0.0, abs=1e-5)  # the proxy is normalised on this very pool
+    assert bon[0]["proxy"] <= bon[1]["proxy"] <= bon[2]["proxy"]  # E[max of n] grows with n
+    assert [c["update"] for c in results["ppo"][0]["curve"]] == [0, 1, 2]
+    assert results["ppo"][0]["curve"][0]["kl"] == pytest.approx(0.0, abs=1e-4)  # before training π = π_ref
+    RewardModel.load(out / "reward_model")  # loads on the backbone it names
