@@ -67,10 +67,11 @@ def run_reward_model(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(vars(args), indent=1, default=str))
+    settings = {k: v for k, v in vars(args).items() if k != "run"}  # not the handler function
+    (out / "config.json").write_text(json.dumps(settings, indent=1))
     gold = get_reward(args.gold)
     lm, tokenizer = load_model(args.model)
-    results: dict = {"settings": vars(args)}
+    results: dict = {"settings": settings}
 
     # 1. pairs, labelled by the gold with Bradley–Terry noise τ
     if args.pairs_from:  # reuse the pairs of an earlier run (same model, gold and τ)
