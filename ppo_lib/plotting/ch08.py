@@ -1,0 +1,83 @@
+"""Figures of chapter 08, "Reward models".
+
+``08_bradley_terry`` is computed (the loss −log σ(Δ) and its gradient). ``08_gold_proxy`` reads
+the committed run of ``python -m ppo_lib reward-model`` (``figures/runs/rm_small/results.json``),
+so it is cheap and deterministic; the same drawing is the run folder's ``rm_overview.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+from . import figure, figures_dir
+
+RUN = "rm_small"
+
+
+def load_run(name: str = RUN) -> dict:
+    """``results.json`` of a committed run under ``figures/runs/``."""
+    return json.loads((figures_dir() / "runs" / name / "results.json").read_text())
+
+
+@figure("08_bradley_terry")
+def bradley_terry():
+    """The Bradley–Terry loss −log σ(Δ) and its derivative −σ(−Δ) against the margin Δ."""
+    delta = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.plot(delta, torch.nn.functional.softplus(-delta), label=r"loss $-\log\sigma(\Delta)$")
+    ax.plot(delta, -torch.sigmoid(-delta), label=r"$\partial\,\mathrm{loss}/\partial r_w = -\sigma(-\Delta)$")
+    ax.axhline(math.log(2), color="gray", lw=0.8, ls=":")
+    ax.annotate("ln 2 at Δ = 0", (0, math.log(2)), (1.0, 1.6), arrowprops={"arrowstyle": "->"}, fontsize=8)
+    ax.set(xlabel=r"margin $\Delta = r(y_w) - r(y_l)$", title="Bradley–Terry loss (8.2) and gradient (8.3)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def overview_from_results(results: dict):
+    """Three panels of a reward-model run: RM accuracy vs training pairs; gold and proxy vs √KL
+    for best-of-n (analytic KL bound) and PPO (measured KL); the proxy − gold gap vs √KL."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    rms = results["reward_models"]
+    ceiling = results["pairs"]["noise_ceiling"]
+    ax = axes[0]
+    ax.plot([r["train_pairs"] for r in rms], [r["accuracy"] for r in rms], "o-", label="held-out accuracy")
+    if all("gold_agreement" in r for r in rms):
+        ax.plot([r["train_pairs"] for r in rms], [r["gold_agreement"] for r in rms], "s--", label="agreement with gold")
+    ax.axhline(ceiling, color="k", ls=":", label=f"noise ceiling {ceiling:.2f}")
+    ax.axhline(0.5, color="gray", lw=0.8)
+    ax.set(xscale="log", xlabel="training pairs", ylabel="accuracy", title="reward model (proxy)", ylim=(0.4, 1.02))
+    ax.legend(fontsize=8)
+    bon = results["best_of_n"]
+    d_bon = [math.sqrt(b["kl_bound"]) for b in bon]
+    ax = axes[1]
+    ax.errorbar(d_bon, [b["gold"] for b in bon], [b["gold_sem"] for b in bon], fmt="o-", color="C0",
+                label="best-of-n, gold")
+    ax.plot(d_bon, [b["proxy"] for b in bon], "o--", color="C0", alpha=0.5, label="best-of-n, proxy (normalised)")
+    for k, run in enumerate(results["ppo"]):
+        d = [math.sqrt(max(c["kl"], 0)) for c in run["curve"]]
+        ax.plot(d, [c["gold"] for c in run["curve"]], "s-", color="C3", label="PPO, gold" if k == 0 else None)
+        ax.plot(d, [c["proxy"] for c in run["curve"]], "s--", color="C3", alpha=0.5,
+                label="PPO, proxy (normalised)" if k == 0 else None)
+    ax.set(xlabel=r"$d=\sqrt{\mathrm{KL}}$ (best-of-n: analytic bound)", ylabel="score",
+           title="gold and proxy against KL")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    ax.plot(d_bon, [b["proxy"] - b["gold"] for b in bon], "o-", color="C0", label="best-of-n")
+    for k, run in enumerate(results["ppo"]):
+        d = [math.sqrt(max(c["kl"], 0)) for c in run["curve"]]
+        ax.plot(d, [c["proxy"] - c["gold"] for c in run["curve"]], "s-", color="C3", label="PPO" if k == 0 else None)
+    ax.set(xlabel=r"$d=\sqrt{\mathrm{KL}}$", ylabel="proxy − gold", title="the gap grows with KL")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@figure("08_gold_proxy")
+def gold_proxy(run: str = RUN):
+    """The committed run of ``python -m ppo_lib reward-model`` (see chapter 08)."""
+    return overview_from_results(load_run(run))
