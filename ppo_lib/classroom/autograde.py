@@ -55,6 +55,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "ppo_lib.exercises.ch05.check_kl_k3": ("ppo_lib.kl.kl_estimate",),
     "ppo_lib.exercises.ch06.check_shape_rewards": ("ppo_lib.kl.shape_rewards",),
     "ppo_lib.exercises.ch06.check_response_mask": ("ppo_lib.rollout.truncate_after_eos",),
+    "ppo_lib.exercises.ch09.check_rloo": ("ppo_lib.policy_gradient.rloo_advantages",
+                                          "ppo_lib.policy_gradient.dr_grpo_advantages",
+                                          "ppo_lib.policy_gradient.group_mean"),
+    "ppo_lib.exercises.ch09.check_grpo_advantages": ("ppo_lib.policy_gradient.grpo_advantages",
+                                                     "ppo_lib.policy_gradient.group_mean"),
+    "ppo_lib.exercises.ch09.check_dpo_loss": ("ppo_lib.dpo.dpo_loss",),
 }
 """Per checker (``ppo_lib.exercises.chNN.check_x``), the ``ppo_lib`` functions its exercise
 reimplements. Besides these, an answer that *is* a ``ppo_lib`` function (``my_gae = gae``)
