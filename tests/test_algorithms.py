@@ -171,3 +171,17 @@ def test_the_other_online_algorithms_learn(algo, extra):
     first = sum(h["env/score_mean"] for h in history[:5]) / 5
     last = sum(h["env/score_mean"] for h in history[-5:]) / 5
     assert first < 0.2 and last > first + 0.15, (first, last)
+
+
+def test_the_compare_command_checks_its_arms_and_budget(tmp_path):
+    from ppo_lib.cli_compare import arm_updates
+
+    assert arm_updates("ppo", 16 * 24 * 3, 16, 24) == 3
+    assert arm_updates("remax", 16 * 24 * 3, 16, 24) == 1  # its greedy responses cost as much again
+    assert arm_updates("dpo", 16 * 24 * 3, 16, 24) == 24  # pairs: two sampled responses each
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit, match=r"unknown arm\(s\) \['ppo2'\]"):
+        main(["compare", "--out", str(out), "--algos", "ppo,ppo2"])
+    with pytest.raises(SystemExit, match="buys no update of arm 'remax'"):
+        main(["compare", "--out", str(out), "--algos", "remax", "--token-budget", "400"])
+    assert not out.exists()

@@ -65,7 +65,11 @@ def reward_kl_frontier(summary: dict | None = None, title: str | None = None):
     """Held-out reward against KL(π‖π_ref) (nats per sequence) after training: a point per run
     (arm and seed), a line per algorithm from π_ref (KL 0, the score before training) through its
     runs in order of KL. The model is Fig. 2 (left) of Rafailov et al. (2023)."""
-    summary = summary if summary is not None else load_summary()
+    if summary is None:  # the committed small run, with GRPO's arm from its second process when present
+        summary = load_summary()
+        grpo = figures_dir() / (COMPARE_RUN + "_grpo")
+        if (grpo / "summary.json").exists():
+            summary["runs"] = summary["runs"] + load_summary(grpo)["runs"]
     runs = summary["runs"]
     before = summary["before"]
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
