@@ -218,7 +218,7 @@ for name in ("grpo", "dr_grpo"):
 # $|\hat A|$ of its $k = 8$ samples) against its success rate; the left one the length weights.
 
 # %%
-render("09_grpo_biases");
+fig = render("09_grpo_biases")
 
 # %%
 R_groups = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.float64)  # 1/8 and 4/8 solved
@@ -420,7 +420,7 @@ for algo in ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax"):
     print(f"{algo:>9}: reward {live['before']['0']['score']:.2f} → {r['score_after']:.2f}, KL {r['kl_after']:.2f} nats, "
           f"{r['seconds_per_update']:.2f} s/update")
 assert all(r["score_after"] > live["before"]["0"]["score"] + 0.05 for r in live["runs"])  # every one raises it
-render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowercase reward, 20 updates, seed 0");
+fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowercase reward, 20 updates, seed 0")
 
 # %% [markdown]
 # ### The committed run on SmolLM2 + VADER
@@ -476,8 +476,9 @@ else:
 # less than a factor of two as noise unless they repeat over seeds. The frontier of this tiny run:
 
 # %%
-render("09_reward_kl_frontier");
-#
+fig = render("09_reward_kl_frontier")
+
+# %% [markdown]
 # **The full comparison is pending.** The issue asks for ≥ 2 seeds at the sentiment preset's budget (batches of
 # 16 × 24 tokens, 36 updates: 13 824 tokens per arm), about 8 arms × 2 seeds × 12 minutes on 2 idle CPU cores. One
 # command runs it and writes the folders and `summary.json`; `render("09_reward_kl_frontier",
