@@ -1,6 +1,8 @@
-"""The one command line: ``python -m ppo_lib {train,figures,bench,classroom} ...`` (see ``--help``).
+"""The one command line: ``python -m ppo_lib {train,dpo,compare,reward-model,figures,bench,classroom} ...`` (see ``--help``).
 
 * ``train``      PPO (or another registered algorithm) from the command line (:mod:`ppo_lib.cli_train`)
+* ``dpo``        DPO on a JSONL file of preference pairs (:mod:`ppo_lib.cli_compare`)
+* ``compare``    every algorithm on one task at an equal token budget (:mod:`ppo_lib.cli_compare`)
 * ``figures``    every figure of the book into ``figures/`` (:mod:`ppo_lib.plotting`)
 * ``bench``      ppo_lib against TRL's PPO and the raw-compute floor (:mod:`ppo_lib.bench`)
 * ``classroom``  student versions, grading, Colab setup (:mod:`ppo_lib.classroom`)
@@ -13,6 +15,7 @@ import argparse
 import sys
 
 from .bench import add_bench_parser
+from .cli_compare import add_compare_parser, add_dpo_parser
 from .cli_reward_model import add_reward_model_parser
 from .cli_train import add_train_parser
 
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ppo_lib", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The book's one command line:\n"
                     "  train      fine-tune an LM with PPO (or another registered algorithm) against a reward\n"
+                    "  dpo        DPO on a JSONL file of preference pairs\n"
+                    "  compare    every algorithm on one task at an equal budget of generated tokens\n"
                     "  figures    every figure of the book into figures/\n"
                     "  bench      ppo_lib against TRL's PPO and the raw-compute floor\n"
                     "  classroom  student versions, grading, Colab setup\n"
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)  # dispatched above, before this parser
 
     add_train_parser(sub)
+    add_dpo_parser(sub)
+    add_compare_parser(sub)
     add_bench_parser(sub)
     add_reward_model_parser(sub)
 

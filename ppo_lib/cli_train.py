@@ -6,7 +6,7 @@
     python -m ppo_lib train --preset sentiment --set kl_coef=0.1 --set learning_rate=2e-5
     python -m ppo_lib train --config my_config.json --out runs/mine
     python -m ppo_lib train --out runs/mine --resume                 # the settings come from runs/mine/config.json
-    python -m ppo_lib train --preset sentiment --set algorithm=rloo  # another registered algorithm
+    python -m ppo_lib train --preset sentiment --algo rloo           # another registered algorithm (chapter 09)
 
 A run folder holds ``config.json``, ``history.jsonl``, ``samples_before.md``,
 ``samples_after.md``, ``eval.json`` (held-out reward and KL, before and after),
@@ -24,7 +24,10 @@ from pathlib import Path
 
 from .trainer import PPOConfig
 
-__all__ = ["PRESETS", "add_train_parser", "run_training", "write_samples", "truncate_history"]
+# The registered algorithms (ppo_lib.policy_gradient), as --algo offers them.
+ALGOS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax")
+
+__all__ = ["PRESETS", "ALGOS", "add_train_parser", "run_training", "write_samples", "truncate_history"]
 
 # Each preset: the model, the reward, the number of updates and the PPOConfig fields it sets.
 PRESETS: dict[str, dict] = {
@@ -59,6 +62,12 @@ def build_config(args: argparse.Namespace) -> tuple[dict, PPOConfig]:
     fields = dict(preset["config"])
     if args.config:
         fields.update(_read_json(Path(args.config), "--config"))
+    if getattr(args, "algo", None):  # --algo X is --set algorithm=X; group-normalising ones need no whitening
+        from .registry import get_algorithm
+
+        fields["algorithm"] = args.algo
+        if not get_algorithm(args.algo).whiten_advantages:
+            fields["whiten_advantages"] = False
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -97,7 +106,8 @@ def resume_config(args: argparse.Namespace, out: Path) -> tuple[dict, PPOConfig]
     that was started, so flags that would change it are refused. ``--updates`` may raise the
     total number of updates."""
     changed = [flag for flag, value in (("--preset", args.preset), ("--model", args.model), ("--reward", args.reward),
-                                        ("--config", args.config), ("--set", args.set)) if value]
+                                        ("--config", args.config), ("--set", args.set),
+                                        ("--algo", getattr(args, "algo", None))) if value]
     if changed:
         raise SystemExit(f"error: --resume continues the run recorded in {out / 'config.json'}; leave out "
                          f"{', '.join(changed)} (to change the configuration, start a new run in another --out).")
@@ -254,6 +264,8 @@ def add_train_parser(sub) -> None:
                    "characters among them), or a Hub sequence-classifier id (overrides the preset)")
     p.add_argument("--updates", type=int, help="number of PPO updates (overrides the preset)")
     p.add_argument("--config", help="a JSON file of PPOConfig fields")
+    p.add_argument("--algo", choices=ALGOS, help="the algorithm (chapter 09): the same as --set algorithm=NAME, "
+                   "and whiten_advantages=false for grpo and dr_grpo; --set still overrides")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="set one PPOConfig field (repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument("--resume", action="store_true",

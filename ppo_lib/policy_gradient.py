@@ -16,6 +16,8 @@ estimator ``rloo``  :math:`R_i - \frac{1}{k-1}\sum_{j \ne i} R_j` in a group of 
 estimator ``grpo``  :math:`(R_i - \bar R)/(\mathrm{std}(R) + \epsilon)` in the group 09; Shao et al. 2024
 estimator           :math:`R_i - \bar R` (no std normalisation)                  09; Liu et al. 2025
 ``dr_grpo``
+estimator           :math:`G_t - r(x, \bar y)`, :math:`\bar y` the greedy response     09; Li et al. 2023
+``remax``           to the same prompt (decoded by argmax)
 loss ``ppo_clip``   the clipped surrogate, Eq. (5.7)                            05; Schulman et al. 2017
 loss ``grpo``       clipped surrogate + β·k3 KL to π_ref, 1/|o_i| per response   09; Shao et al. 2024
 loss ``dr_grpo``    the same terms, Σ_t / T per response                        09; Liu et al. 2025
@@ -35,6 +37,8 @@ References:
     Shao et al. (2024), "DeepSeekMath", arXiv:2402.03300 (GRPO).
     Liu et al. (2025), "Understanding R1-Zero-Like Training: A Critical Perspective",
     arXiv:2503.20783 (Dr. GRPO).
+    Li et al. (2023), "ReMax: A Simple, Effective, and Efficient Reinforcement Learning Method
+    for Aligning Large Language Models", arXiv:2310.10505.
     verl, ``verl/trainer/ppo/core_algos.py``: the estimator and loss contracts.
 """
 
@@ -48,7 +52,7 @@ from .losses import ppo_clip_loss
 from .masking import masked_mean, masked_sum
 from .registry import Algorithm, register_advantage_estimator, register_algorithm, register_policy_loss
 
-__all__ = ["gae_advantages", "reinforce_advantages", "rloo_advantages", "grpo_advantages", "dr_grpo_advantages",
+__all__ = ["gae_advantages", "reinforce_advantages", "rloo_advantages", "grpo_advantages", "dr_grpo_advantages", "remax_advantages",
            "ppo_clip_policy_loss", "vanilla_pg_loss", "grpo_loss", "dr_grpo_loss", "group_mean"]
 
 
@@ -125,11 +129,10 @@ def _broadcast(per_sequence: torch.Tensor, response_mask: torch.Tensor) -> tuple
     return advantages.detach(), advantages.detach()
 
 
-@register_advantage_estimator("rloo")
+@register_advantage_estimator("rloo", needs_groups=True)
 def rloo_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                     group_index: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""REINFORCE leave-one-out: :math:`A_i = R_i - rac{1}{k-1}\sum_{j
-e i} R_j = rac{k}{k-1}(R_i - ar R)`.
+    r"""REINFORCE leave-one-out: :math:`A_i = R_i - \frac{1}{k-1}\sum_{j \ne i} R_j = \frac{k}{k-1}(R_i - \bar R)`.
 
     The baseline of sample i is the mean of the *other* k−1 samples of its prompt, independent
     of sample i, so the estimate stays unbiased (chapter 09). :math:`R_i` is the whole
@@ -146,7 +149,7 @@ e i} R_j = rac{k}{k-1}(R_i - ar R)`.
     return _broadcast(R - others_mean, response_mask)
 
 
-@register_advantage_estimator("grpo")
+@register_advantage_estimator("grpo", needs_groups=True)
 def grpo_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                     group_index: torch.Tensor | None = None, *, eps: float = 1e-6,
                     **options) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +168,7 @@ def grpo_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tens
     return _broadcast(centred / (var.sqrt()[inverse] + eps), response_mask)
 
 
-@register_advantage_estimator("dr_grpo")
+@register_advantage_estimator("dr_grpo", needs_groups=True)
 def dr_grpo_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                        group_index: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Dr. GRPO's advantage :math:`R_i - \mathrm{mean}(R)`: GRPO without the std normalisation
@@ -173,6 +176,37 @@ def dr_grpo_advantages(token_level_rewards: torch.Tensor, response_mask: torch.T
     _check_groups(group_index, "dr_grpo")
     R = _sequence_returns(token_level_rewards, response_mask)
     return _broadcast(R - group_mean(R, group_index), response_mask)
+
+
+@register_advantage_estimator("remax")
+def remax_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
+                     group_index: torch.Tensor | None = None, *, reward_baselines: torch.Tensor | None = None,
+                     gamma: float = 1.0, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""ReMax (Li et al. 2023, Algorithm 1): :math:`\hat A_t = G_t - r(x, \bar y)`, the reward-to-go
+    of the sampled response minus the score of the *greedy* response :math:`\bar y` to the same
+    prompt (chapter 09).
+
+    The greedy response is decoded without sampling, so the baseline does not depend on the
+    sampled response and the gradient stays unbiased; it costs one more generation per prompt
+    but no critic and no group. The same computation as verl's ``compute_remax_outcome_advantage``.
+
+    Args:
+        token_level_rewards, response_mask: ``(B, T)``, as for every estimator.
+        reward_baselines: ``(B,)``, the greedy response's score for each row's prompt.
+
+    Returns:
+        ``(advantages, returns)`` ``(B, T)``, 0 on padding; ``returns`` are :math:`G_t`.
+    """
+    if reward_baselines is None:
+        raise ValueError("the 'remax' estimator needs reward_baselines, the greedy response's score of each prompt "
+                         "(an algorithm with greedy_baseline=True makes the trainer compute them).")
+    m = check_right_padded(response_mask)
+    if reward_baselines.shape != m.shape[:1]:
+        raise ValueError(f"reward_baselines must have shape (B,) = {tuple(m.shape[:1])}, got {tuple(reward_baselines.shape)}.")
+    returns = discounted_returns(token_level_rewards, m, gamma)  # (B, T): G_t
+    b = reward_baselines.to(returns.dtype)[:, None]  # (B, 1)
+    advantages = torch.where(m, returns - b, torch.zeros_like(returns))
+    return advantages.detach(), returns.detach()
 
 
 # ------------------------------------------------------------------------------ losses
@@ -235,13 +269,13 @@ def _clipped_with_kl(logprobs, old_logprobs, advantages, response_mask, clip_eps
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
               response_mask: torch.Tensor, *, clip_eps: float = 0.2, ref_logprobs: torch.Tensor | None = None,
               kl_coef: float = 0.0, **options):
-    r"""GRPO's loss (Shao et al. 2024, Eq. 3): the clipped surrogate plus :math:`eta`·k3 KL to the
+    r"""GRPO's loss (Shao et al. 2024, Eq. 3): the clipped surrogate plus :math:`\beta`·k3 KL to the
     reference on every token, averaged over each response's tokens (the :math:`1/|o_i|` of the
     paper) and then over responses.
 
     The :math:`1/|o_i|` makes a token of a short response weigh more than one of a long response:
     for a negative advantage, long wrong answers are penalised less per token (the "length
-    bias" that Dr. GRPO removes, chapter 09). At :math:`eta = 0`, on-policy (ρ = 1), the value
+    bias" that Dr. GRPO removes, chapter 09). At :math:`\beta = 0`, on-policy (ρ = 1), the value
     of the loss is :math:`-\mathrm{mean}_i A_i`, which group normalisation makes 0 whatever the
     policy learns: a loss near 0 says nothing about learning.
     """
@@ -279,5 +313,9 @@ register_algorithm(Algorithm("dr_grpo", advantage_estimator="dr_grpo", policy_lo
                              samples_per_prompt=4, kl_in_reward=False, whiten_advantages=False,
                              description="Dr. GRPO: GRPO without the std normalisation and the 1/|o| weighting "
                                          "(Liu et al. 2025)."))
+register_algorithm(Algorithm("remax", advantage_estimator="remax", policy_loss="vanilla_pg", critic=False,
+                             greedy_baseline=True,
+                             description="ReMax: REINFORCE with the greedy response's score as baseline, the KL in "
+                                         "the reward (Li et al. 2023)."))
 register_algorithm(Algorithm("reinforce", advantage_estimator="reinforce", policy_loss="vanilla_pg", critic=False,
                              description="REINFORCE with the batch-mean (or group-mean) return as baseline (Williams 1992)."))

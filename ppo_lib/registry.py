@@ -18,7 +18,11 @@ Advantage estimator contract (verl's, with its names)::
 * ``values`` ``(B, T)``: V(s_t) from a critic, for estimators that use one (GAE).
 * Returns ``(advantages, returns)``, both ``(B, T)``, 0 on padding, constants (no gradient).
   ``returns`` are the value targets when there is a critic, else the advantages themselves.
+* ``reward_baselines`` ``(B,)``: a per-response baseline computed outside the estimator, the
+  score of the greedy response to the same prompt for ReMax (verl's name).
 * Unknown keyword options are ignored, so the trainer can pass one dict to every estimator.
+* An estimator registered with ``needs_groups=True`` compares the k samples of one prompt
+  (RLOO, GRPO, Dr. GRPO): an algorithm that uses it must sample k ≥ 2 responses per prompt.
 * The same contract and names as verl, so that an estimator moves between the two unchanged.
 
 Policy loss contract::
@@ -39,11 +43,12 @@ samples each prompt gets, and where the KL to the reference goes. Built in
 (:mod:`ppo_lib.policy_gradient`): ``"ppo"`` (GAE with a critic, the clipped loss),
 ``"reinforce"`` (REINFORCE with a baseline, no critic), ``"rloo"`` (REINFORCE leave-one-out
 over 4 samples per prompt), ``"grpo"`` and ``"dr_grpo"`` (group-normalised advantages, the KL
-in the loss).
+in the loss), ``"remax"`` (REINFORCE with the greedy response's score as baseline).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,12 +94,25 @@ class Algorithm:
     whiten_advantages: bool = True
     """Whether ``PPOConfig.whiten_advantages`` may normalise the advantages over the batch's
     tokens; False for estimators that normalise within each group already (GRPO)."""
+    greedy_baseline: bool = False
+    """True: the trainer also decodes one greedy (argmax) response per prompt, scores it, and
+    passes the scores to the estimator as ``reward_baselines`` (ReMax, Li et al. 2023)."""
     description: str = ""
     """One line: what the algorithm is, with its reference."""
 
     def __post_init__(self):
-        if self.samples_per_prompt < 1:
-            raise ValueError(f"Algorithm {self.name!r}: samples_per_prompt must be ≥ 1, got {self.samples_per_prompt}.")
+        if type(self.samples_per_prompt) is not int or self.samples_per_prompt < 1:
+            raise ValueError(f"Algorithm {self.name!r}: samples_per_prompt must be an integer ≥ 1, "
+                             f"got {self.samples_per_prompt!r}.")
+        estimator = ADVANTAGE_ESTIMATORS.get(self.advantage_estimator)
+        if getattr(estimator, "needs_groups", False) and self.samples_per_prompt < 2:
+            raise ValueError(f"algorithm {self.name!r} uses the {self.advantage_estimator!r} estimator, whose baseline "
+                             f"comes from the other samples of the same prompt: samples_per_prompt must be ≥ 2, "
+                             f"got {self.samples_per_prompt}.")
+
+    def with_samples_per_prompt(self, k: int | None) -> "Algorithm":
+        """The same algorithm with k samples per prompt (None keeps its default); checked as above."""
+        return self if k is None else dataclasses.replace(self, samples_per_prompt=k)
 
 
 def _register(table: dict, kind: str, name: str):
@@ -107,9 +125,15 @@ def _register(table: dict, kind: str, name: str):
     return decorator
 
 
-def register_advantage_estimator(name: str):
-    """Decorator: register an advantage estimator under ``name`` (see the contract above)."""
-    return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name)
+def register_advantage_estimator(name: str, needs_groups: bool = False):
+    """Decorator: register an advantage estimator under ``name`` (see the contract above);
+    ``needs_groups``: its baseline comes from the other samples of a prompt (k ≥ 2)."""
+
+    def decorator(fn):
+        fn.needs_groups = needs_groups
+        return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name)(fn)
+
+    return decorator
 
 
 def register_policy_loss(name: str, aggregation: str = "token_mean"):

@@ -14,7 +14,8 @@ One iteration, as :meth:`PPOTrainer.step` reads it::
 Each stage has one contract. An algorithm is a choice of an advantage estimator, a policy loss,
 whether a critic is trained, how many samples each prompt gets and where the KL goes,
 registered by name in :mod:`ppo_lib.registry`; ``PPOConfig.algorithm`` picks one ("ppo", the
-default, "reinforce", "rloo", "grpo" or "dr_grpo"), and the loop stays the same.
+default, "reinforce", "rloo", "grpo", "dr_grpo" or "remax"), and the loop stays the same; ReMax's
+greedy baseline is one extra stage, 3b.
 
 No math lives here: every formula is a call into ``advantages``, ``losses``, ``kl`` and
 ``policy_gradient``, which are tested on hand-computed tensors.
@@ -71,7 +72,11 @@ class PPOConfig:
     """A registered algorithm (:mod:`ppo_lib.registry`): "ppo" (GAE with a critic, the clipped
     loss), "reinforce" (REINFORCE with a batch-mean baseline, no critic), "rloo" (4 samples
     per prompt, leave-one-out baseline), "grpo" or "dr_grpo" (4 samples per prompt, group-
-    normalised advantages, the KL in the loss; they need whiten_advantages=False)."""
+    normalised advantages, the KL in the loss; they need whiten_advantages=False) or "remax"
+    (the greedy response's score as baseline)."""
+    samples_per_prompt: int | None = None
+    """k, responses sampled per prompt; None keeps the algorithm's own (1 for ppo, reinforce and
+    remax, 4 for rloo, grpo and dr_grpo, which need k ≥ 2). ``batch_size`` must be a multiple."""
 
     # --- rollout (chapter 06, step 1)
     batch_size: int = 16
@@ -210,7 +215,7 @@ class PPOConfig:
         need(self.minibatch_size % self.grad_accum_steps == 0,
              f"grad_accum_steps={self.grad_accum_steps} must divide the minibatch size {self.minibatch_size} "
              f"(= batch_size / num_minibatches).")
-        algorithm = get_algorithm(self.algorithm)  # a ValueError lists the registered names
+        algorithm = self.algorithm_spec  # a ValueError lists the registered names, or says k must be ≥ 2
         need(self.batch_size % algorithm.samples_per_prompt == 0,
              f"algorithm {self.algorithm!r} samples {algorithm.samples_per_prompt} responses per prompt; "
              f"batch_size={self.batch_size} must be a multiple of it.")
@@ -228,6 +233,14 @@ class PPOConfig:
              "LoRA with a separate critic is not supported: use lora_rank=0 or separate_critic=False.")
         need(self.mixed_precision in ("no", "bf16"), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}.")
         need(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}.")
+
+    @property
+    def algorithm_spec(self):
+        """The registered :class:`~ppo_lib.registry.Algorithm` with this config's ``samples_per_prompt``."""
+        try:
+            return get_algorithm(self.algorithm).with_samples_per_prompt(self.samples_per_prompt)
+        except ValueError as e:
+            raise ValueError(f"PPOConfig: {e}") from None
 
     @property
     def minibatch_size(self) -> int:
@@ -269,7 +282,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "max_grad_norm": (0, math.inf, True, True), "lora_rank": (0, math.inf, False, True),
     "lora_alpha": (0, math.inf, True, True), "seed": (0, 2**63 - 1, False, False),
     "lr_warmup_updates": (0, math.inf, False, True), "lr_decay_updates": (1, math.inf, False, True),
-    "adaptive_lr_kl_target": (0, math.inf, True, True),
+    "adaptive_lr_kl_target": (0, math.inf, True, True), "samples_per_prompt": (1, math.inf, False, True),
 }
 _RANGE_HINTS = {"top_k": "0 turns it off.", "lora_rank": "0 trains all weights.", "top_p": "1.0 turns it off.",
                 "vf_clip_eps": "None turns value clipping off.", "max_grad_norm": "None turns clipping off.",
@@ -342,7 +355,7 @@ class PPOTrainer:
         self.sample = get_sampler(config.sampler)
         self.device = self.accelerator.device
         self.ref_policy = ref_policy.to(self.device).eval() if ref_policy is not None else None
-        self.algorithm = get_algorithm(config.algorithm)
+        self.algorithm = config.algorithm_spec
         self.estimator = get_advantage_estimator(self.algorithm.advantage_estimator)
         self.policy_loss = get_policy_loss(self.algorithm.policy_loss)
         self.loss_aggregation = self.policy_loss.aggregation  # "token_mean" or "seq_mean": how micro-batches weigh
@@ -411,8 +424,12 @@ class PPOTrainer:
             ref_logprobs = self.ref_logprobs(batch)
         with timer("score"):                                                      # 3. scores
             scores, responses = self.score(prompts, batch)
+        baselines = None
+        if self.algorithm.greedy_baseline:                                        # 3b. ReMax's baseline
+            with timer("greedy"):
+                baselines = self.greedy_scores(prompts)
         rewards, kl_stats = self.shape_rewards(scores, old_logprobs, ref_logprobs, batch)  # 4. shaping
-        advantages, returns = self.advantages(rewards, batch, group_index, old_values)    # 5. advantages
+        advantages, returns = self.advantages(rewards, batch, group_index, old_values, baselines)  # 5. advantages
         lr = self.set_learning_rate()                                                     # 6. epochs
         train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer, ref_logprobs)
         kl_coef = self.kl_ctl.kl_coef                                                     # 7. stats, β, η
@@ -482,6 +499,22 @@ class PPOTrainer:
             scores = scores - self.config.missing_eos_penalty * (~self._ends_with_eos(batch)).float()
         return scores, responses
 
+    @torch.no_grad()
+    def greedy_scores(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Step 3b (ReMax): ``(B,)`` scores of the greedy (argmax) response to each prompt.
+
+        top_k = 1 leaves one token with probability 1, so sampling from it is argmax decoding,
+        through the same :func:`~ppo_lib.rollout.sample` as the rollout; its own generator
+        leaves the rollout's sampling stream untouched.
+        """
+        c = self.config
+        prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, c.max_prompt_length, self.device)
+        self.policy.eval()
+        with self.autocast():
+            greedy = self.sample(self.unwrapped, self.tokenizer, prompt_ids, prompt_mask, c.max_new_tokens, c.temperature,
+                            top_k=1, stop_at_eos=c.stop_at_eos, generator=torch.Generator(device=self.device))
+        return self.score(prompts, greedy)[0]
+
     def set_learning_rate(self) -> float:
         """Set the optimizer's η for the update about to run: the base rate × the schedule's
         factor (warm-up, decay) × the KL-driven multiplier. Returns it."""
@@ -502,12 +535,13 @@ class PPOTrainer:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         return rewards, kl_stats
 
-    def advantages(self, rewards, batch: Rollout, group_index, old_values) -> tuple[torch.Tensor, torch.Tensor]:
+    def advantages(self, rewards, batch: Rollout, group_index, old_values,
+                   reward_baselines=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 5: ``(advantages, returns)`` from the algorithm's registered estimator, whitened
-        over the batch's tokens when ``whiten_advantages``."""
+        over the batch's tokens when ``whiten_advantages``; ``reward_baselines`` (B,) are ReMax's."""
         c, mask = self.config, batch.response_mask
         advantages, returns = self.estimator(rewards, mask, group_index, values=old_values if self.algorithm.critic
-                                             else None, gamma=c.gamma, lam=c.lam)
+                                             else None, gamma=c.gamma, lam=c.lam, reward_baselines=reward_baselines)
         if c.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         return advantages, returns

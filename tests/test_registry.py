@@ -31,7 +31,7 @@ def test_an_unknown_name_is_a_clear_error_that_lists_the_known_ones(get, kind):
 
 def test_the_config_refuses_an_unknown_algorithm():
     with pytest.raises(ValueError, match="unknown algorithm 'dpo'; registered: \\['dr_grpo', 'grpo', 'ppo', "
-                                         "'reinforce', 'rloo'\\]"):
+                                         "'reinforce', 'remax', 'rloo'\\]"):
         PPOConfig(algorithm="dpo")
     with pytest.raises(ValueError, match="trains no critic"):
         PPOConfig(algorithm="reinforce", separate_critic=True)
@@ -39,7 +39,7 @@ def test_the_config_refuses_an_unknown_algorithm():
 
 def test_the_built_ins_are_registered():
     get_algorithm("ppo")  # loads the built-in module
-    assert set(ADVANTAGE_ESTIMATORS) == {"gae", "reinforce", "rloo", "grpo", "dr_grpo"}
+    assert set(ADVANTAGE_ESTIMATORS) == {"gae", "reinforce", "rloo", "grpo", "dr_grpo", "remax"}
     assert set(POLICY_LOSSES) == {"ppo_clip", "vanilla_pg", "grpo", "dr_grpo"}
     ppo, reinforce = ALGORITHMS["ppo"], ALGORITHMS["reinforce"]
     assert (ppo.advantage_estimator, ppo.policy_loss, ppo.critic) == ("gae", "ppo_clip", True)

@@ -59,6 +59,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "ppo_lib.exercises.ch08.check_bt_loss": ("ppo_lib.reward_model.bradley_terry_loss",),
     "ppo_lib.exercises.ch08.check_best_of_n": ("ppo_lib.reward_model.best_of_n_estimate",),
     "ppo_lib.exercises.ch08.check_noise_ceiling": ("ppo_lib.preferences.noise_ceiling",),
+    "ppo_lib.exercises.ch09.check_rloo": ("ppo_lib.policy_gradient.rloo_advantages",
+                                          "ppo_lib.policy_gradient.dr_grpo_advantages",
+                                          "ppo_lib.policy_gradient.group_mean"),
+    "ppo_lib.exercises.ch09.check_grpo_advantages": ("ppo_lib.policy_gradient.grpo_advantages",
+                                                     "ppo_lib.policy_gradient.group_mean"),
+    "ppo_lib.exercises.ch09.check_dpo_loss": ("ppo_lib.dpo.dpo_loss",),
 }
 """Per checker (``ppo_lib.exercises.chNN.check_x``), the ``ppo_lib`` functions its exercise
 reimplements. Besides these, an answer that *is* a ``ppo_lib`` function (``my_gae = gae``)
