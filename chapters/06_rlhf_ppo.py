@@ -142,12 +142,14 @@ torch.testing.assert_close(rewards.sum(1), scores - beta * kl_t.sum(1))
 # Now the real models. `build_trainer` loads the policy (the LM plus a zero-initialised value head,
 # chapter 03), makes the frozen reference with `ppo_lib.models.reference_copy` and the optimiser.
 # The configuration is one frozen `PPOConfig`; this one is small enough for a CPU:
-# 8 prompts per update, responses of at most 16 tokens, 2 epochs of 2 minibatches.
+# 8 prompts per update, responses of at most 16 tokens, 2 epochs of 2 minibatches, and a learning rate
+# of 1.5e-5 reached by a linear warm-up over the first 3 updates (chapter 07): the first update runs at a third
+# of it, the second at two thirds.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 CFG = PPOConfig(batch_size=8, max_new_tokens=16, ppo_epochs=2, num_minibatches=2,
-                learning_rate=3e-5, kl_coef=0.05, seed=0)
+                learning_rate=1.5e-5, lr_warmup_updates=3, kl_coef=0.05, seed=0)
 trainer = build_trainer(MODEL_NAME, REWARD_FN, CFG)
 policy, ref, tok = trainer.unwrapped, trainer.ref_policy, trainer.tokenizer
 n_params = sum(p.numel() for p in policy.lm.parameters())
@@ -411,22 +413,26 @@ for k in ("env/score_mean", "objective/kl", "policy/clipfrac", "policy/approx_kl
     print(f"{k:28s} {stats[k]:8.4f}")
 
 # %% [markdown]
-# Read the first update against the table. Its first minibatch is ideal (ratio 1, clip fraction 0), but with
-# `learning_rate=3e-5` the later minibatches of this CPU configuration can show clip fractions above 0.5 and an
-# approximate KL near 1 nat per token: Adam's first steps move every weight by about the learning rate whatever the
-# gradient's size, and 135M weights moving at once is a large step for 4 sequences. A smaller learning rate
-# (1e-5, the default), larger batches or a learning-rate warm-up (chapter 07) bring these into the healthy range;
-# we keep 3e-5 so that ten updates on a CPU visibly move the reward.
+# Read the first update against the table. Its first minibatch is ideal (ratio 1, clip fraction 0); the later ones
+# see a policy that has moved, and their clip fraction and approximate KL should stay in the healthy range. They do
+# not by themselves: Adam's first steps move every weight by about the learning rate whatever the gradient's size
+# (chapter 07 derives why), and 135M weights moving at once is a large step for 4 sequences. An earlier version of
+# this chapter ran `learning_rate=3e-5` with no warm-up; in its first update the third minibatch had a clip fraction
+# of 0.61, an approximate KL of 1.42 nats per token and one token whose ratio was 46, far outside the table. The
+# smaller rate and the warm-up above keep the updates of this chapter inside it on average: the assertion after the
+# run below checks the mean clip fraction and the median approximate KL over its ten updates. A single update can
+# still show a large `ratio_max`, and with it a larger approximate KL: one token whose probability jumps is enough,
+# because the clip removes that token's gradient but does not bound its ratio (chapter 05).
 
 # %% [markdown]
 # ## 5. A short run on the CPU, with live curves
 #
 # `trainer.train(prompts, n_updates, callback=...)` calls `step` on batches drawn (seeded, reshuffled) from the
 # training prompts. `LivePlot` redraws reward, KL, clip fraction and entropy after every update. On a CPU an
-# update of this configuration takes minutes, not seconds: the stored run measured about 128 s for the first one
-# (`time/step` above) and about 40 minutes for the whole notebook, on two shared cores; your machine's time will
+# update of this configuration takes seconds, not milliseconds: the stored run, on two idle cores, measured about
+# 15 s for the first one (`time/step` above) and about 5 minutes for the whole notebook; your machine's time will
 # differ. Ten updates move the held-out reward visibly. (The numbers change with the CPU's thread count, so this
-# cell's output is not compared by the tests; the assertion after it is.)
+# cell's output is not compared by the tests; its assertions are.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -437,6 +443,10 @@ after = trainer.evaluate(HELDOUT)
 print(f"held-out mean score: before {before['score_mean']:+.3f} → after {after['score_mean']:+.3f};  "
       f"KL to the reference after: {after['kl_mean']:.2f} nats per response")
 assert after["score_mean"] > before["score_mean"]
+health = {k: torch.tensor([h[k] for h in history]) for k in ("policy/clipfrac", "policy/approx_kl_k3", "policy/ratio_max")}
+for k, v in health.items():
+    print(f"{k:22s} over the {len(v)} updates: mean {v.mean():.3f}   median {v.median():.3f}   largest {v.max():.3f}")
+assert health["policy/clipfrac"].mean() <= 0.2 and health["policy/approx_kl_k3"].median() <= 0.05  # the table's ranges
 
 # %% [markdown]
 # ### Before and after, side by side
@@ -469,9 +479,12 @@ for text, s in zip(hack, vader_sentiment([""] * len(hack), hack)):
 
 # %% [markdown]
 # The cheapest honest experiment: the same short run again, with $\beta = 0$, from the same starting model and seed.
-# Within a dozen updates on a CPU the text need not degenerate yet; what shows is the KL to the reference, which
-# nothing holds back. This is one seed of each setting: a higher VADER score at $\beta = 0$ is not by itself evidence
-# of reward hacking, since VADER is the very function being optimised.
+# Expect little. After ten small updates the policy is under a nat from the reference, so the penalty it pays,
+# $\beta \cdot \mathrm{KL} \approx 0.05$, is small next to the spread of the scores, and the two runs differ mostly by
+# the noise of one seed each: in the stored run the run *without* the penalty even ended closer to the reference
+# (0.54 against 0.84 nats) with a lower score. The penalty matters once the policy has moved several nats, which
+# takes longer runs (below). Nor would a higher VADER score at $\beta = 0$ be evidence of reward hacking by itself,
+# since VADER is the very function being optimised.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -485,7 +498,7 @@ for name, h, ev_ in ((f"β = {CFG.kl_coef}", history, after), ("β = 0", history
 
 # %% [markdown]
 # A longer run shows where this goes. The figure below was **precomputed** (it takes longer than this
-# notebook's CPU budget) with `python -m ppo_lib.plotting.ch06`, which trains the two runs with a larger
+# notebook's CPU budget) with `python -m ppo_lib figures --train-ch06`, which trains the two runs with a larger
 # learning rate and saves their histories and held-out samples to `figures/06_beta0_history.json`.
 #
 # Read it with care. It is one seed per setting and 17 updates, and its only measure of quality is VADER, the
@@ -625,6 +638,9 @@ def my_explained_variance(values, returns, mask):
 # %% nbgrader={"grade": true, "grade_id": "ex6_3", "locked": true, "points": 1, "schema_version": 3, "solution": false}
 from ppo_lib.exercises.ch06 import check_explained_variance
 check_explained_variance(my_explained_variance)
+### BEGIN HIDDEN TESTS
+check_explained_variance(my_explained_variance, hidden=True)
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### Exercise 6.4 — Reading the curves (2 points, written)

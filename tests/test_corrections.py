@@ -130,16 +130,26 @@ def test_chapter_05_no_longer_says_k3_always_has_lower_variance():
 
 
 def test_chapter_06_claims_match_its_stored_outputs():
-    """Chapter 06 does not say "a few seconds" per update when its stored run shows minutes; README says ~40 min."""
-    text = (CHAPTERS / "06_rlhf_ppo.py").read_text(encoding="utf-8")
-    assert "takes a few seconds" not in text
+    """Chapter 06's stated times are those of its stored run (2 idle cores), and so is the README's."""
+    text = re.sub(r"\n#\s*", " ", (CHAPTERS / "06_rlhf_ppo.py").read_text(encoding="utf-8"))  # markdown as one line
     nb = (CHAPTERS / "06_rlhf_ppo.ipynb").read_text(encoding="utf-8")
     step = float(re.search(r"time/step\s+([\d.]+)", nb).group(1))
     total = float(re.search(r"chapter running time: (\d+) s", nb).group(1))
-    assert step > 30 and "minutes, not seconds" in text
+    said_step = float(re.search(r"measured about (\d+) s for the first one", text).group(1))
+    said_total = float(re.search(r"about (\d+) minutes for the whole notebook", text).group(1))
+    assert abs(said_step - step) < 0.25 * step and abs(said_total * 60 - total) < 0.25 * total
     row = next(line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines() if "06_rlhf_ppo.ipynb" in line)
     minutes = float(re.search(r"~(\d+) min", row).group(1))
     assert abs(minutes * 60 - total) < 0.25 * total
+
+
+def test_chapter_06_demo_is_healthy():
+    """The stored run stays in the chapter's own "healthy" table (issue 14): mean clip fraction ≤ 0.2 and
+    median approximate KL ≤ 0.05 per token over its updates; the earlier 3e-5 run had 0.35 and 0.60."""
+    nb = (CHAPTERS / "06_rlhf_ppo.ipynb").read_text(encoding="utf-8")
+    clip = float(re.search(r"policy/clipfrac\s+over the \d+ updates: mean ([\d.]+)", nb).group(1))
+    kl = float(re.search(r"policy/approx_kl_k3\s+over the \d+ updates: mean [\d.]+\s+median ([\d.]+)", nb).group(1))
+    assert clip <= 0.2 and kl <= 0.05
 
 
 # ----------------------------------------------------------------------------- Appendix A
@@ -197,4 +207,5 @@ def test_the_clip_removes_the_gradient_but_does_not_bound_the_ratio():
     run = bandit_one_batch_per_seed(0.2, epochs=100)
     assert (run["ratio_max"][100] > 1.2).all() and run["ratio_max"][100].mean() > 1.8
     nb = (CHAPTERS / "06_rlhf_ppo.ipynb").read_text(encoding="utf-8")
-    assert max(float(x) for x in re.findall(r"'policy/ratio_max': ([\d.]+)", nb)) > 40  # the value chapter 05 quotes
+    largest = float(re.search(r"policy/ratio_max\s+over the \d+ updates: mean [\d.]+\s+median [\d.]+\s+largest ([\d.]+)", nb).group(1))
+    assert largest > 1.2  # chapter 06's healthy run: the ratio still passes 1 + ε, as chapter 05 says
