@@ -504,8 +504,8 @@ class PPOTrainer:
         """Step 3b (ReMax): ``(B,)`` scores of the greedy (argmax) response to each prompt.
 
         top_k = 1 leaves one token with probability 1, so sampling from it is argmax decoding,
-        through the same :func:`~ppo_lib.rollout.sample` as the rollout; its own generator
-        leaves the rollout's sampling stream untouched.
+        through the same sampler as the rollout (``PPOConfig.sampler``); its own generator leaves
+        the rollout's sampling stream untouched.
         """
         c = self.config
         prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, c.max_prompt_length, self.device)
