@@ -480,7 +480,7 @@ for text, s in zip(hack, vader_sentiment([""] * len(hack), hack)):
 # %% [markdown]
 # The cheapest honest experiment: the same short run again, with $\beta = 0$, from the same starting model and seed.
 # Expect little. After ten small updates the policy is under a nat from the reference, so the penalty it pays,
-# $\beta \cdot \mathrm{KL} \approx 0.05$, is small next to the spread of the scores, and the two runs differ mostly by
+# $\beta \cdot \mathrm{KL} < 0.05$ (β = 0.05), is small next to the spread of the scores, and the two runs differ mostly by
 # the noise of one seed each: in the stored run the run *without* the penalty even ended closer to the reference
 # (0.54 against 0.84 nats) with a lower score. The penalty matters once the policy has moved several nats, which
 # takes longer runs (below). Nor would a higher VADER score at $\beta = 0$ be evidence of reward hacking by itself,
