@@ -338,7 +338,7 @@ for r in run["reward_models"]:
 # %% [markdown]
 # What the committed run shows, and what it does not. The proxy's held-out accuracy rises with the number of pairs
 # (0.51, 0.56, 0.64 at 40, 80, 158 pairs), but on only 39 held-out pairs each number has a standard error of about
-# 0.08, and the best is 70 % of the noise ceiling (0.92), short of the 90 % the issue asks for at the largest size.
+# 0.08, and the best is 70 % of the noise ceiling (0.92), short of the 90 % we aim for at the largest size.
 # Every model fits its training pairs perfectly (training accuracy 1.0): a linear head on 576 frozen features
 # over-fits a few hundred pairs. More pairs (the full command below uses 2,000) or a fine-tuned last block
 # (`--trainable last_block`) are the two ways up. For this chapter a weak proxy is not a defect: it is the *small
@@ -422,8 +422,8 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 #
 # ### The full run (pending)
 #
-# The committed run is small (one seed, few updates). The experiment the issue asks for, at the size of the sentiment
-# preset with three seeds, is:
+# The committed run is small (one seed, few updates). The experiment that would settle the questions above, at the
+# size of the sentiment preset with three seeds, is:
 
 # %%
 print("python -m ppo_lib reward-model --out figures/runs/rm_full --pair-repeats 12 --train-sizes 250 1000 2000 "
