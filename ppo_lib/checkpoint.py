@@ -279,6 +279,7 @@ def apply_checkpoint(trainer, ckpt: dict) -> None:
     trainer._queue = list(ckpt["prompt_queue"])
     trainer._prompt_count = ckpt["prompt_count"]
     trainer.lr_scale = ckpt["lr_scale"]
+    trainer.sync_lr_scheduler()
 
 
 def load_checkpoint(trainer, folder: str | Path) -> None:

@@ -11,7 +11,10 @@ measures directly: the **adaptive rate** divides :math:`\eta` by 1.5 when that K
 its target and multiplies it by 1.5 when it falls below half, as rl_games' ``AdaptiveScheduler``
 does for PPO in control.
 
-Pure functions of plain numbers: the trainer calls them once per update.
+Pure functions of plain numbers. The trainer's ``lr_scheduler`` is a
+``torch.optim.lr_scheduler.LambdaLR`` whose lambda is :func:`lr_factor` times the adaptive scale
+(``PPOTrainer.lr_multiplier``); it steps once per update, and a checkpoint restores it exactly from
+the update count and the scale.
 
 References:
     Goyal et al. (2017), "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour",

@@ -350,6 +350,10 @@ class PPOTrainer:
         # the optimizer step was the largest library-side cost in the CPU benchmark.
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
         self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
+        self.lr_scale = 1.0  # the KL-driven multiplier of η (adaptive_lr_kl_target); saved in checkpoints
+        # η of update u (0-based) = learning_rate × lr_multiplier(u), through torch's LambdaLR. It steps
+        # once after every update, so its epoch is step_count (load_checkpoint keeps the two equal).
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_multiplier)
         # The training forward pass (step 6): compiled when config.compile; shares the weights.
         self.train_model = torch.compile(self.policy, dynamic=True) if config.compile else self.policy
         self.sample = get_sampler(config.sampler)
@@ -368,7 +372,6 @@ class PPOTrainer:
         self.sample_rng = torch.Generator(device=self.device).manual_seed(config.seed + self.accelerator.process_index)
         self._queue: list[int] = []  # indices of the prompts still to draw (see next_prompts)
         self._prompt_count: int | None = None  # length of the prompt list the queue indexes
-        self.lr_scale = 1.0  # the KL-driven multiplier of η (adaptive_lr_kl_target); saved in checkpoints
         self.minibatch_stats: list[dict] = []  # per-minibatch stats of the last update
         self.last_samples: list[tuple[str, str, float]] = []  # (prompt, response, score) of the last update
 
@@ -430,7 +433,7 @@ class PPOTrainer:
                 baselines = self.greedy_scores(prompts)
         rewards, kl_stats = self.shape_rewards(scores, old_logprobs, ref_logprobs, batch)  # 4. shaping
         advantages, returns = self.advantages(rewards, batch, group_index, old_values, baselines)  # 5. advantages
-        lr = self.set_learning_rate()                                                     # 6. epochs
+        lr = self.optimizer.param_groups[0]["lr"]                                         # 6. epochs
         train_stats = self.ppo_epochs(batch, old_logprobs, old_values, advantages, returns, timer, ref_logprobs)
         kl_coef = self.kl_ctl.kl_coef                                                     # 7. stats, β, η
         stats = self.collect_stats(scores, kl_stats, kl_coef, batch, old_values, returns, train_stats)
@@ -439,6 +442,7 @@ class PPOTrainer:
         if c.adaptive_lr_kl_target is not None:
             self.lr_scale = adaptive_lr_scale(self.lr_scale, stats["policy/approx_kl_k3"], c.adaptive_lr_kl_target)
         self.step_count += 1
+        self.lr_scheduler.step()  # η of the next update
         seconds = time.perf_counter() - t_start
         stats.update({f"time/{k}": v for k, v in timer.seconds.items()})
         stats["time/step"] = seconds
@@ -515,15 +519,20 @@ class PPOTrainer:
                             top_k=1, stop_at_eos=c.stop_at_eos, generator=torch.Generator(device=self.device))
         return self.score(prompts, greedy)[0]
 
-    def set_learning_rate(self) -> float:
-        """Set the optimizer's η for the update about to run: the base rate × the schedule's
-        factor (warm-up, decay) × the KL-driven multiplier. Returns it."""
+    def lr_multiplier(self, update: int) -> float:
+        """The multiplier of the base rate for ``update`` (0-based): the schedule's factor (warm-up,
+        decay; :func:`ppo_lib.schedules.lr_factor`) × the KL-driven scale. The lambda of
+        ``self.lr_scheduler``."""
         c = self.config
-        lr = c.learning_rate * lr_factor(self.step_count, c.lr_schedule, c.lr_warmup_updates, c.lr_decay_updates)
-        lr *= self.lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+        return lr_factor(update, c.lr_schedule, c.lr_warmup_updates, c.lr_decay_updates) * self.lr_scale
+
+    def sync_lr_scheduler(self) -> None:
+        """After ``step_count`` or ``lr_scale`` was set from outside (a checkpoint): the scheduler's
+        epoch is ``step_count`` and every group's η is that of the update about to run."""
+        self.lr_scheduler.last_epoch = self.step_count
+        for group, base in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs):
+            group["lr"] = base * self.lr_multiplier(self.step_count)
+        self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def shape_rewards(self, scores, old_logprobs, ref_logprobs, batch: Rollout):
         """Step 4: per-token rewards, −β·KL on every token and the score on the last one
