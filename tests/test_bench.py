@@ -5,6 +5,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -44,9 +45,28 @@ FIXTURE = {
 def test_steady_mean_leaves_out_the_first_update():
     assert bench.steady_mean([100.0, 2.0, 4.0]) == 3.0
     assert bench.steady_mean([5.0]) == 5.0  # a single update is all there is
-    assert bench.steady_mean([100.0, 2.0], skip_first=False) == 51.0
+    assert bench.steady_mean([100.0, 2.0], warmup=0) == 51.0
     with pytest.raises(ValueError):
         bench.steady_mean([])
+
+
+def test_warmup_is_the_leading_updates_well_above_the_median_of_the_rest():
+    assert bench.warmup_updates([30, 25, 10, 11, 9, 10]) == 2  # 25 > 1.2 × median(10, 11, 9, 10); 10 is not
+    assert bench.warmup_updates([10, 10.5, 9.5]) == 1  # the first always goes
+    assert bench.warmup_updates([5.0]) == 0 and bench.warmup_updates([9.0, 5.0]) == 1
+    assert bench.warmup_updates([40, 30, 20, 10]) == 2  # still falling, but at least half are kept
+    assert bench.warmup_updates([30, 10, 25, 10, 11, 9]) == 1  # a slow update later on is steady state
+    assert bench.warmup_updates([30, 11.9, 10, 10]) == 1 and bench.warmup_updates([30, 12.1, 10, 10]) == 2  # 20 %
+    assert bench.steady_mean([30.0, 25.0, 10.0, 11.0, 9.0, 10.0]) == 10.0  # the rule decides what is averaged
+
+
+def test_summarise_runs_drops_each_runs_warm_up_and_pools_the_rest():
+    s = bench.summarise_runs([[{"total": 30.0}, {"total": 25.0}, {"total": 10.0}, {"total": 12.0}],
+                              [{"total": 20.0}, {"total": 8.0}, {"total": 10.0}]], tokens_per_update=384)
+    assert s["n_warmup"] == [2, 1] and s["n_steady"] == 4
+    assert s["total"] == 10.0 and s["median"] == 10.0 and s["phases"]["other"] == 10.0
+    assert s["cv"] == pytest.approx(statistics.stdev([10.0, 12.0, 8.0, 10.0]) / 10.0)
+    assert s["per_update_total"] == [[30.0, 25.0, 10.0, 12.0], [20.0, 8.0, 10.0]]
 
 
 def test_summarise_run_other_is_the_rest_of_the_update():
@@ -170,6 +190,102 @@ def test_report_only_recomputes_the_summaries_from_the_raw_timings(tmp_path):
     md = (tmp_path / "bench_gpu.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| ppo_lib, shared value head |"))
     assert "| **5.000** | 5.000 |" in row and "| 900 |" in row  # mean and median of 4, 6, 5; GPU memory
+
+
+def _raw(totals, rss):
+    """A child's raw result: per-update totals (all in ``generate``) and a peak RSS."""
+    return {"per_update": [{"generate": t, "total": t} for t in totals], "peak_rss_mb": rss}
+
+
+# Two rounds, A B A B: the machine was slower in round 2, so the pooled means mislead and the
+# ratios within a round agree. Steady totals (first update dropped): TRL 20, 30; shared 11, 15;
+# floor_shared 10, 14. Pairwise shared / TRL: 0.55, 0.50; pooled: 13 / 25 = 0.52.
+ROUNDS = {**FIXTURE, "systems": {}, "rounds": [
+    {"trl": _raw([40.0, 20.0, 20.0], 6000.0), "shared": _raw([20.0, 11.0, 11.0], 3300.0),
+     "floor_shared": _raw([15.0, 10.0, 10.0], 3200.0)},
+    {"trl": _raw([50.0, 30.0, 30.0], 6100.0), "shared": _raw([25.0, 15.0, 15.0], 3400.0),
+     "floor_shared": _raw([20.0, 14.0, 14.0], 3100.0)},
+]}
+
+
+def test_ratios_are_taken_within_each_round():
+    results = {**ROUNDS, "systems": bench.summarise_systems(ROUNDS)}
+    assert results["systems"]["trl"]["total"] == 25.0 and results["systems"]["shared"]["total"] == 13.0
+    assert results["systems"]["shared"]["n_warmup"] == [1, 1] and results["systems"]["shared"]["peak_rss_mb"] == 3400.0
+    assert bench.pairwise_ratios(results, "shared") == pytest.approx([0.55, 0.5])
+    assert bench.pairwise_ratios(results, "shared", "floor_shared") == pytest.approx([1.1, 15 / 14])
+    assert bench.pairwise_ratios(results, "lora") == []  # did not run
+    partial = {**results, "rounds": [ROUNDS["rounds"][0], {"shared": ROUNDS["rounds"][1]["shared"]}]}
+    assert bench.pairwise_ratios(partial, "shared") == pytest.approx([0.55])  # TRL missing from round 2: one pair
+
+
+def test_targets_use_the_median_of_the_pairwise_ratios():
+    results = {**ROUNDS, "systems": bench.summarise_systems(ROUNDS)}
+    rows = {(r["system"], r["target"]): r for r in bench.evaluate_targets(results)}
+    time = rows[("shared", "time / TRL")]
+    assert time["value"] == pytest.approx(0.525) and time["value"] != pytest.approx(13 / 25)  # not the pooled means
+    assert (time["min"], time["max"], time["pairs"]) == (pytest.approx(0.5), pytest.approx(0.55), 2) and time["met"]
+    over = rows[("shared", "overhead over floor")]
+    assert over["value"] == pytest.approx((0.1 + 1 / 14) / 2) and over["met"]
+    assert rows[("shared", "peak RSS / TRL")]["value"] == pytest.approx(3400 / 6100)  # the largest peak of each
+
+
+def test_markdown_with_rounds_gives_the_spread_and_says_how_they_ran():
+    results = {**ROUNDS, "systems": bench.summarise_systems(ROUNDS)}
+    md = bench.render_markdown({**results, "targets": bench.evaluate_targets(results)})
+    row = next(line for line in md.splitlines() if line.startswith("| ppo_lib, shared value head |"))
+    assert "| **13.00** | 13.00 | 18% | 1/1 |" in row  # total, median, CV, warm-up dropped per round
+    assert "| 0.53 (0.50–0.55, 2 pairs) | 0.56 |" in row  # time / TRL, memory / TRL
+    assert "| shared | time / TRL | 0.53 (0.50–0.55, 2 pairs) | ≤ 0.65 | yes |" in md
+    assert "| shared | overhead over floor | +8.6% (+7.1% to +10.0%, 2 pairs) | ≤ 10% | yes |" in md
+    assert "interleaved over 2 rounds" in md and "within a round" in md and "in each of 2 rounds" in md
+    one_round = {**FIXTURE, "targets": bench.evaluate_targets(FIXTURE)}
+    assert "interleaved" not in bench.render_markdown(one_round)  # one round: nothing to say
+
+
+def test_report_only_reads_a_json_with_rounds(tmp_path):
+    (tmp_path / "bench_cpu.json").write_text(json.dumps(ROUNDS))  # systems empty: all from the raw rounds
+    parser = argparse.ArgumentParser()
+    bench.add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--report-only", "--out-dir", str(tmp_path)])
+    assert args.run(args) == 0
+    md = (tmp_path / "bench_cpu.md").read_text()
+    results = {**ROUNDS, "systems": bench.summarise_systems(ROUNDS)}
+    assert md == bench.render_markdown({**results, "targets": bench.evaluate_targets(results)})
+    assert "| 0.53 (0.50–0.55, 2 pairs) |" in md and "floor (shared)" in md
+
+
+def test_harness_runs_the_systems_in_interleaved_rounds(monkeypatch, tmp_path):
+    """A B A B with stand-in children (no model, no process): every round runs every system, TRL
+    first; each round's raw results are kept; a child that fails in one round is an error of that round."""
+    from ppo_lib import models
+    from ppo_lib.bench import harness
+
+    calls = []
+
+    def child(name, cmd, out, log, threads):
+        calls.append(name)
+        if name == "shared" and calls.count("shared") == 3:
+            error = RuntimeError("benchmark child failed (1): ...\nMemoryError")
+            error.returncode = 1  # as harness._run_child raises it
+            raise error
+        k = calls.count(name)
+        return _raw([40.0, 20.0 * k, 20.0 * k] if name == "trl" else [20.0, 11.0 * k, 11.0 * k], 1000.0 * k)
+
+    monkeypatch.setattr(harness, "_run_child", child)
+    monkeypatch.setattr(harness, "bench_prompts", lambda workload: ["a prompt"])
+    monkeypatch.setattr(models, "load_model", lambda name: None)
+    parser = argparse.ArgumentParser()
+    bench.add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--modes", "shared", "--skip-floor", "--skip-variants", "--repeats", "3",
+                              "--trl-python", sys.executable, "--out-dir", str(tmp_path)])
+    results = harness.run_all(args, tmp_path / "bench_cpu.json")
+    assert calls == ["trl", "shared"] * 3
+    assert [sorted(r) for r in results["rounds"]] == [["shared", "trl"], ["shared", "trl"], ["trl"]]
+    assert results["errors"] == {"shared": "round 3/3: exit status 1: MemoryError"}
+    assert bench.pairwise_ratios(results, "shared") == pytest.approx([0.55, 0.55])  # two pairs: round 3 has one side
+    assert results["systems"]["trl"]["n_warmup"] == [1, 1, 1] and results["systems"]["shared"]["total"] == 16.5
+    assert json.loads((tmp_path / "bench_cpu.json").read_text())["partial"]  # written after every child
 
 
 # ----------------------------------------------------------------------------- one workload, every side

@@ -3,6 +3,8 @@
     python -m ppo_lib bench                      # everything: ppo_lib (3 modes + 2 variants), floors, TRL; ~20 min on 2 cores
     python -m ppo_lib bench --device cuda        # the same workload on a GPU in bf16 (no floors) -> bench_gpu.*
     python -m ppo_lib bench --updates 2 --skip-trl   # a quick check of the harness
+    python -m ppo_lib bench --modes shared separate --skip-variants --repeats 3 --updates 10
+                                                 # the headline, robust: 3 rounds A B A B, ratios within a round
     python -m ppo_lib bench --report-only        # redraw figures/runs/bench_cpu.{md,png} from its .json
 
 One workload on every side: ``WORKLOAD`` in ``ppo_lib/bench/workload.py``, a frozen
@@ -28,6 +30,14 @@ What runs, each in its own process (so each peak RSS is its own):
   own virtual environment (``.venv-trl/`` by default, created on first use), since TRL is
   never a dependency of ``ppo_lib``.
 
+They run one after another, in ``--repeats`` rounds (default 1): every system once, TRL
+first, then every system again (A B A B), so that a slow stretch of the machine reaches
+every system alike. Each run's leading warm-up updates are left out
+(``report.warmup_updates``: the first, then each next one while it is more than 20 % slower
+than the median of the updates after it; at most half are left out). Each ratio to TRL or to
+a floor is taken within a round; the targets use the median over the rounds, and the tables
+give it with its min–max.
+
 The package, one concept a module:
 
     workload.py      Workload: every setting, once; ppo_lib's PPOConfig and TRL's config are made from it
@@ -35,8 +45,8 @@ The package, one concept a module:
     floor.py         the raw-compute floor: the same model operations inline, no library logic
     trl_side.py      TRL's PPOTrainer on the workload, run by TRL's python (imports no ppo_lib)
     child.py         one system in its own process: python -m ppo_lib.bench.child KIND MODE ...
-    harness.py       runs every system and collects the results; makes TRL's virtual environment
-    report.py        steady-state means, overhead over the floor, targets, the table and the figure
+    harness.py       runs every system, in rounds, and collects the results; makes TRL's virtual environment
+    report.py        warm-up detection, steady-state means, ratios within a round, overhead, targets, table, figure
 """
 
 from __future__ import annotations
@@ -47,15 +57,17 @@ import textwrap
 from pathlib import Path
 
 from .harness import run_all
-from .report import (MAX_OVERHEAD, MEMORY_LABELS, PHASES, STEM, TARGETS, evaluate_targets, memory_key, overhead,
-                     render_figure, render_markdown, steady_mean, summarise_run, system_summary, write_report)
+from .report import (MAX_OVERHEAD, MEMORY_LABELS, PHASES, STEM, TARGETS, WARMUP_TOLERANCE, evaluate_targets, memory_key,
+                     overhead, pairwise_ratios, render_figure, render_markdown, rounds_of, steady_mean, summarise_run,
+                     summarise_runs, summarise_systems, system_summary, warmup_updates, write_report)
 from .workload import (MODES, TRL_VERSION, WORKLOAD, Workload, bench_config, bench_prompts,
                        trl_config_kwargs)
 
 __all__ = [
     "Workload", "WORKLOAD", "MODES", "TRL_VERSION", "LORA_RANK", "bench_config", "trl_config_kwargs", "bench_prompts",
-    "PHASES", "TARGETS", "MAX_OVERHEAD", "MEMORY_LABELS", "steady_mean", "summarise_run", "system_summary", "overhead",
-    "evaluate_targets", "memory_key", "render_markdown", "render_figure", "write_report", "run_all",
+    "PHASES", "TARGETS", "MAX_OVERHEAD", "MEMORY_LABELS", "WARMUP_TOLERANCE", "warmup_updates", "steady_mean",
+    "summarise_run", "summarise_runs", "system_summary", "rounds_of", "summarise_systems", "pairwise_ratios",
+    "overhead", "evaluate_targets", "memory_key", "render_markdown", "render_figure", "write_report", "run_all",
     "add_bench_parser", "run_bench",
 ]
 
@@ -74,9 +86,9 @@ def run_bench(args: argparse.Namespace) -> int:
         if not json_path.exists():
             raise SystemExit(f"error: {json_path} does not exist; run `python -m ppo_lib bench` first.")
         results = json.loads(json_path.read_text())
-        w = results["workload"]  # as recorded by that run, which may predate today's WORKLOAD
-        for name, raw in results.get("raw", {}).items():  # the summaries are recomputed from the raw timings
-            results["systems"][name] = system_summary(raw, w["batch_size"] * w["response_length"])
+        # the summaries are recomputed from the raw timings of every round (a JSON from before
+        # rounds existed has one round, "raw"), with the workload that run recorded
+        results["systems"].update(summarise_systems(results))
         results["targets"] = evaluate_targets(results)
     else:
         args.modes = args.modes or list(MODES)
@@ -97,7 +109,11 @@ def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help=f"benchmark ppo_lib against TRL {TRL_VERSION} PPO and the raw-compute floor",
                        description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=WORKLOAD.updates,
-                   help=f"PPO updates per system (default {WORKLOAD.updates})")
+                   help=f"PPO updates per system and round (default {WORKLOAD.updates})")
+    p.add_argument("--repeats", type=int, default=1, metavar="R",
+                   help="rounds: run every system R times, interleaved (TRL, the modes, ..., then all again), "
+                        "and take each ratio to TRL within a round; the tables give the median and min–max over "
+                        "the rounds (default 1)")
     p.add_argument("--floor-updates", type=int, default=WORKLOAD.floor_updates,
                    help=f"iterations of each floor (default {WORKLOAD.floor_updates})")
     p.add_argument("--modes", nargs="+", choices=MODES, help="ppo_lib modes (default: all three)")

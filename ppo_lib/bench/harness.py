@@ -1,10 +1,13 @@
-"""Run every system of the benchmark, each in its own process, and collect the results.
+"""Run every system of the benchmark, each in its own process, round after round, and collect the results.
 
 :func:`run_all` writes the workload to one JSON file, starts one process per system (the
 ppo_lib modes and their variants and floors through :mod:`ppo_lib.bench.child`, TRL through
 :mod:`ppo_lib.bench.trl_side` in its own virtual environment), each reading that file, and
-gathers their raw timings and summaries. ``ppo_lib`` never imports TRL: :func:`trl_python`
-makes a virtual environment for it on first use.
+gathers their raw timings and summaries. With ``--repeats R`` it does so R times, in rounds:
+every system once (TRL first), then every system again, ... (A B A B), so that a slow
+stretch of the machine reaches every system alike and each ratio to TRL can be taken
+within one round. ``ppo_lib`` never imports TRL: :func:`trl_python` makes a virtual
+environment for it on first use.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .report import MEMORY_LABELS, evaluate_targets, memory_key, system_summary
+from .report import MEMORY_LABELS, evaluate_targets, memory_key, pairwise_ratios, summarise_systems, system_summary
 from .workload import TRL_VERSION, WORKLOAD, bench_prompts
 
 __all__ = ["VARIANTS", "TORCH_VERSION", "trl_python", "run_all"]
@@ -71,13 +74,19 @@ def _run_child(name: str, cmd: list[str], out: Path, log: Path, threads: int) ->
 
 
 def run_all(args: argparse.Namespace, json_path: Path | None = None) -> dict:
-    """Run every system in its own process and collect the raw results and summaries.
+    """Run every system in its own process, ``args.repeats`` rounds of them, and collect the raw
+    results and summaries.
 
     ``args`` are those of ``python -m ppo_lib bench``; ``--updates``, ``--floor-updates``
     and ``--device`` replace those fields of :data:`~ppo_lib.bench.workload.WORKLOAD`, and
-    nothing else changes it. With ``json_path``, the results so far are written there after
-    every system, so an interrupted run keeps what it measured.
+    nothing else changes it. The raw child results go to ``results["rounds"]``, one dict
+    ``{system: raw}`` per round; ``results["systems"]`` are the summaries over all rounds.
+    A child that fails is recorded in ``results["errors"]`` (with its round) and the rest
+    go on. With ``json_path``, the results so far are written there after every system, so
+    an interrupted run keeps what it measured.
     """
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats must be at least 1, got {args.repeats}.")
     import torch
     import transformers
 
@@ -95,7 +104,7 @@ def run_all(args: argparse.Namespace, json_path: Path | None = None) -> dict:
                             "transformers": transformers.__version__},
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                "loadavg_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "raw": {}, "systems": {}, "errors": {}}
+               "repeats": args.repeats, "rounds": [], "systems": {}, "errors": {}}
     jobs = []
     child = [sys.executable, "-m", "ppo_lib.bench.child"]
     reads = ["--workload", str(workload_file)]
@@ -116,25 +125,37 @@ def run_all(args: argparse.Namespace, json_path: Path | None = None) -> dict:
                                     "--prompts", str(prompts_file)] + reads))
         except (subprocess.CalledProcessError, OSError) as e:
             results["errors"]["trl"] = f"could not set up TRL {TRL_VERSION}: {type(e).__name__}: {e}"
-    for name, cmd in jobs:
-        out = tmp / f"{name}.json"
-        try:
-            raw = _run_child(name, cmd + ["--out", str(out)], out, tmp / f"{name}.log", workload.torch_threads)
-        except RuntimeError as e:
-            print(f"  {name} FAILED: {str(e)[-1500:]}", flush=True)
-            # the JSON keeps the exception's last line only: a traceback holds this machine's paths
-            lines = [line for line in str(e).splitlines() if line.strip()]
-            results["errors"][name] = f"exit status {getattr(e, 'returncode', '?')}: {lines[-1] if lines else e}"
-            continue
-        results["raw"][name] = raw
-        results["systems"][name] = summary = system_summary(raw, workload.tokens_per_update)
-        mem_key = memory_key(results)
-        print(f"  {name}: {summary['total']:.2f} s/update, {summary[mem_key]:.0f} MiB {MEMORY_LABELS[mem_key]}", flush=True)
-        if json_path is not None:  # a partial result survives an interrupted run
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps({**results, "partial": True}, indent=1) + "\n")
-    if "trl" in results["raw"]:
-        results["versions"]["trl_side"] = results["raw"]["trl"].get("versions", {})
+    for r in range(args.repeats):  # A B A B: every system once, then every system again
+        results["rounds"].append({})
+        label = f"round {r + 1}/{args.repeats}"
+        print(f"{label}:", flush=True)
+        for name, cmd in jobs:
+            out = tmp / f"{name}.json"
+            out.unlink(missing_ok=True)  # never read the previous round's result
+            try:
+                raw = _run_child(name, cmd + ["--out", str(out)], out, tmp / f"{name}.log", workload.torch_threads)
+            except RuntimeError as e:
+                print(f"  {name} FAILED: {str(e)[-1500:]}", flush=True)
+                # the JSON keeps the exception's last line only: a traceback holds this machine's paths
+                lines = [line for line in str(e).splitlines() if line.strip()]
+                error = f"exit status {getattr(e, 'returncode', '?')}: {lines[-1] if lines else e}"
+                results["errors"][name] = f"{label}: {error}" if args.repeats > 1 else error
+                continue
+            results["rounds"][r][name] = raw
+            results["systems"].update(summarise_systems(results))  # over every round so far
+            this = system_summary([raw], workload.tokens_per_update)  # this round alone
+            mem_key = memory_key(results)
+            line = f"  {name}: {this['total']:.2f} s/update, {this[mem_key]:.0f} MiB {MEMORY_LABELS[mem_key]}"
+            if name != "trl" and "trl" in results["rounds"][r]:
+                (ratio,) = pairwise_ratios({"rounds": [results["rounds"][r]]}, name)
+                line += f", {ratio:.2f} × TRL's time in this round"
+            print(line, flush=True)
+            if json_path is not None:  # a partial result survives an interrupted run
+                json_path.parent.mkdir(parents=True, exist_ok=True)
+                json_path.write_text(json.dumps({**results, "partial": True}, indent=1) + "\n")
+    trl_raw = next((rnd["trl"] for rnd in results["rounds"] if "trl" in rnd), None)
+    if trl_raw is not None:
+        results["versions"]["trl_side"] = trl_raw.get("versions", {})
     results["loadavg_after"] = os.getloadavg()
     results["targets"] = evaluate_targets(results)
     shutil.rmtree(tmp, ignore_errors=True)
