@@ -20,15 +20,17 @@ def read_history(path: Path) -> list[dict]:
 
 
 @figure("07_time_breakdown")
-def time_breakdown_figure(runs: tuple[str, ...] = ("sentiment_cpu", "sentiment_gpu_h200"), skip: int = 1):
-    """Seconds per phase of one update, from committed runs' ``history.jsonl`` (first update left out)."""
+def time_breakdown_figure(runs: tuple[str, ...] = ("sentiment_cpu_seed2", "sentiment_gpu_h200"), skip: int = 1):
+    """Seconds per phase of one update, from committed runs' ``history.jsonl`` (first update left
+    out), each labelled with its batch B and response length T (the runs differ in both)."""
     breakdowns = {}
     for run in runs:
         path = figures_dir() / "runs" / run / "history.jsonl"
         if path.exists():
-            breakdowns[run] = time_breakdown(read_history(path), skip=skip)
+            c = json.loads((path.parent / "config.json").read_text())["config"]
+            breakdowns[f"{run}\nB = {c['batch_size']}, T = {c['max_new_tokens']}"] = time_breakdown(read_history(path), skip=skip)
     return plot_time_breakdown(breakdowns, share=True,
-                               title="Where one PPO update's time goes (SmolLM2-135M, B = 16, T = 24; mean per update)")
+                               title="Where one PPO update's time goes (SmolLM2-135M; mean per update)")
 
 
 @figure("07_lr_schedules")
