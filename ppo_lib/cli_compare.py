@@ -119,7 +119,10 @@ def run_arm(spec: dict) -> dict:
         lm, tokenizer = load_model(spec["model"])
         ref = reference_copy(lm)
         rng = torch.Generator().manual_seed(seed)
-        prompts = [train_prompts[i] for i in torch.randperm(len(train_prompts), generator=rng)[:n].tolist()]
+        order = torch.randperm(len(train_prompts), generator=rng).tolist()
+        # n pairs, one per prompt, cycling through the shuffled prompts when the budget buys more
+        # pairs than there are prompts (two draws of a prompt give two different pairs)
+        prompts = [train_prompts[order[i % len(order)]] for i in range(n)]
         pairs = make_pairs(ref, tokenizer, prompts, reward_fn, tau=0.0, max_new_tokens=base.max_new_tokens,
                            temperature=base.temperature, batch_size=base.batch_size, seed=seed,
                            max_prompt_length=base.max_prompt_length)

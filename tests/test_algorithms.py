@@ -185,3 +185,19 @@ def test_the_compare_command_checks_its_arms_and_budget(tmp_path):
     with pytest.raises(SystemExit, match="buys no update of arm 'remax'"):
         main(["compare", "--out", str(out), "--algos", "remax", "--token-budget", "400"])
     assert not out.exists()
+
+
+def test_the_dpo_arm_spends_its_whole_budget_even_beyond_the_prompt_list(tmp_path):
+    """288 pairs on the 99 training prompts: the arm cycles through them instead of stopping at 99."""
+    from ppo_lib.cli_compare import run_arm
+    from ppo_lib.rewards import review_prompts
+
+    n_prompts = len(review_prompts("train"))
+    pairs_wanted = n_prompts + 21
+    result = run_arm({"arm": "dpo", "seed": 0, "model": "tiny-gpt2", "reward": "chars:abcdefghijklmnopqrstuvwxyz",
+                      "preset_config": {"batch_size": 16, "max_new_tokens": 4, "max_prompt_length": 96},
+                      "budget": pairs_wanted * 2 * 4, "eval_prompts": 4, "out": str(tmp_path / "dpo"), "dpo": {},
+                      "threads": None})
+    # a pair whose two responses decode identical or empty is dropped: a few at most
+    assert n_prompts < result["pairs"] <= pairs_wanted
+    assert result["steps"] == result["pairs"] // 16  # one epoch of full batches of 16

@@ -1,8 +1,10 @@
 """Figures of chapter 09, "Beyond PPO": GRPO's two biases on toys, and the reward–KL frontier.
 
-The frontier reads a ``summary.json`` written by ``python -m ppo_lib compare`` (committed under
-``figures/runs/ch09_compare_small/``), or the same structure passed in, so it is cheap and
-deterministic.
+The frontier reads the committed comparison (:func:`full_comparison`): RLOO and GRPO from
+``python -m ppo_lib compare`` (``figures/runs/ch09_compare/``) and PPO from the ``sentiment``
+preset's seeds (``figures/runs/sentiment_cpu*/``), which train PPO with the same settings, budget
+and held-out evaluation. Or any structure of ``summary.json``'s shape, passed in. Either way it is
+cheap and deterministic.
 """
 
 from __future__ import annotations
@@ -15,16 +17,46 @@ import numpy as np
 
 from . import figure, figures_dir
 
-__all__ = ["grpo_biases", "reward_kl_frontier", "load_summary", "COMPARE_RUN"]
+__all__ = ["grpo_biases", "reward_kl_frontier", "load_summary", "full_comparison", "COMPARE_RUN", "DPO_RUN", "MEMORY_RUN",
+           "PPO_RUNS"]
 
-COMPARE_RUN = "runs/ch09_compare_small"
-"""The committed comparison, relative to ``figures/``."""
+COMPARE_RUN = "runs/ch09_compare"
+"""The committed comparison of the critic-free arms, relative to ``figures/``."""
+DPO_RUN = "runs/ch09_compare_dpo"
+"""The DPO arm at the same budget (pairs sampled from π_ref, labelled by VADER)."""
+MEMORY_RUN = "runs/ch09_memory"
+"""Seconds and peak memory per update of every arm, measured in one short run."""
+PPO_RUNS = {0: "runs/sentiment_cpu", 1: "runs/sentiment_cpu_seed1", 2: "runs/sentiment_cpu_seed2"}
+"""The sentiment preset's committed seeds (``python -m ppo_lib train --preset sentiment --set seed=N``)."""
 
 
 def load_summary(folder: str | Path | None = None) -> dict:
-    """``summary.json`` of a comparison folder (default: the committed small run)."""
+    """``summary.json`` of a comparison folder (default: the committed comparison)."""
     folder = Path(folder) if folder is not None else figures_dir() / COMPARE_RUN
     return json.loads((folder / "summary.json").read_text())
+
+
+def full_comparison() -> dict:
+    """The committed comparison (RLOO, GRPO), with the DPO arm from its own run and the PPO arm
+    from the preset's seeds.
+
+    ``compare`` would train PPO exactly as ``train --preset sentiment`` does (the same
+    :class:`~ppo_lib.trainer.PPOConfig`, the 36 updates the token budget buys, the held-out
+    prompts scored with ``evaluate(seed=0)``), so the preset's committed runs are its PPO arm.
+    """
+    summary = load_summary()
+    ppo = []
+    for seed, folder in PPO_RUNS.items():
+        path = figures_dir() / folder / "eval.json"
+        if path.exists():
+            ev = json.loads(path.read_text())
+            steps = [json.loads(line)["time/step"] for line in (path.parent / "history.jsonl").read_text().splitlines()]
+            ppo.append({"arm": "ppo", "seed": seed, "updates": ev["updates"], "score_before": ev["before"]["score_mean"],
+                        "score_after": ev["after"]["score_mean"], "kl_after": ev["after"]["kl_mean"],
+                        "seconds_per_update": sum(steps) / len(steps)})  # as compare counts it: the updates alone
+    dpo = load_summary(figures_dir() / DPO_RUN)["runs"] if (figures_dir() / DPO_RUN / "summary.json").exists() else []
+    summary["runs"] = ppo + summary["runs"] + dpo
+    return summary
 
 
 @figure("09_grpo_biases")
@@ -62,29 +94,32 @@ def grpo_biases(k: int = 8, max_len: int = 40):
 
 @figure("09_reward_kl_frontier")
 def reward_kl_frontier(summary: dict | None = None, title: str | None = None):
-    """Held-out reward against KL(π‖π_ref) (nats per sequence) after training: a point per run
-    (arm and seed), a line per algorithm from π_ref (KL 0, the score before training) through its
-    runs in order of KL. The model is Fig. 2 (left) of Rafailov et al. (2023)."""
-    if summary is None:  # the committed small run, with GRPO's arm from its second process when present
-        summary = load_summary()
-        grpo = figures_dir() / (COMPARE_RUN + "_grpo")
-        if (grpo / "summary.json").exists():
-            summary["runs"] = summary["runs"] + load_summary(grpo)["runs"]
+    """Held-out reward gain against KL(π‖π_ref) (nats per sequence) after training: a point per
+    run (arm and seed), a line per algorithm from π_ref (the origin) through its runs in order of
+    KL. The gain is the score after training minus the run's own score of π_ref (``score_before``,
+    else ``summary["before"]`` of its seed): two evaluations that draw their samples differently
+    score π_ref differently, and the gain removes that offset. The model is Fig. 2 (left) of
+    Rafailov et al. (2023), which plots the reward itself."""
+    if summary is None:
+        summary = full_comparison()
     runs = summary["runs"]
-    before = summary["before"]
+
+    def gain(r: dict) -> float:
+        before = r["score_before"] if "score_before" in r else summary["before"][str(r["seed"])]["score"]
+        return r["score_after"] - before
+
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
     arms = list(dict.fromkeys(r["arm"] for r in runs))
     markers = "osD^v<>pXh"
-    start = float(np.mean([b["score"] for b in before.values()]))  # π_ref's held-out reward (JSON keys: seeds)
     for i, arm in enumerate(arms):
         mine = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["kl_after"])
         xs = [0.0] + [r["kl_after"] for r in mine]
-        ys = [start] + [r["score_after"] for r in mine]
+        ys = [0.0] + [gain(r) for r in mine]
         line, = ax.plot(xs, ys, "-", alpha=0.5)
         ax.plot(xs[1:], ys[1:], markers[i % len(markers)], color=line.get_color(), label=arm, markersize=7)
-    ax.plot([0], [start], "k*", markersize=11, label="π_ref (before)")
-    ax.set(xlabel="KL(π ‖ π_ref), nats per sequence (held-out)", ylabel="mean reward (held-out)",
-           title=title or "reward–KL frontier (small run: one seed, equal token budget)")
+    ax.plot([0], [0], "k*", markersize=11, label="π_ref (before)")
+    ax.set(xlabel="KL(π ‖ π_ref), nats per sequence (held-out)", ylabel="gain in mean reward over π_ref (held-out)",
+           title=title or "reward–KL frontier: SmolLM2-135M + VADER, 13 824 generated tokens per run")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig

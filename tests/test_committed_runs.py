@@ -1,0 +1,71 @@
+"""The committed benchmark runs under ``figures/runs/`` are runs of what the library does today.
+
+A preset's defaults are a claim about every run of it, so they may change only together with its
+committed runs: these tests fail when the ``sentiment`` preset and the runs that document it
+(README "Results", chapters 07 and 09) drift apart, and when the README's table stops being the
+runs' own numbers. Nothing here trains or times anything: it reads JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ppo_lib.cli_train import PRESETS
+from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, PPO_RUNS, full_comparison
+from ppo_lib.trainer import PPOConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "figures"
+PRESET = PRESETS["sentiment"]
+
+
+def preset_config(seed: int, **extra) -> dict:
+    return PPOConfig.from_dict({**PRESET["config"], **extra, "seed": seed}).to_dict()
+
+
+def read(folder: str, name: str) -> dict:
+    return json.loads((FIGURES / folder / name).read_text())
+
+
+@pytest.mark.parametrize("seed", sorted(PPO_RUNS))
+def test_each_committed_seed_ran_the_current_preset(seed):
+    saved = read(PPO_RUNS[seed], "config.json")
+    assert saved["preset"] == "sentiment" and saved["model"] == PRESET["model"] and saved["reward"] == PRESET["reward"]
+    assert saved["updates"] == PRESET["updates"]
+    assert PPOConfig.from_dict(saved["config"]).to_dict() == preset_config(seed)
+    history = (FIGURES / PPO_RUNS[seed] / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["update"] for line in history] == list(range(1, PRESET["updates"] + 1))
+
+
+def test_the_comparison_ran_the_preset_at_its_token_budget():
+    for folder, arms in ((COMPARE_RUN, ["rloo", "grpo"]), (DPO_RUN, ["dpo"]), (MEMORY_RUN, None)):
+        config = read(folder, "config.json")
+        assert config["preset"] == "sentiment" and config["preset_config"] == PRESET["config"]
+        if arms is not None:
+            assert config["arms"] == arms and config["seeds"] == [0, 1] and config["eval_prompts"] == 64
+            assert config["token_budget"] == PRESET["updates"] * PRESET["config"]["batch_size"] * PRESET["config"][
+                "max_new_tokens"]
+    runs = full_comparison()["runs"]
+    assert sorted({r["arm"] for r in runs}) == ["dpo", "grpo", "ppo", "rloo"]
+    # π_ref is scored once per evaluation protocol: `train` samples the 64 held-out prompts 64 at a
+    # time, `compare` 16 at a time; within a protocol every run starts from the same number
+    for protocol in ([r for r in runs if r["arm"] == "ppo"], [r for r in runs if r["arm"] != "ppo"]):
+        assert {round(r["score_before"], 9) for r in protocol} == {round(protocol[0]["score_before"], 9)}
+
+
+def test_the_readme_reports_every_seed_of_the_preset_as_committed():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for seed, folder in PPO_RUNS.items():
+        ev = read(folder, "eval.json")
+        row = re.search(rf"^\| {seed} \|(.*)$", readme, re.M)
+        assert row, f"README Results lack the row of seed {seed}"
+        cells = [c.strip().strip("*") for c in row.group(1).split("|")]
+        before, after, gain, kl = (float(c.replace("+", "")) for c in cells[:4])
+        assert before == pytest.approx(ev["before"]["score_mean"], abs=5e-4)
+        assert after == pytest.approx(ev["after"]["score_mean"], abs=5e-4)
+        assert gain == pytest.approx(ev["score_gain"], abs=5e-4)
+        assert kl == pytest.approx(ev["after"]["kl_mean"], abs=5e-3)
