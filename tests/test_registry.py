@@ -143,13 +143,21 @@ def test_ppo_through_the_stages_equals_ppo_before_them(name):
 
     On the machine that recorded it the difference is exactly 0. Another thread count or CPU sums
     in another order (a KL 1e-6 apart with one thread), so the tolerance is a rounding one: any
-    change to the algorithm moves these statistics by orders of magnitude more."""
+    change to the algorithm moves these statistics by orders of magnitude more.
+
+    A clip fraction counts the tokens beyond a threshold, and one token sitting on the threshold
+    flips with the last bit: on a CPU with AVX-512 BF16, ``value/vf_clipfrac`` of the separate
+    critic was 9 tokens of 192 where the recording has 16, while every continuous statistic (the
+    losses, the KL, the values, the gradient norm) agreed to 1e-5. Counts get a loose bound; the
+    continuous statistics carry the check."""
     recorded = json.loads(RECORDED.read_text())[name]
     history = _recorded_run(name, recorded["config"])
     for got, want in zip(history, recorded["history"], strict=True):
         for key, value in want.items():
             if math.isnan(value):
                 assert math.isnan(got[key]), key
+            elif key.endswith("clipfrac"):
+                assert abs(got[key] - value) <= 0.1, key
             else:
                 assert got[key] == pytest.approx(value, abs=1e-5, rel=1e-4), key
 

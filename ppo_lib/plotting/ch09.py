@@ -17,11 +17,13 @@ import numpy as np
 
 from . import figure, figures_dir
 
-__all__ = ["grpo_biases", "reward_kl_frontier", "load_summary", "full_comparison", "COMPARE_RUN", "DPO_RUN", "MEMORY_RUN",
-           "PPO_RUNS"]
+__all__ = ["grpo_biases", "reward_kl_frontier", "load_summary", "full_comparison", "COMPARE_RUN", "MORE_RUN", "DPO_RUN",
+           "MEMORY_RUN", "PPO_RUNS"]
 
 COMPARE_RUN = "runs/ch09_compare"
 """The committed comparison of the critic-free arms, relative to ``figures/``."""
+MORE_RUN = "runs/ch09_compare_more"
+"""REINFORCE, Dr. GRPO and ReMax at the same budget, one seed."""
 DPO_RUN = "runs/ch09_compare_dpo"
 """The DPO arm at the same budget (pairs sampled from π_ref, labelled by VADER)."""
 MEMORY_RUN = "runs/ch09_memory"
@@ -37,8 +39,8 @@ def load_summary(folder: str | Path | None = None) -> dict:
 
 
 def full_comparison() -> dict:
-    """The committed comparison (RLOO, GRPO), with the DPO arm from its own run and the PPO arm
-    from the preset's seeds.
+    """The committed comparison (RLOO, GRPO), with REINFORCE, Dr. GRPO, ReMax and DPO from their
+    own runs and the PPO arm from the preset's seeds.
 
     ``compare`` would train PPO exactly as ``train --preset sentiment`` does (the same
     :class:`~ppo_lib.trainer.PPOConfig`, the 36 updates the token budget buys, the held-out
@@ -54,8 +56,9 @@ def full_comparison() -> dict:
             ppo.append({"arm": "ppo", "seed": seed, "updates": ev["updates"], "score_before": ev["before"]["score_mean"],
                         "score_after": ev["after"]["score_mean"], "kl_after": ev["after"]["kl_mean"],
                         "seconds_per_update": sum(steps) / len(steps)})  # as compare counts it: the updates alone
-    dpo = load_summary(figures_dir() / DPO_RUN)["runs"] if (figures_dir() / DPO_RUN / "summary.json").exists() else []
-    summary["runs"] = ppo + summary["runs"] + dpo
+    more = [load_summary(figures_dir() / run)["runs"] if (figures_dir() / run / "summary.json").exists() else []
+            for run in (MORE_RUN, DPO_RUN)]
+    summary["runs"] = ppo + summary["runs"] + more[0] + more[1]
     return summary
 
 
