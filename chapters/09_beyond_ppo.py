@@ -56,7 +56,7 @@ from ppo_lib.dpo import dpo_loss, sequence_logprobs, tokenize_pairs
 from ppo_lib.kl import kl_estimate
 from ppo_lib.models import load_model, reference_copy
 from ppo_lib.plotting import figures_dir, render
-from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, full_comparison, load_summary
+from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, MORE_RUN, full_comparison, load_summary
 from ppo_lib.policy_gradient import group_mean
 from ppo_lib.registry import ALGORITHMS, get_advantage_estimator, get_algorithm, get_policy_loss
 from ppo_lib.rewards import target_token_fraction
@@ -432,7 +432,8 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 # * **PPO** is the `sentiment` preset itself (shared value head, lr $2.5\times10^{-5}$ with a 6-update warm-up, chapter
 #   07), three seeds, `python -m ppo_lib train --preset sentiment --set seed=N`;
 # * **RLOO** and **GRPO** spend the same 16 responses per update on 4 prompts × $k = 4$ samples, with the preset's
-#   other settings, two seeds, `python -m ppo_lib compare`;
+#   other settings, two seeds, `python -m ppo_lib compare`; **REINFORCE** (batch-mean baseline), **Dr. GRPO** and
+#   **ReMax** the same way, one seed each (ReMax's greedy responses count against its budget: 18 updates);
 # * **DPO** spends the budget on 288 pairs: two responses per training prompt sampled from $\pi_{ref}$, the one
 #   VADER scores higher is "chosen", then DPO on those pairs ($\beta = 0.1$), two seeds.
 #
@@ -447,6 +448,7 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 summary = full_comparison()
 print("made by: python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...  (N = 0, 1, 2)")
 print(f"         python -m ppo_lib compare --out figures/{COMPARE_RUN} --algos rloo,grpo --seeds 0 1")
+print(f"         python -m ppo_lib compare --out figures/{MORE_RUN} --algos reinforce,dr_grpo,remax --seeds 0")
 print(f"         python -m ppo_lib compare --out figures/{DPO_RUN} --algos dpo --seeds 0 1\n")
 config = json.loads((figures_dir() / COMPARE_RUN / "config.json").read_text())
 assert config["token_budget"] == 16 * 24 * 36 and config["eval_prompts"] == 64
@@ -469,19 +471,23 @@ for arm, g in gains.items():
 # * **Every online algorithm learned, in every seed.** PPO raised the held-out score by +0.36 to +0.41 (3 seeds),
 #   RLOO by +0.33 and +0.43, GRPO by +0.54 and +0.57, all well above the +0.25 we aimed for.
 # * **They did not stop at the same KL.** With the same $\beta = 0.05$ and the same budget, PPO ended at 5.6–6.7
-#   nats, RLOO at 8.1 and 14.8, GRPO at 9.8 and 14.4. Only PPO met the goal of a +0.25 gain *at a KL of at most 8
-#   nats*; RLOO's seed 1 missed it by 0.14 nats, and the others by more. A higher score at a higher KL is not a better
+#   nats, RLOO at 8.1 and 14.8, GRPO at 9.8 and 14.4. Of these three only PPO met the goal of a +0.25 gain *at a KL of
+#   at most 8 nats*; RLOO's seed 1 missed it by 0.14 nats, and the others by more. A higher score at a higher KL is not a better
 #   trade-off (chapter 08), which is why the frontier below plots both.
 # * **At equal KL, this run cannot rank them.** Gain per nat from $\pi_{ref}$ to the end point is 0.055–0.073 for
-#   PPO, 0.029–0.040 for RLOO and 0.040–0.055 for GRPO, but these are chords of concave curves measured at different
-#   KL, so a run that stops earlier looks more efficient. Ranking the algorithms needs each at several $\beta$ (or
+#   PPO, 0.029–0.040 for RLOO and 0.040–0.055 for GRPO, but these are chords of curves that usually bend down as the KL grows (Gao
+#   et al. 2022), measured at different KL, so a run that stops earlier tends to look more efficient. Ranking the algorithms needs each at several $\beta$ (or
 #   with held-out evaluations during training), and enough seeds to beat the spread seen here: the gains of one
 #   algorithm's seeds differ by 0.03 (GRPO) to 0.11 (RLOO).
+# * **REINFORCE, Dr. GRPO and ReMax**, one seed each: REINFORCE with a batch-mean baseline gained +0.49 at 10.2 nats;
+#   Dr. GRPO +0.35 at 6.0 nats, the one critic-free method here that met +0.25 at a KL of at most 8; ReMax, whose
+#   greedy responses spend half its budget (18 updates instead of 36), +0.23 at 6.5 nats. With one seed each, and
+#   two seeds of RLOO 0.11 apart, these differences rank nothing.
 # * **DPO** on 288 pairs (18 steps of 16 pairs, one epoch, $\beta = 0.1$, the same learning rate) raised the score by
 #   +0.24 and +0.25 at a KL of only 2.2 and 1.8 nats, in about 4.5 minutes per seed including the sampling of its
 #   576 responses; it never samples from the policy it trains. Seed 0 falls short of +0.25 by 0.008. Per nat of KL it
 #   is the steepest (0.11–0.14), with the chord caveat above at its strongest: it stopped at the smallest KL. It had
-#   the largest peak memory (6.5 GB): each step holds the logits of 32 sequences at once, chosen and rejected, and
+#   the largest peak memory (6 546 MiB, 6.9 GB): each step holds the logits of 32 sequences at once, chosen and rejected, and
 #   32 × up to 137 tokens × 49 152 vocabulary entries in float32 is up to 0.86 GB per copy.
 
 # %%
@@ -504,12 +510,12 @@ print(f"\nPPO separate critic − PPO shared head: {peak['ppo_separate'] - peak[
 print(f"PPO shared head − mean of RLOO and GRPO: {peak['ppo'] - (peak['rloo'] + peak['grpo']) / 2:+.0f} MiB")
 
 # %% [markdown]
-# The separate critic costs 2.6 GB more than the shared head (6 242 MiB against 3 654): chapter 07's 2.2 GB for the
+# The separate critic costs 2.7 GB more than the shared head (6 242 MiB against 3 654 MiB): chapter 07's 2.2 GB for the
 # weights, gradients and Adam moments of a second 135M-parameter float32 backbone, plus its activations. It also
 # doubles the time per update (28.6 s against 14.4 s), because the critic's forward and backward are a second
 # training pass. RLOO and GRPO hold 20–44 MiB less than PPO with a shared head (a value head is one linear layer) and
 # take 8–9 % less time per update (13.1 and 13.3 s: no value loss). So what a critic-free method saves is the
-# *separate* critic: 2.6 GB, 41 % of that run's peak. Against the shared-head layout this library uses by default it
+# *separate* critic: 2.7 GB, 41 % of that run's peak. Against the shared-head layout this library uses by default it
 # saves almost nothing. These are 4 updates of one seed; per-update times vary by about ±10 % from run to run (the
 # README's benchmark).
 
@@ -545,7 +551,7 @@ print(f"PPO shared head − mean of RLOO and GRPO: {peak['ppo'] - (peak['rloo'] 
 # * A GRPO loss near 0 says nothing about learning; a length reward must count tokens; $k_3$ needs `expm1`.
 # * On SmolLM2 + VADER at an equal budget of 13 824 generated tokens, PPO, RLOO and GRPO each raised the held-out
 #   score by more than +0.3 in every seed, but RLOO and GRPO ended at a larger KL (8–15 nats against PPO's 6–7)
-#   with the same β; the critic-free methods save memory against a *separate* critic (2.6 GB), not against a shared
+#   with the same β; the critic-free methods save memory against a *separate* critic (2.7 GB), not against a shared
 #   value head.
 #
 # **References.** Williams (1992), "Simple statistical gradient-following algorithms for connectionist reinforcement

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ppo_lib.cli_train import PRESETS
-from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, PPO_RUNS, full_comparison
+from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, MORE_RUN, PPO_RUNS, full_comparison
 from ppo_lib.trainer import PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,15 +42,16 @@ def test_each_committed_seed_ran_the_current_preset(seed):
 
 
 def test_the_comparison_ran_the_preset_at_its_token_budget():
-    for folder, arms in ((COMPARE_RUN, ["rloo", "grpo"]), (DPO_RUN, ["dpo"]), (MEMORY_RUN, None)):
+    for folder, arms, seeds in ((COMPARE_RUN, ["rloo", "grpo"], [0, 1]), (DPO_RUN, ["dpo"], [0, 1]),
+                                (MORE_RUN, ["reinforce", "dr_grpo", "remax"], [0]), (MEMORY_RUN, None, None)):
         config = read(folder, "config.json")
         assert config["preset"] == "sentiment" and config["preset_config"] == PRESET["config"]
         if arms is not None:
-            assert config["arms"] == arms and config["seeds"] == [0, 1] and config["eval_prompts"] == 64
+            assert config["arms"] == arms and config["seeds"] == seeds and config["eval_prompts"] == 64
             assert config["token_budget"] == PRESET["updates"] * PRESET["config"]["batch_size"] * PRESET["config"][
                 "max_new_tokens"]
     runs = full_comparison()["runs"]
-    assert sorted({r["arm"] for r in runs}) == ["dpo", "grpo", "ppo", "rloo"]
+    assert sorted({r["arm"] for r in runs}) == ["dpo", "dr_grpo", "grpo", "ppo", "reinforce", "remax", "rloo"]
     # π_ref is scored once per evaluation protocol: `train` samples the 64 held-out prompts 64 at a
     # time, `compare` 16 at a time; within a protocol every run starts from the same number
     for protocol in ([r for r in runs if r["arm"] == "ppo"], [r for r in runs if r["arm"] != "ppo"]):
