@@ -1,9 +1,9 @@
 """Figures of chapter 09, "Beyond PPO": GRPO's two biases on toys, and the reward–KL frontier.
 
-The frontier reads the committed comparison (:func:`full_comparison`): RLOO and GRPO from
-``python -m ppo_lib compare`` (``figures/runs/ch09_compare/``) and PPO from the ``sentiment``
-preset's seeds (``figures/runs/sentiment_cpu*/``), which train PPO with the same settings, budget
-and held-out evaluation. Or any structure of ``summary.json``'s shape, passed in. Either way it is
+The frontier reads the committed comparison (:func:`full_comparison`): the critic-free arms and
+DPO from ``python -m ppo_lib compare`` (``figures/runs/ch09_compare*/``) and PPO from the
+``sentiment`` preset's seeds (``figures/runs/sentiment_cpu*/``), which train PPO with the same
+settings and budget. Or any structure of ``summary.json``'s shape, passed in. Either way it is
 cheap and deterministic.
 """
 
@@ -43,8 +43,9 @@ def full_comparison() -> dict:
     own runs and the PPO arm from the preset's seeds.
 
     ``compare`` would train PPO exactly as ``train --preset sentiment`` does (the same
-    :class:`~ppo_lib.trainer.PPOConfig`, the 36 updates the token budget buys, the held-out
-    prompts scored with ``evaluate(seed=0)``), so the preset's committed runs are its PPO arm.
+    :class:`~ppo_lib.trainer.PPOConfig` and the 36 updates the token budget buys), so the preset's
+    committed runs are its PPO arm. The two commands sample the held-out prompts in batches of
+    different sizes (64 and 16), so each run keeps its own ``score_before``.
     """
     summary = load_summary()
     ppo = []
@@ -56,9 +57,9 @@ def full_comparison() -> dict:
             ppo.append({"arm": "ppo", "seed": seed, "updates": ev["updates"], "score_before": ev["before"]["score_mean"],
                         "score_after": ev["after"]["score_mean"], "kl_after": ev["after"]["kl_mean"],
                         "seconds_per_update": sum(steps) / len(steps)})  # as compare counts it: the updates alone
-    more = [load_summary(figures_dir() / run)["runs"] if (figures_dir() / run / "summary.json").exists() else []
-            for run in (MORE_RUN, DPO_RUN)]
-    summary["runs"] = ppo + summary["runs"] + more[0] + more[1]
+    others = [r for run in (MORE_RUN, DPO_RUN) if (figures_dir() / run / "summary.json").exists()
+              for r in load_summary(figures_dir() / run)["runs"]]
+    summary["runs"] = ppo + summary["runs"] + others
     return summary
 
 
