@@ -2,7 +2,7 @@
 
     python -m ppo_lib dpo --pairs pairs.jsonl --model smollm2-135m --out runs/dpo --set beta=0.1
     python -m ppo_lib compare --out runs/compare --algos ppo,rloo,grpo,dr_grpo,remax,reinforce,dpo \\
-        --seeds 0 1 --token-budget 13824
+        --seeds 0 1 --token-budget 13824 --eval-every 6
 
 ``dpo`` trains a policy on a JSONL file of ``{"prompt", "chosen", "rejected"}`` pairs
 (:mod:`ppo_lib.preferences`) with :func:`ppo_lib.dpo.train_dpo` and scores it on the held-out
@@ -92,8 +92,11 @@ def run_arm(spec: dict) -> dict:
 
     ``spec``: ``arm``, ``seed``, ``model``, ``reward``, ``preset_config`` (PPOConfig fields),
     ``budget`` (tokens), ``eval_prompts``, ``out`` (the arm's folder), ``dpo`` (DPOConfig fields),
-    ``threads`` (torch threads, or None). Writes ``history.jsonl``, ``eval.json`` and
-    ``samples_after.md`` into ``out``.
+    ``threads`` (torch threads, or None), ``eval_every`` (an online arm is also evaluated on the
+    held-out prompts after every that many updates, or None: at the end only). Writes
+    ``history.jsonl``, ``eval.json`` and ``samples_after.md`` into ``out``; an online arm's
+    ``eval.json`` holds its ``trajectory`` of held-out ``{"update", "score", "kl"}``, the last
+    entry being the final evaluation.
     """
     import torch
 
@@ -139,10 +142,15 @@ def run_arm(spec: dict) -> dict:
     else:
         config = PPOConfig.from_dict({**spec["preset_config"], **ARMS[arm], "seed": seed})
         trainer = build_trainer(spec["model"], reward_fn, config)
-        history = trainer.train(train_prompts, n, progress=False)
+        every = spec.get("eval_every") or n
+        history, trajectory = [], []
+        while trainer.step_count < n:  # evaluation draws from its own generator: training is unchanged by it
+            history += trainer.train(train_prompts, min(every, n - trainer.step_count), progress=False)
+            after = trainer.evaluate(heldout, seed=0)
+            trajectory.append({"update": trainer.step_count, "score": after["score_mean"], "kl": after["kl_mean"]})
         seconds = sum(h["time/step"] for h in history)
-        after = trainer.evaluate(heldout, seed=0)
-        extra = {"config": config.to_dict(), "samples_per_prompt": trainer.algorithm.samples_per_prompt}
+        extra = {"config": config.to_dict(), "samples_per_prompt": trainer.algorithm.samples_per_prompt,
+                 "trajectory": trajectory}
         updates = n
     with open(out / "history.jsonl", "w") as f:
         for h in history:
@@ -176,6 +184,8 @@ def run_compare(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: unknown arm(s) {unknown} in --algos; choose among {', '.join(ARMS)}.")
     if not args.seeds or any(s < 0 for s in args.seeds):
         raise SystemExit(f"error: --seeds must be integers ≥ 0, got {args.seeds}.")
+    if args.eval_every is not None and args.eval_every < 1:
+        raise SystemExit(f"error: --eval-every must be ≥ 1 (updates between held-out evaluations), got {args.eval_every}.")
     preset = PRESETS[args.preset]
     preset_config = {**preset["config"], **_set_fields(args.set)}
     try:
@@ -194,7 +204,8 @@ def run_compare(args: argparse.Namespace) -> int:
     (out / "config.json").write_text(json.dumps({"model": model, "reward": reward, "preset": args.preset,
                                                  "preset_config": preset_config, "arms": arms, "seeds": args.seeds,
                                                  "token_budget": args.token_budget,
-                                                 "eval_prompts": args.eval_prompts}, indent=1))
+                                                 "eval_prompts": args.eval_prompts, "eval_every": args.eval_every},
+                                                indent=1))
     heldout = review_prompts("heldout")[: args.eval_prompts]
     before = {}
     for seed in args.seeds:  # the policy before training is π_ref, the same for every arm
@@ -208,7 +219,7 @@ def run_compare(args: argparse.Namespace) -> int:
         for arm in arms:
             spec = {"arm": arm, "seed": seed, "model": model, "reward": reward, "preset_config": preset_config,
                     "budget": args.token_budget, "eval_prompts": args.eval_prompts, "out": str(out / f"{arm}_seed{seed}"),
-                    "dpo": _set_fields(args.dpo_set), "threads": args.threads}
+                    "dpo": _set_fields(args.dpo_set), "threads": args.threads, "eval_every": args.eval_every}
             r = _in_child(spec) if args.isolate else run_arm(spec)
             r["score_before"] = before[seed]["score"]
             results.append(r)
@@ -309,6 +320,9 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="a PPOConfig field for every arm")
     p.add_argument("--dpo-set", action="append", metavar="FIELD=VALUE", help="a DPOConfig field of the DPO arm")
     p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts (default 64)")
+    p.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="also evaluate each online arm on the held-out prompts every N updates: its trajectory on "
+                        "the reward–KL plane (default: at the end only)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per arm (default: torch's)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="run the arms in this process (faster start; peak memory is then cumulative)")

@@ -102,15 +102,22 @@ def interleaved_timing(fns: dict[str, Callable[[], object]], repeats: int = 3, w
 
 def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
                      repeats: int = 3, seed: int = 0) -> dict:
-    """The eager and the static sampler on the same prompts: equal outputs, then timed interleaved.
+    """The eager and the static sampler on the same prompts: equal outputs, then timed interleaved,
+    with a third arm, ``eager_multinomial``: the eager sampler drawing its tokens with
+    ``torch.multinomial`` as it did before :func:`~ppo_lib.rollout.draw_tokens` (chapter 07, Section 11).
 
-    Full-length responses (``stop_at_eos=False``), so both do the same number of decode steps.
+    Full-length responses (``stop_at_eos=False``), so all do the same number of decode steps.
+
+    Returns:
+        agreement of eager and static, ``seconds``/``median`` per arm, and ``speedup``: per round,
+        ``eager_multinomial / eager`` (what drawing with one uniform per row saves) and
+        ``eager / static``.
     """
     import torch
 
     from .models import load_policy
     from .rewards import review_prompts
-    from .rollout import sample, tokenize_prompts
+    from .rollout import multinomial_tokens, sample, tokenize_prompts
     from .sampling import sample_static
 
     policy, tokenizer = load_policy(model_name)
@@ -124,10 +131,15 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
     agreement = {"tokens_equal": bool(torch.equal(a.response_ids, b.response_ids)),
                  "generator_state_equal": bool(torch.equal(g1.get_state(), g2.get_state())),
                  "logprob_max_abs_diff": float((a.old_logprobs - b.old_logprobs).abs().max())}
-    timing = interleaved_timing({
-        "eager": lambda: sample(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1), **kw),
-        "static": lambda: sample_static(policy, tokenizer, ids, mask, max_new_tokens,
-                                        generator=torch.Generator().manual_seed(1), **kw)}, repeats=repeats)
+    def run(sampler, **extra):
+        return lambda: sampler(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1),
+                               **kw, **extra)
+
+    timing = interleaved_timing({"eager_multinomial": run(sample, draw=multinomial_tokens), "eager": run(sample),
+                                 "static": run(sample_static)}, repeats=repeats)
+    sec = timing["seconds"]
+    timing["speedup"] = {"eager_multinomial/eager": [a / b for a, b in zip(sec["eager_multinomial"], sec["eager"])],
+                         "eager/static": [a / b for a, b in zip(sec["eager"], sec["static"])]}
     return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
             "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__,
             "agreement": agreement, **timing}
@@ -169,7 +181,8 @@ def compile_speedup(model_name: str = "smollm2-135m", batch_size: int = 8, seq_l
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ppo_lib.profiling", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("samplers", help="eager against static sampler: agreement and interleaved timing")
+    p = sub.add_parser("samplers", help="eager against static sampler, and torch.multinomial against draw_tokens: "
+                                        "agreement and interleaved timing")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=24)

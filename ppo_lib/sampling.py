@@ -19,11 +19,11 @@ shapes change every time cannot be captured once in a CUDA graph and replayed, a
 
 So the decode step is the same computation every time: with ``cuda_graph=True`` on a GPU it is
 compiled with ``torch.compile(mode="reduce-overhead")``, which captures it in a CUDA graph and
-replays it. Sampling itself (``torch.multinomial`` with the caller's generator) stays outside
+replays it. Sampling itself (:func:`~ppo_lib.rollout.draw_tokens` with the caller's generator) stays outside
 the captured region, so the random stream is the eager sampler's.
 
 **Same tokens, same log-probs, same generator state.** For the same seeded generator the static
-sampler draws the same tokens as the eager one: both call ``torch.multinomial`` once per step
+sampler draws the same tokens as the eager one: both call :func:`~ppo_lib.rollout.draw_tokens` once per step
 with the same generator, on probabilities computed by the same model from the same keys and
 values. The eager sampler stops drawing at the step where every row has ended; the static one
 draws :math:`T` times, so it saves the generator's state after each step and restores the one
@@ -37,12 +37,13 @@ than attention over the :math:`P + t` filled ones (see ``tests/test_sampling.py`
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .models import ActorCritic
-from .rollout import Rollout, _filter_logits, _kv_cache, position_ids_from_mask, sample, truncate_after_eos
+from .rollout import Rollout, _filter_logits, _kv_cache, draw_tokens, position_ids_from_mask, sample, truncate_after_eos
 
 __all__ = ["SAMPLERS", "sample_static", "get_sampler"]
 
@@ -100,6 +101,7 @@ def sample_static(
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
     cuda_graph: bool = False,
+    draw: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = draw_tokens,
 ) -> Rollout:
     """:func:`ppo_lib.rollout.sample` with a preallocated cache and fixed shapes: same arguments,
     same :class:`~ppo_lib.rollout.Rollout`, same tokens for the same generator.
@@ -109,6 +111,7 @@ def sample_static(
             ``torch.compile(mode="reduce-overhead")`` (captured once in a CUDA graph, replayed
             afterwards). The first call pays the compilation (tens of seconds). Ignored on a CPU,
             where there is no launch overhead to remove.
+        draw: how each step's token is drawn, as in :func:`~ppo_lib.rollout.sample`.
 
     Shapes: ``prompt_ids``/``prompt_mask`` ``(B, P)``; every decode step sees ``input_ids`` and
     ``position_ids`` ``(B, 1)``, an attention mask ``(B, P + T)`` and a cache of ``P + T`` slots.
@@ -141,7 +144,7 @@ def sample_static(
     logits, hidden = forward(ids, position_ids, attention_mask[:, :P])
     for t in range(T):
         scaled = logits / temperature  # (B, V)
-        next_token = torch.multinomial(_filter_logits(scaled, top_k, top_p).softmax(-1), 1, generator=generator)
+        next_token = draw(_filter_logits(scaled, top_k, top_p).softmax(-1), generator)
         if generator is not None:
             states.append(generator.get_state())  # host-side copy; lets us rewind to the eager sampler's stop
         tokens.append(next_token)

@@ -2,6 +2,7 @@
 samples, the RLOO identity, equal rewards (no NaN), ReMax's greedy baseline in the staged trainer,
 the errors for bad settings and for ``--algo``, and learning on tiny-gpt2."""
 
+import json
 import math
 import string
 
@@ -201,3 +202,39 @@ def test_the_dpo_arm_spends_its_whole_budget_even_beyond_the_prompt_list(tmp_pat
     # a pair whose two responses decode identical or empty is dropped: a few at most
     assert n_prompts < result["pairs"] <= pairs_wanted
     assert result["steps"] == result["pairs"] // 16  # one epoch of full batches of 16
+
+
+def test_evaluations_during_a_compare_arm_record_a_trajectory_and_leave_training_unchanged(tmp_path):
+    """--eval-every 2 on 5 updates: held-out points after updates 2, 4 and 5 (the last is the final
+    evaluation), and the training history equals that of the same arm evaluated at the end only."""
+    from ppo_lib.cli_compare import run_arm
+
+    spec = {"arm": "rloo", "seed": 0, "model": "tiny-gpt2", "reward": "chars:abcdefghijklmnopqrstuvwxyz",
+            "preset_config": {"batch_size": 8, "max_new_tokens": 6, "learning_rate": 3e-3, "ppo_epochs": 1,
+                              "num_minibatches": 1, "stop_at_eos": False, "max_prompt_length": 96},
+            "budget": 8 * 6 * 5, "eval_prompts": 4, "dpo": {}, "threads": None}
+    during = run_arm({**spec, "out": str(tmp_path / "during"), "eval_every": 2})
+    end = run_arm({**spec, "out": str(tmp_path / "end"), "eval_every": None})
+    assert [p["update"] for p in during["trajectory"]] == [2, 4, 5] and len(end["trajectory"]) == 1
+    assert during["trajectory"][-1] == {"update": 5, "score": during["score_after"], "kl": during["kl_after"]}
+    assert during["score_after"] == end["score_after"] and during["kl_after"] == end["kl_after"]
+    drop = ("time/", "throughput/")
+    history = [[{k: v for k, v in json.loads(line).items() if not k.startswith(drop)}
+                for line in (tmp_path / name / "history.jsonl").read_text().splitlines()] for name in ("during", "end")]
+    assert history[0] == history[1]
+    with pytest.raises(SystemExit, match="--eval-every must be ≥ 1"):
+        main(["compare", "--out", str(tmp_path / "bad"), "--algos", "rloo", "--eval-every", "0"])
+
+
+def test_the_point_within_a_kl_budget_is_the_last_evaluation_below_it():
+    from ppo_lib.plotting.ch09 import gain_over_ref, last_within_kl
+
+    run = {"arm": "grpo", "seed": 1, "updates": 36, "score_before": 0.25, "score_after": 0.9, "kl_after": 12.0,
+           "trajectory": [{"update": 12, "score": 0.4, "kl": 3.0}, {"update": 24, "score": 0.7, "kl": 7.9},
+                          {"update": 30, "score": 0.6, "kl": 8.5}, {"update": 36, "score": 0.9, "kl": 12.0}]}
+    assert last_within_kl(run, 8.0) == {"update": 24, "score": 0.7, "kl": 7.9}
+    assert last_within_kl(run, 2.0) is None
+    assert gain_over_ref(run, {}) == pytest.approx(0.65)
+    final_only = {"seed": 0, "updates": 36, "score_after": 0.5, "kl_after": 6.0}  # no trajectory: the final point
+    assert last_within_kl(final_only, 8.0) == {"update": 36, "score": 0.5, "kl": 6.0}
+    assert gain_over_ref(final_only, {"before": {"0": {"score": 0.2}}}) == pytest.approx(0.3)

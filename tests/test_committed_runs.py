@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ppo_lib.cli_train import PRESETS
-from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, MORE_RUN, PPO_RUNS, full_comparison
+from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, MORE_RUNS, PPO_RUNS, full_comparison
 from ppo_lib.trainer import PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +42,22 @@ def test_each_committed_seed_ran_the_current_preset(seed):
 
 
 def test_the_comparison_ran_the_preset_at_its_token_budget():
-    for folder, arms, seeds in ((COMPARE_RUN, ["rloo", "grpo"], [0, 1]), (DPO_RUN, ["dpo"], [0, 1]),
-                                (MORE_RUN, ["reinforce", "dr_grpo", "remax"], [0]), (MEMORY_RUN, None, None)):
+    more = ["reinforce", "dr_grpo", "remax"]
+    for folder, arms, seeds, every in ((COMPARE_RUN, ["rloo", "grpo"], [0, 1], 6), (DPO_RUN, ["dpo"], [0, 1], None),
+                                       (MORE_RUNS[0], more, [0], None), (MORE_RUNS[1], more, [1], 6),
+                                       (MEMORY_RUN, None, None, None)):
         config = read(folder, "config.json")
         assert config["preset"] == "sentiment" and config["preset_config"] == PRESET["config"]
         if arms is not None:
             assert config["arms"] == arms and config["seeds"] == seeds and config["eval_prompts"] == 64
             assert config["token_budget"] == PRESET["updates"] * PRESET["config"]["batch_size"] * PRESET["config"][
                 "max_new_tokens"]
+            assert config.get("eval_every") == every
     runs = full_comparison()["runs"]
     assert sorted({r["arm"] for r in runs}) == ["dpo", "dr_grpo", "grpo", "ppo", "reinforce", "remax", "rloo"]
+    for r in runs:  # a trajectory ends at the final evaluation
+        if "trajectory" in r:
+            assert r["trajectory"][-1] == {"update": r["updates"], "score": r["score_after"], "kl": r["kl_after"]}
     # π_ref is scored once per evaluation protocol: `train` samples the 64 held-out prompts 64 at a
     # time, `compare` 16 at a time; within a protocol every run starts from the same number
     for protocol in ([r for r in runs if r["arm"] == "ppo"], [r for r in runs if r["arm"] != "ppo"]):

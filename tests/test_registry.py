@@ -2,6 +2,7 @@
 that runs them: unknown names are clear errors, each estimator equals a plain loop on a
 hand-computable batch, PPO through the stages equals PPO before them, and REINFORCE learns."""
 
+import functools
 import json
 import math
 import string
@@ -16,6 +17,7 @@ from ppo_lib.policy_gradient import group_mean
 from ppo_lib.registry import (ADVANTAGE_ESTIMATORS, ALGORITHMS, POLICY_LOSSES, get_advantage_estimator,
                               get_algorithm, get_policy_loss)
 from ppo_lib.rewards import target_token_fraction
+from ppo_lib.rollout import multinomial_tokens, sample
 from ppo_lib.trainer import PPOConfig, build_trainer
 from tiny import PROMPTS
 
@@ -130,9 +132,12 @@ def test_the_losses_through_the_contract():
 
 
 def _recorded_run(name: str, extra: dict) -> list[dict]:
+    """The recorded run, sampling its tokens with ``torch.multinomial`` as the trainer then did
+    (the library now draws them with ``draw_tokens``: the same law, other random numbers)."""
     cfg = PPOConfig(batch_size=8, max_new_tokens=12, temperature=1.0, ppo_epochs=2, num_minibatches=2,
                     learning_rate=3e-3, kl_coef=0.05, seed=0, **extra)
     t = build_trainer("tiny-gpt2", target_token_fraction(string.ascii_lowercase), cfg)
+    t.sample = functools.partial(sample, draw=multinomial_tokens)
     return t.train(PROMPTS * 2, n_updates=3, progress=False)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ppo_lib.models import load_policy
-from ppo_lib.rollout import sample, tokenize_prompts
+from ppo_lib.rollout import draw_tokens, multinomial_tokens, sample, tokenize_prompts
 from ppo_lib.sampling import get_sampler, sample_static
 from tiny import PROMPTS
 
@@ -76,3 +76,41 @@ def test_the_sampler_option_picks_the_function():
     assert get_sampler("static").func is sample_static
     with pytest.raises(ValueError, match="unknown sampler 'graph'"):
         get_sampler("graph")
+
+
+def test_draw_tokens_inverts_the_cumulative_distribution_for_its_own_uniforms():
+    """One uniform per row, read from the same generator: the token is the first index whose
+    cumulative probability exceeds u · total, found here by a plain Python loop."""
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0], [0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]])
+    drawn = draw_tokens(probs, torch.Generator().manual_seed(3))
+    u = torch.rand(4, 1, generator=torch.Generator().manual_seed(3))
+    for row, ui, tok in zip(probs.tolist(), u[:, 0].tolist(), drawn[:, 0].tolist()):
+        cum, expected = 0.0, None
+        for i, p in enumerate(row):
+            cum += p
+            if cum > ui * sum(row):
+                expected = i
+                break
+        assert tok == expected
+    assert drawn.shape == (4, 1) and drawn[1, 0] == 3  # an unnormalised row: only its non-zero entry
+
+
+def test_draw_tokens_samples_the_distribution_and_never_a_zero_probability_token():
+    p = torch.tensor([0.0, 0.05, 0.0, 0.45, 0.3, 0.2, 0.0])
+    n = 200_000
+    drawn = draw_tokens(p.expand(n, -1), torch.Generator().manual_seed(0))[:, 0]
+    freq = torch.bincount(drawn, minlength=len(p)).double() / n
+    assert torch.all(freq[p == 0] == 0)
+    sd = (p * (1 - p) / n).sqrt().double()
+    assert torch.all((freq - p.double()).abs() <= 5 * sd + 1e-12)  # each frequency within 5 standard errors
+
+
+def test_draw_tokens_and_multinomial_draw_the_same_distribution_from_logits():
+    """The old draw (torch.multinomial) and the new one agree in distribution on a 50-token
+    softmax: total variation between their empirical frequencies ≤ 0.015 over 100 000 draws."""
+    probs = torch.randn(50, generator=torch.Generator().manual_seed(1)).mul(2).softmax(-1).expand(100_000, -1)
+    a = draw_tokens(probs, torch.Generator().manual_seed(2))[:, 0]
+    b = multinomial_tokens(probs, torch.Generator().manual_seed(2))[:, 0]
+    fa, fb = (torch.bincount(x, minlength=50).double() / 1e5 for x in (a, b))
+    assert 0.5 * (fa - fb).abs().sum() <= 0.015  # measured 0.006–0.008 over 5 seeds
+    assert not torch.equal(a, b)  # the same law, other random numbers

@@ -17,13 +17,13 @@ import numpy as np
 
 from . import figure, figures_dir
 
-__all__ = ["grpo_biases", "reward_kl_frontier", "load_summary", "full_comparison", "COMPARE_RUN", "MORE_RUN", "DPO_RUN",
-           "MEMORY_RUN", "PPO_RUNS"]
+__all__ = ["grpo_biases", "reward_kl_frontier", "gain_over_ref", "last_within_kl", "load_summary", "full_comparison",
+           "COMPARE_RUN", "MORE_RUNS", "DPO_RUN", "MEMORY_RUN", "PPO_RUNS"]
 
 COMPARE_RUN = "runs/ch09_compare"
 """The committed comparison of the critic-free arms, relative to ``figures/``."""
-MORE_RUN = "runs/ch09_compare_more"
-"""REINFORCE, Dr. GRPO and ReMax at the same budget, one seed."""
+MORE_RUNS = ("runs/ch09_compare_more", "runs/ch09_compare_more_seed1")
+"""REINFORCE, Dr. GRPO and ReMax: seed 0, and seed 1 with held-out evaluations every 6 updates."""
 DPO_RUN = "runs/ch09_compare_dpo"
 """The DPO arm at the same budget (pairs sampled from π_ref, labelled by VADER)."""
 MEMORY_RUN = "runs/ch09_memory"
@@ -40,7 +40,7 @@ def load_summary(folder: str | Path | None = None) -> dict:
 
 def full_comparison() -> dict:
     """The committed comparison (RLOO, GRPO), with REINFORCE, Dr. GRPO, ReMax and DPO from their
-    own runs and the PPO arm from the preset's seeds.
+    own runs and the PPO arm from the preset's seeds (evaluated at the end only).
 
     ``compare`` would train PPO exactly as ``train --preset sentiment`` does (the same
     :class:`~ppo_lib.trainer.PPOConfig` and the 36 updates the token budget buys), so the preset's
@@ -57,7 +57,7 @@ def full_comparison() -> dict:
             ppo.append({"arm": "ppo", "seed": seed, "updates": ev["updates"], "score_before": ev["before"]["score_mean"],
                         "score_after": ev["after"]["score_mean"], "kl_after": ev["after"]["kl_mean"],
                         "seconds_per_update": sum(steps) / len(steps)})  # as compare counts it: the updates alone
-    others = [r for run in (MORE_RUN, DPO_RUN) if (figures_dir() / run / "summary.json").exists()
+    others = [r for run in (*MORE_RUNS, DPO_RUN) if (figures_dir() / run / "summary.json").exists()
               for r in load_summary(figures_dir() / run)["runs"]]
     summary["runs"] = ppo + summary["runs"] + others
     return summary
@@ -96,31 +96,52 @@ def grpo_biases(k: int = 8, max_len: int = 40):
     return fig
 
 
+def gain_over_ref(run: dict, summary: dict) -> float:
+    """A run's held-out score after training minus its own score of π_ref (``score_before``, else
+    ``summary["before"]`` of its seed): two evaluations that draw their samples differently score
+    π_ref differently, and the gain removes that offset."""
+    before = run["score_before"] if "score_before" in run else summary["before"][str(run["seed"])]["score"]
+    return run["score_after"] - before
+
+
+def last_within_kl(run: dict, kl_max: float = 8.0) -> dict | None:
+    """The run's last held-out evaluation at a KL of at most ``kl_max`` nats: ``{"update", "score",
+    "kl"}`` from its ``trajectory`` (``compare --eval-every``), or its final evaluation; None if
+    none stayed within ``kl_max``."""
+    points = run.get("trajectory") or [{"update": run["updates"], "score": run["score_after"], "kl": run["kl_after"]}]
+    within = [p for p in points if p["kl"] <= kl_max]
+    return within[-1] if within else None
+
+
 @figure("09_reward_kl_frontier")
-def reward_kl_frontier(summary: dict | None = None, title: str | None = None):
-    """Held-out reward gain against KL(π‖π_ref) (nats per sequence) after training: a point per
-    run (arm and seed), a line per algorithm from π_ref (the origin) through its runs in order of
-    KL. The gain is the score after training minus the run's own score of π_ref (``score_before``,
-    else ``summary["before"]`` of its seed): two evaluations that draw their samples differently
-    score π_ref differently, and the gain removes that offset. The model is Fig. 2 (left) of
-    Rafailov et al. (2023), which plots the reward itself."""
+def reward_kl_frontier(summary: dict | None = None, title: str | None = None, kl_budget: float | None = 8.0,
+                       gain_target: float | None = 0.25):
+    """Held-out reward gain (:func:`gain_over_ref`) against KL(π‖π_ref) (nats per sequence): a line
+    per run from π_ref (the origin) through its held-out evaluations during training, when it has
+    them (``compare --eval-every``), to its final point, marked. Dotted guides show the KL budget
+    and the gain aimed at (None: no guide). The model is Fig. 2 (left) of Rafailov et al. (2023),
+    which plots the reward itself against the KL."""
     if summary is None:
         summary = full_comparison()
     runs = summary["runs"]
-
-    def gain(r: dict) -> float:
-        before = r["score_before"] if "score_before" in r else summary["before"][str(r["seed"])]["score"]
-        return r["score_after"] - before
-
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
     arms = list(dict.fromkeys(r["arm"] for r in runs))
     markers = "osD^v<>pXh"
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, arm in enumerate(arms):
-        mine = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["kl_after"])
-        xs = [0.0] + [r["kl_after"] for r in mine]
-        ys = [0.0] + [gain(r) for r in mine]
-        line, = ax.plot(xs, ys, "-", alpha=0.5)
-        ax.plot(xs[1:], ys[1:], markers[i % len(markers)], color=line.get_color(), label=arm, markersize=7)
+        color = colors[i % len(colors)]
+        for j, r in enumerate(r for r in runs if r["arm"] == arm):
+            offset = gain_over_ref(r, summary) - r["score_after"]  # score -> gain
+            points = r.get("trajectory") or [{"score": r["score_after"], "kl": r["kl_after"]}]
+            xs = [0.0] + [p["kl"] for p in points]
+            ys = [0.0] + [p["score"] + offset for p in points]
+            ax.plot(xs, ys, "-", color=color, alpha=0.45, lw=1.2)
+            ax.plot(xs[1:-1], ys[1:-1], ".", color=color, alpha=0.6, markersize=4)
+            ax.plot(xs[-1], ys[-1], markers[i % len(markers)], color=color, markersize=7, label=arm if j == 0 else None)
+    if kl_budget is not None:
+        ax.axvline(kl_budget, color="0.5", ls=":", lw=1)
+    if gain_target is not None:
+        ax.axhline(gain_target, color="0.5", ls=":", lw=1)
     ax.plot([0], [0], "k*", markersize=11, label="π_ref (before)")
     ax.set(xlabel="KL(π ‖ π_ref), nats per sequence (held-out)", ylabel="gain in mean reward over π_ref (held-out)",
            title=title or "reward–KL frontier: SmolLM2-135M + VADER, 13 824 generated tokens per run")
