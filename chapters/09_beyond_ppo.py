@@ -56,7 +56,8 @@ from ppo_lib.dpo import dpo_loss, sequence_logprobs, tokenize_pairs
 from ppo_lib.kl import kl_estimate
 from ppo_lib.models import load_model, reference_copy
 from ppo_lib.plotting import figures_dir, render
-from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, MORE_RUN, full_comparison, load_summary
+from ppo_lib.plotting.ch09 import (COMPARE_RUN, DPO_RUN, MEMORY_RUN, MORE_RUNS, full_comparison, gain_over_ref,
+                                   last_within_kl, load_summary)
 from ppo_lib.policy_gradient import group_mean
 from ppo_lib.registry import ALGORITHMS, get_advantage_estimator, get_algorithm, get_policy_loss
 from ppo_lib.rewards import target_token_fraction
@@ -420,7 +421,8 @@ for algo in ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax"):
     print(f"{algo:>9}: reward {live['before']['0']['score']:.2f} → {r['score_after']:.2f}, KL {r['kl_after']:.2f} nats, "
           f"{r['seconds_per_update']:.2f} s/update")
 assert all(r["score_after"] > live["before"]["0"]["score"] + 0.05 for r in live["runs"])  # every one raises it
-fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowercase reward, 20 updates, seed 0")
+fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowercase reward, 20 updates, seed 0",
+             kl_budget=None, gain_target=None)
 
 # %% [markdown]
 # ### The committed comparison on SmolLM2 + VADER
@@ -430,65 +432,83 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 # preset's 36 updates of 16 responses × 24 tokens), counted at `max_new_tokens` per sampled response:
 #
 # * **PPO** is the `sentiment` preset itself (shared value head, lr $2.5\times10^{-5}$ with a 6-update warm-up, chapter
-#   07), three seeds, `python -m ppo_lib train --preset sentiment --set seed=N`;
+#   07), three seeds, `python -m ppo_lib train --preset sentiment --set seed=N`, evaluated at the end;
 # * **RLOO** and **GRPO** spend the same 16 responses per update on 4 prompts × $k = 4$ samples, with the preset's
-#   other settings, two seeds, `python -m ppo_lib compare`; **REINFORCE** (batch-mean baseline), **Dr. GRPO** and
-#   **ReMax** the same way, one seed each (ReMax's greedy responses count against its budget: 18 updates);
+#   other settings, two seeds, `python -m ppo_lib compare ... --eval-every 6`: besides the final evaluation, the
+#   64 held-out prompts are scored every 6 updates, so each run leaves a **trajectory** on the reward–KL plane
+#   (the evaluation draws from its own generator, so training is unchanged by it: `tests/test_algorithms.py`);
+# * **REINFORCE** (batch-mean baseline), **Dr. GRPO** and **ReMax** the same way, two seeds each: seed 0 evaluated at
+#   the end only, seed 1 every 6 updates (ReMax's greedy responses count against its budget: 18 updates);
 # * **DPO** spends the budget on 288 pairs: two responses per training prompt sampled from $\pi_{ref}$, the one
-#   VADER scores higher is "chosen", then DPO on those pairs ($\beta = 0.1$), two seeds.
+#   VADER scores higher is "chosen", then DPO on those pairs ($\beta = 0.1$), two seeds, evaluated at the end.
 #
 # `compare` trains its PPO arm exactly as `train --preset sentiment` does (the same configuration and number of
-# updates), so the preset's committed runs serve as the PPO arm and were not run twice. The two commands differ in one
-# detail of the evaluation: `train` samples the 64 held-out prompts 64 at a time, `compare` 16 at a time, which
-# changes the random draws. The same $\pi_{ref}$ then scores 0.201 one way and 0.265 the other: that 0.06 is the
-# sampling noise of a 64-prompt mean, and it is why the table and the figure compare each run's **gain** over its own
-# measurement of $\pi_{ref}$.
+# updates), so the preset's committed runs serve as the PPO arm and were not run twice. Two details of the evaluation
+# differ between runs. `train` samples the 64 held-out prompts 64 at a time, `compare` 16 at a time, which changes
+# the random draws; and the PPO, DPO and seed-0 runs were made before the library drew its tokens with
+# `draw_tokens` instead of `torch.multinomial` (chapter 07, Section 11: the same distribution, other random
+# numbers). So the same $\pi_{ref}$ scored 0.201, 0.265 and 0.186 in the three settings. That spread is the sampling
+# noise of a 64-prompt mean: VADER scores of single responses have a standard deviation of about 0.46, so the mean of
+# 64 has a standard error of about 0.06. It is why the table and the figure compare each run's **gain** over its own
+# measurement of $\pi_{ref}$, and why differences of a few hundredths between single runs mean nothing.
 
 # %%
 summary = full_comparison()
 print("made by: python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...  (N = 0, 1, 2)")
-print(f"         python -m ppo_lib compare --out figures/{COMPARE_RUN} --algos rloo,grpo --seeds 0 1")
-print(f"         python -m ppo_lib compare --out figures/{MORE_RUN} --algos reinforce,dr_grpo,remax --seeds 0")
+print(f"         python -m ppo_lib compare --out figures/{COMPARE_RUN} --algos rloo,grpo --seeds 0 1 --eval-every 6")
+print(f"         python -m ppo_lib compare --out figures/{MORE_RUNS[0]} --algos reinforce,dr_grpo,remax --seeds 0")
+print(f"         python -m ppo_lib compare --out figures/{MORE_RUNS[1]} --algos reinforce,dr_grpo,remax --seeds 1 "
+      "--eval-every 6")
 print(f"         python -m ppo_lib compare --out figures/{DPO_RUN} --algos dpo --seeds 0 1\n")
 config = json.loads((figures_dir() / COMPARE_RUN / "config.json").read_text())
 assert config["token_budget"] == 16 * 24 * 36 and config["eval_prompts"] == 64
-print(f"{'arm':>6} {'seed':>4} {'score before → after':>21} {'gain':>6} {'KL (nats)':>9} {'s/update':>8}")
-gains = {}
+print(f"{'':>21} {'at the end':^27}   {'last evaluation at KL ≤ 8':^26}")
+print(f"{'arm':>9} {'seed':>4} {'before':>6}   {'after':>6} {'gain':>6} {'KL':>6} {'s/upd':>6}   "
+      f"{'update':>6} {'gain':>6} {'KL':>6}")
+within = {}
 for r in summary["runs"]:
-    gain = r["score_after"] - r["score_before"]
-    gains.setdefault(r["arm"], []).append((gain, r["kl_after"]))
-    print(f"{r['arm']:>6} {r['seed']:>4} {r['score_before']:>10.3f} → {r['score_after']:.3f} {gain:>+6.3f} "
-          f"{r['kl_after']:>9.2f} {r['seconds_per_update']:>8.1f}")
+    gain = gain_over_ref(r, summary)
+    p = last_within_kl(r, 8.0)
+    within.setdefault(r["arm"], []).append(p["score"] - r["score_before"] if p else None)
+    at8 = f"{p['update']:>6} {p['score'] - r['score_before']:>+6.3f} {p['kl']:>6.2f}" if p else f"{'none':>6}"
+    print(f"{r['arm']:>9} {r['seed']:>4} {r['score_before']:>6.3f}   {r['score_after']:>6.3f} {gain:>+6.3f} "
+          f"{r['kl_after']:>6.2f} {r['seconds_per_update']:>6.1f}   {at8}")
 print()
-for arm, g in gains.items():
-    d = [x for x, _ in g]
-    print(f"{arm:>6}: gain mean {sum(d) / len(d):+.3f} (min {min(d):+.3f}, max {max(d):+.3f}) over {len(d)} seeds; "
-          f"KL at most {max(k for _, k in g):.2f}")
+for arm, g in within.items():
+    ok = [x for x in g if x is not None and x >= 0.25]
+    print(f"{arm:>9}: {len(ok)} of {len(g)} seeds gain ≥ +0.25 at a KL of at most 8 nats")
 
 # %% [markdown]
 # What the committed comparison shows, and what it does not:
 #
-# * **Every online algorithm learned, in every seed.** PPO raised the held-out score by +0.36 to +0.41 (3 seeds),
-#   RLOO by +0.33 and +0.43, GRPO by +0.54 and +0.57, all well above the +0.25 we aimed for.
-# * **They did not stop at the same KL.** With the same $\beta = 0.05$ and the same budget, PPO ended at 5.6–6.7
-#   nats, RLOO at 8.1 and 14.8, GRPO at 9.8 and 14.4. Of these three only PPO met the goal of a +0.25 gain *at a KL of
-#   at most 8 nats*; RLOO's seed 1 missed it by 0.14 nats, and the others by more. A higher score at a higher KL is not a better
-#   trade-off (chapter 08), which is why the frontier below plots both.
-# * **At equal KL, this run cannot rank them.** Gain per nat from $\pi_{ref}$ to the end point is 0.055–0.073 for
-#   PPO, 0.029–0.040 for RLOO and 0.040–0.055 for GRPO, but these are chords of curves that usually bend down as the KL grows (Gao
-#   et al. 2022), measured at different KL, so a run that stops earlier tends to look more efficient. Ranking the algorithms needs each at several $\beta$ (or
-#   with held-out evaluations during training), and enough seeds to beat the spread seen here: the gains of one
-#   algorithm's seeds differ by 0.03 (GRPO) to 0.11 (RLOO).
-# * **REINFORCE, Dr. GRPO and ReMax**, one seed each: REINFORCE with a batch-mean baseline gained +0.49 at 10.2 nats;
-#   Dr. GRPO +0.35 at 6.0 nats, the one critic-free method here that met +0.25 at a KL of at most 8; ReMax, whose
-#   greedy responses spend half its budget (18 updates instead of 36), +0.23 at 6.5 nats. With one seed each, and
-#   two seeds of RLOO 0.11 apart, these differences rank nothing.
+# * **Every online algorithm learned, in every seed**, but not equally far from $\pi_{ref}$. At the end of the
+#   budget PPO had gained +0.36 to +0.41 at 5.6–6.7 nats; RLOO +0.56 and +0.60 at 11.9 and 10.6 nats; GRPO +0.66
+#   twice, at 14.7 and 12.8 nats; REINFORCE +0.49 and +0.61 at 10.2 and 12.1 nats; Dr. GRPO +0.35 and +0.45 at 6.0
+#   and 6.2 nats. With the same $\beta = 0.05$, RLOO, GRPO and REINFORCE moved about twice as far as PPO. A higher score at a higher KL is not a better trade-off (chapter 08), which is why we read them at equal KL.
+# * **At a KL of at most 8 nats, PPO, RLOO and GRPO each gain more than +0.25 in every seed.** The last held-out
+#   evaluation within 8 nats gave RLOO +0.48 (update 24, 7.2 nats) and +0.41 (update 18, 7.5 nats), GRPO +0.37
+#   (update 18, 5.2 nats) and +0.50 (update 24, 7.7 nats); PPO ended within 8 nats in every seed (+0.36 to +0.41).
+# * **At equal KL, this run cannot rank them.** Between 5 and 7 nats every evaluated point except ReMax's has a gain
+#   of +0.35 to +0.45: PPO +0.36 to +0.41 (5.6–6.7 nats), RLOO +0.38 (6.7), GRPO +0.37 and +0.35 (5.2 and 5.1),
+#   REINFORCE +0.41 (5.8), Dr. GRPO +0.35 (6.0, seed 0) and +0.40 to +0.45 (5.1–6.2, seed 1). The difference of two
+#   single evaluations has a standard error of about 0.085 ($0.06\sqrt 2$), and this whole range is 0.10 wide. So on
+#   this task and budget the algorithm changed the *speed* along the frontier (how far an update goes with the same
+#   $\beta$) more than the frontier itself. Ranking the frontiers would take more seeds, more held-out prompts and
+#   several $\beta$ per algorithm.
+# * **ReMax was the weakest**, +0.23 (6.5 nats) and +0.10 (4.4 nats): its greedy responses spend half the budget, so
+#   it made 18 updates instead of 36, and its seed-1 trajectory fell from +0.20 at update 12 to +0.10 at update 18.
+#   With two seeds, a single greedy baseline per prompt is a noisy one on this task; we do not claim more.
 # * **DPO** on 288 pairs (18 steps of 16 pairs, one epoch, $\beta = 0.1$, the same learning rate) raised the score by
 #   +0.24 and +0.25 at a KL of only 2.2 and 1.8 nats, in about 4.5 minutes per seed including the sampling of its
-#   576 responses; it never samples from the policy it trains. Seed 0 falls short of +0.25 by 0.008. Per nat of KL it
-#   is the steepest (0.11–0.14), with the chord caveat above at its strongest: it stopped at the smallest KL. It had
-#   the largest peak memory (6 546 MiB, 6.9 GB): each step holds the logits of 32 sequences at once, chosen and rejected, and
-#   32 × up to 137 tokens × 49 152 vocabulary entries in float32 is up to 0.86 GB per copy.
+#   576 responses; it never samples from the policy it trains. Seed 0 falls short of +0.25 by 0.008. At 2 nats it
+#   lies on or just above the online trajectories (GRPO seed 1 had +0.15 at 0.8 nats and +0.24 at 2.8), so it is
+#   not behind them where it stopped; it stopped early because one epoch over its pairs is all the budget buys. It
+#   had the largest peak memory (6 546 MiB, 6.9 GB): each step holds the logits of 32 sequences at once, chosen and
+#   rejected, and 32 × up to 137 tokens × 49 152 vocabulary entries in float32 is up to 0.86 GB per copy.
+#
+# In the frontier below each line is one run, from $\pi_{ref}$ (the star) through its held-out evaluations (small
+# dots) to its final point (the marker); runs evaluated only at the end are straight lines. The dotted lines mark
+# 8 nats and a gain of +0.25.
 
 # %%
 fig = render("09_reward_kl_frontier")
@@ -550,9 +570,10 @@ print(f"PPO shared head − mean of RLOO and GRPO: {peak['ppo'] - (peak['rloo'] 
 #   initialisation and its implicit reward is $\beta\log\pi_\theta/\pi_{ref}$.
 # * A GRPO loss near 0 says nothing about learning; a length reward must count tokens; $k_3$ needs `expm1`.
 # * On SmolLM2 + VADER at an equal budget of 13 824 generated tokens, PPO, RLOO and GRPO each raised the held-out
-#   score by more than +0.3 in every seed, but RLOO and GRPO ended at a larger KL (8–15 nats against PPO's 6–7)
-#   with the same β; the critic-free methods save memory against a *separate* critic (2.7 GB), not against a shared
-#   value head.
+#   score by more than +0.25 at a KL of at most 8 nats in every seed (held-out evaluations during training); with the
+#   same β, RLOO, GRPO and REINFORCE ended about twice as far from $\pi_{ref}$ (10–15 nats against PPO's 6–7), and
+#   at equal KL the algorithms lie within the noise of one another. The critic-free methods save memory against a
+#   *separate* critic (2.7 GB), not against a shared value head.
 #
 # **References.** Williams (1992), "Simple statistical gradient-following algorithms for connectionist reinforcement
 # learning", Machine Learning 8. Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE Samples, Get a Baseline for

@@ -15,6 +15,7 @@ Command line (the committed sampler measurement of chapter 07)::
 
     python -m ppo_lib.profiling samplers --out figures/runs/ch07_sampler   # ≈ 2 min on 2 CPU cores
     python -m ppo_lib.profiling compile --out figures/runs/ch07_compile    # torch.compile: minutes on a CPU
+    python -m ppo_lib.profiling first-update --out figures/runs/ch07_first_update   # ≈ 6 min: 2 warm-ups × 6 seeds
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["PHASES", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers", "compile_speedup"]
+__all__ = ["PHASES", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers", "compile_speedup",
+           "first_updates"]
 
 PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "backward", "optimizer")
 
@@ -178,7 +180,40 @@ def compile_speedup(model_name: str = "smollm2-135m", batch_size: int = 8, seq_l
             "torch": torch.__version__, "first_call_s": {"eager": first_eager, "compiled": first_compiled}, **timing}
 
 
+FIRST_UPDATE_KEYS = ("policy/clipfrac", "policy/ratio_max", "policy/approx_kl_k3", "optimizer/lr")
+
+
+def first_updates(warmups: Sequence[int], seeds: Sequence[int], preset: str = "sentiment", model: str | None = None,
+                  reward: str | None = None, updates: int = 1, overrides: dict | None = None) -> dict:
+    """The first ``updates`` updates of ``preset`` for each warm-up length and seed: how far the
+    first updates move the policy (clip fraction, the largest ratio, approx-KL) before Adam's
+    second-moment estimate has settled (chapter 07, Section 4). ``overrides``: other PPOConfig
+    fields. No evaluation, nothing saved.
+
+    Returns:
+        ``{"preset", "model", "reward", "runs": {"lr_warmup_updates=W": {seed: [stats of update
+        1, ...]}}}`` with the statistics of :data:`FIRST_UPDATE_KEYS`.
+    """
+    from .cli_train import PRESETS
+    from .rewards import get_reward, review_prompts
+    from .trainer import PPOConfig, build_trainer
+
+    spec = PRESETS[preset]
+    model, reward = model or spec["model"], reward or spec["reward"]
+    runs = {}
+    for w in warmups:
+        runs[f"lr_warmup_updates={w}"] = per_seed = {}
+        for seed in seeds:
+            config = PPOConfig.from_dict({**spec["config"], **(overrides or {}), "lr_warmup_updates": w, "seed": seed})
+            trainer = build_trainer(model, get_reward(reward), config)
+            history = trainer.train(review_prompts("train"), updates, progress=False)
+            per_seed[str(seed)] = [{k: h[k] for k in FIRST_UPDATE_KEYS} for h in history]
+    return {"preset": preset, "model": model, "reward": reward, "updates": updates, "runs": runs}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    from .cli_train import PRESETS
+
     parser = argparse.ArgumentParser(prog="python -m ppo_lib.profiling", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("samplers", help="eager against static sampler, and torch.multinomial against draw_tokens: "
@@ -194,8 +229,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--seq-len", type=int, default=48)
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--out", type=Path, required=True, help="folder for compile.json")
+    f = sub.add_parser("first-update", help="the first update's clip fraction and largest ratio, per warm-up and seed")
+    f.add_argument("--warmups", type=int, nargs="+", default=[6, 12], help="lr_warmup_updates values (default 6 12)")
+    f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    f.add_argument("--preset", default="sentiment", choices=sorted(PRESETS))
+    f.add_argument("--updates", type=int, default=1, help="updates per run (default 1)")
+    f.add_argument("--out", type=Path, required=True, help="folder for first-update.json")
     args = parser.parse_args(argv)
-    if args.command == "samplers":
+    if args.command == "first-update":
+        if min(args.warmups) < 0 or args.updates < 1 or min(args.seeds) < 0:
+            raise SystemExit("error: --warmups and --seeds must be ≥ 0 and --updates ≥ 1.")
+        result = first_updates(args.warmups, args.seeds, args.preset, updates=args.updates)
+        result["command"] = (f"python -m ppo_lib.profiling first-update --warmups {' '.join(map(str, args.warmups))} "
+                             f"--seeds {' '.join(map(str, args.seeds))} --preset {args.preset} --updates {args.updates} "
+                             f"--out {args.out}")
+    elif args.command == "samplers":
         result = compare_samplers(args.model, args.batch_size, args.max_new_tokens, args.repeats)
         result["command"] = (f"python -m ppo_lib.profiling samplers --model {args.model} --batch-size {args.batch_size} "
                              f"--max-new-tokens {args.max_new_tokens} --repeats {args.repeats} --out {args.out}")

@@ -58,10 +58,17 @@ def test_the_comparison_ran_the_preset_at_its_token_budget():
     for r in runs:  # a trajectory ends at the final evaluation
         if "trajectory" in r:
             assert r["trajectory"][-1] == {"update": r["updates"], "score": r["score_after"], "kl": r["kl_after"]}
-    # π_ref is scored once per evaluation protocol: `train` samples the 64 held-out prompts 64 at a
-    # time, `compare` 16 at a time; within a protocol every run starts from the same number
-    for protocol in ([r for r in runs if r["arm"] == "ppo"], [r for r in runs if r["arm"] != "ppo"]):
-        assert {round(r["score_before"], 9) for r in protocol} == {round(protocol[0]["score_before"], 9)}
+    # π_ref is scored with a fixed evaluation seed, so every seed of a folder starts from the same
+    # number; folders made the same way agree. `train` samples the 64 held-out prompts 64 at a time,
+    # `compare` 16 at a time, and the library drew tokens with torch.multinomial before draw_tokens:
+    # same law, other random numbers, so those give other (equally valid) scores of π_ref.
+    ppo = [r["score_before"] for r in runs if r["arm"] == "ppo"]
+    assert max(ppo) - min(ppo) < 1e-9
+    before = {folder: {round(b["score"], 9) for b in read(folder, "summary.json")["before"].values()}
+              for folder in (COMPARE_RUN, DPO_RUN, *MORE_RUNS)}
+    assert all(len(b) == 1 for b in before.values())
+    assert before[DPO_RUN] == before[MORE_RUNS[0]]  # both drew with torch.multinomial
+    assert before[COMPARE_RUN] == before[MORE_RUNS[1]]  # both with draw_tokens
 
 
 def test_the_readme_reports_every_seed_of_the_preset_as_committed():

@@ -44,3 +44,16 @@ def test_the_breakdown_figure_stacks_every_phase():
     bars = fig.axes[0].patches
     assert len(bars) == len(PHASES) + 1
     assert bars[-1].get_x() + bars[-1].get_width() == pytest.approx(1.0)  # shares add up to the whole update
+
+
+def test_first_updates_runs_the_preset_at_each_warm_up_and_records_its_rate():
+    from ppo_lib.cli_train import PRESETS
+    from ppo_lib.profiling import FIRST_UPDATE_KEYS, first_updates
+
+    out = first_updates([0, 4], [0], model="tiny-gpt2", reward="chars:abcdefghijklmnopqrstuvwxyz", updates=2,
+                        overrides={"max_prompt_length": 96})  # GPT-2's tokenizer makes some review prompts longer
+    eta = PRESETS["sentiment"]["config"]["learning_rate"]
+    no_warmup, warm = out["runs"]["lr_warmup_updates=0"]["0"], out["runs"]["lr_warmup_updates=4"]["0"]
+    assert [u["optimizer/lr"] for u in no_warmup] == pytest.approx([eta, eta])
+    assert [u["optimizer/lr"] for u in warm] == pytest.approx([eta / 4, eta / 2])  # (u + 1) / W
+    assert all(set(u) == set(FIRST_UPDATE_KEYS) and u["policy/ratio_max"] >= 1.0 for u in no_warmup + warm)
