@@ -773,7 +773,10 @@ for e in ops[:6]:
 # `ppo_lib.rollout.draw_tokens` does this, scaling $U$ by the row's total so that rounding in $c_V$ cannot reach past
 # the last token; both samplers use it by default, and `multinomial_tokens` keeps the old draw for measurements. It is
 # not the same *random numbers* as before, so a run is not bit-identical to one made before the change, but it is the
-# same distribution. Checked on a vocabulary of 7, with three tokens at probability 0:
+# same distribution, up to float32 rounding: each interval is one rounding of a cumulative sum, about $10^{-7}$, off
+# its exact length. On SmolLM2's next-token distributions that is a total variation of at most $1.3\times10^{-4}$, and
+# a relative error of at most 0.5 % for every token of probability above $10^{-5}$ (99.7 % of the mass); float64 sums
+# would remove even that. Checked on a vocabulary of 7, with three tokens at probability 0:
 
 # %%
 p_check = torch.tensor([0.0, 0.05, 0.0, 0.45, 0.3, 0.2, 0.0])
