@@ -443,13 +443,14 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 #   VADER scores higher is "chosen", then DPO on those pairs ($\beta = 0.1$), two seeds, evaluated at the end.
 #
 # `compare` trains its PPO arm exactly as `train --preset sentiment` does (the same configuration and number of
-# updates), so the preset's committed runs serve as the PPO arm and were not run twice. Two details of the evaluation
-# differ between runs. `train` samples the 64 held-out prompts 64 at a time, `compare` 16 at a time, which changes
-# the random draws; and the PPO, DPO and seed-0 runs were made before the library drew its tokens with
-# `draw_tokens` instead of `torch.multinomial` (chapter 07, Section 11: the same distribution, other random
-# numbers). So the same $\pi_{ref}$ scored 0.201, 0.265 and 0.186 in the three settings. That spread is the sampling
-# noise of a 64-prompt mean: VADER scores of single responses have a standard deviation of about 0.46, so the mean of
-# 64 has a standard error of about 0.06. It is why the table and the figure compare each run's **gain** over its own
+# updates), so the preset's committed runs serve as the PPO arm and were not run twice. Two details differ between
+# runs. `train` samples the 64 held-out prompts 64 at a time, `compare` 16 at a time, which changes the random draws.
+# And the PPO and DPO runs and the seed-0 runs of REINFORCE, Dr. GRPO and ReMax were made before the library drew its
+# tokens, in training and in evaluation, with `draw_tokens` instead of `torch.multinomial` (chapter 07, Section 11:
+# the same distribution, other random numbers). So the same $\pi_{ref}$ scored 0.201, 0.265 and 0.186 in the three
+# settings. That spread is the sampling noise of a 64-prompt mean: the VADER scores of $\pi_{ref}$'s single responses
+# have a standard deviation of 0.41–0.43 in these three evaluations, so the mean of 64 has a standard error of about
+# 0.05. It is why the table and the figure compare each run's **gain** over its own
 # measurement of $\pi_{ref}$, and why differences of a few hundredths between single runs mean nothing.
 
 # %%
@@ -491,7 +492,7 @@ for arm, g in within.items():
 # * **At equal KL, this run cannot rank them.** Between 5 and 7 nats every evaluated point except ReMax's has a gain
 #   of +0.35 to +0.45: PPO +0.36 to +0.41 (5.6–6.7 nats), RLOO +0.38 (6.7), GRPO +0.37 and +0.35 (5.2 and 5.1),
 #   REINFORCE +0.41 (5.8), Dr. GRPO +0.35 (6.0, seed 0) and +0.40 to +0.45 (5.1–6.2, seed 1). The difference of two
-#   single evaluations has a standard error of about 0.085 ($0.06\sqrt 2$), and this whole range is 0.10 wide. So on
+#   single evaluations has a standard error of about 0.07 ($0.05\sqrt 2$), and this whole range is 0.10 wide. So on
 #   this task and budget the algorithm changed the *speed* along the frontier (how far an update goes with the same
 #   $\beta$) more than the frontier itself. Ranking the frontiers would take more seeds, more held-out prompts and
 #   several $\beta$ per algorithm.
