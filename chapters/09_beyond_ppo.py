@@ -56,8 +56,8 @@ from ppo_lib.dpo import dpo_loss, sequence_logprobs, tokenize_pairs
 from ppo_lib.kl import kl_estimate
 from ppo_lib.models import load_model, reference_copy
 from ppo_lib.plotting import figures_dir, render
-from ppo_lib.plotting.ch09 import (COMPARE_RUN, DPO_RUN, MEMORY_RUN, MORE_RUNS, full_comparison, gain_over_ref,
-                                   last_within_kl, load_summary)
+from ppo_lib.plotting.ch09 import (COMPARE_RUN, COMPARED_SETTINGS, DPO_RUN, MEMORY_RUN, MORE_RUNS, full_comparison,
+                                   gain_over_ref, last_within_kl, load_summary)
 from ppo_lib.policy_gradient import group_mean
 from ppo_lib.registry import ALGORITHMS, get_advantage_estimator, get_algorithm, get_policy_loss
 from ppo_lib.rewards import target_token_fraction
@@ -428,11 +428,13 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 # ### The committed comparison on SmolLM2 + VADER
 #
 # The chapter-06 task: SmolLM2-135M writes movie-review continuations, VADER scores their sentiment, 64 held-out
-# prompts measure the result. Every arm got the **same budget of generated tokens**, 13 824 (the `sentiment`
-# preset's 36 updates of 16 responses × 24 tokens), counted at `max_new_tokens` per sampled response:
+# prompts measure the result. Every arm got the **same budget of generated tokens**, 13 824 (36 PPO updates of 16
+# responses × 24 tokens), counted at `max_new_tokens` per sampled response:
 #
-# * **PPO** is the `sentiment` preset itself (shared value head, lr $2.5\times10^{-5}$ with a 6-update warm-up, chapter
-#   07), three seeds, `python -m ppo_lib train --preset sentiment --set seed=N`, evaluated at the end;
+# * **PPO** is the `sentiment` preset as it stood when this comparison ran (shared value head, lr
+#   $2.5\times10^{-5}$ with a 6-update warm-up), three seeds, evaluated at the end. Chapter 07 has since given the
+#   preset a 12-update warm-up and 40 updates; every arm here keeps the settings they were compared at, which
+#   `--set learning_rate=2.5e-5 --set lr_warmup_updates=6` restores (`COMPARED_SETTINGS`);
 # * **RLOO** and **GRPO** spend the same 16 responses per update on 4 prompts × $k = 4$ samples, with the preset's
 #   other settings, two seeds, `python -m ppo_lib compare ... --eval-every 6`: besides the final evaluation, the
 #   64 held-out prompts are scored every 6 updates, so each run leaves a **trajectory** on the reward–KL plane
@@ -442,8 +444,8 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 # * **DPO** spends the budget on 288 pairs: two responses per training prompt sampled from $\pi_{ref}$, the one
 #   VADER scores higher is "chosen", then DPO on those pairs ($\beta = 0.1$), two seeds, evaluated at the end.
 #
-# `compare` trains its PPO arm exactly as `train --preset sentiment` does (the same configuration and number of
-# updates), so the preset's committed runs serve as the PPO arm and were not run twice. Two details differ between
+# `compare` trains its PPO arm exactly as `train` does (the same configuration and number of updates), so three
+# `train` runs serve as the PPO arm and were not run twice. Two details differ between
 # runs. `train` samples the 64 held-out prompts 64 at a time, `compare` 16 at a time, which changes the random draws.
 # And the PPO and DPO runs and the seed-0 runs of REINFORCE, Dr. GRPO and ReMax were made before the library drew its
 # tokens, in training and in evaluation, with `draw_tokens` instead of `torch.multinomial` (chapter 07, Section 11:
@@ -455,12 +457,14 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 
 # %%
 summary = full_comparison()
-print("made by: python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...  (N = 0, 1, 2)")
-print(f"         python -m ppo_lib compare --out figures/{COMPARE_RUN} --algos rloo,grpo --seeds 0 1 --eval-every 6")
-print(f"         python -m ppo_lib compare --out figures/{MORE_RUNS[0]} --algos reinforce,dr_grpo,remax --seeds 0")
-print(f"         python -m ppo_lib compare --out figures/{MORE_RUNS[1]} --algos reinforce,dr_grpo,remax --seeds 1 "
+same = " ".join(f"--set {k}={v}" for k, v in COMPARED_SETTINGS.items())  # the settings every arm was compared at
+print(f"made by: python -m ppo_lib train --preset sentiment --updates 36 {same} --set seed=N "
+      "--out figures/runs/ch09_ppo_seedN  (N = 0, 1, 2)")
+print(f"         python -m ppo_lib compare {same} --out figures/{COMPARE_RUN} --algos rloo,grpo --seeds 0 1 --eval-every 6")
+print(f"         python -m ppo_lib compare {same} --out figures/{MORE_RUNS[0]} --algos reinforce,dr_grpo,remax --seeds 0")
+print(f"         python -m ppo_lib compare {same} --out figures/{MORE_RUNS[1]} --algos reinforce,dr_grpo,remax --seeds 1 "
       "--eval-every 6")
-print(f"         python -m ppo_lib compare --out figures/{DPO_RUN} --algos dpo --seeds 0 1\n")
+print(f"         python -m ppo_lib compare {same} --out figures/{DPO_RUN} --algos dpo --seeds 0 1\n")
 config = json.loads((figures_dir() / COMPARE_RUN / "config.json").read_text())
 assert config["token_budget"] == 16 * 24 * 36 and config["eval_prompts"] == 64
 print(f"{'':>21} {'at the end':^27}   {'last evaluation at KL ≤ 8':^26}")
@@ -521,8 +525,8 @@ fig = render("09_reward_kl_frontier")
 
 # %%
 mem = load_summary(figures_dir() / MEMORY_RUN)
-print(f"made by: python -m ppo_lib compare --out figures/{MEMORY_RUN} --algos ppo,ppo_separate,rloo,grpo --seeds 0 "
-      "--token-budget 1536 --eval-prompts 8\n")
+print(f"made by: python -m ppo_lib compare {same} --out figures/{MEMORY_RUN} --algos ppo,ppo_separate,rloo,grpo "
+      "--seeds 0 --token-budget 1536 --eval-prompts 8\n")
 print(f"{'arm':>13} {'k':>2} {'s/update':>8} {'peak RSS (MiB)':>14}")
 for r in mem["runs"]:
     print(f"{r['arm']:>13} {r.get('samples_per_prompt', '-')!s:>2} {r['seconds_per_update']:>8.1f} {r['peak_rss_mb']:>14.0f}")

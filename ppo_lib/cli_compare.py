@@ -313,7 +313,7 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--algos", default=",".join(ARMS), help=f"comma-separated arms among {', '.join(ARMS)} (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     p.add_argument("--token-budget", type=int, default=16 * 24 * 36,
-                   help="generated tokens per arm and seed (default 13824: the sentiment preset's 36 updates)")
+                   help="generated tokens per arm and seed (default 13824, chapter 09's budget: 36 updates of 16 × 24)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="sentiment")
     p.add_argument("--model", help="instead of the preset's model")
     p.add_argument("--reward", help="instead of the preset's reward")

@@ -27,10 +27,32 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["PHASES", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers", "compile_speedup",
+__all__ = ["PHASES", "machine", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers", "compile_speedup",
            "first_updates"]
 
 PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "backward", "optimizer")
+
+
+def machine() -> dict:
+    """What a timing depends on: CPU model, core count, the vector extensions that change which
+    kernels run (AVX-512, bf16, AMX), and the platform. Stored with every committed measurement."""
+    import os
+    import platform
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: the platform string is all there is
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    return {"cpu": cpu, "cpus": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags],
+            "platform": platform.platform()}
 
 
 def time_breakdown(history: Sequence[dict], skip: int = 0) -> dict[str, float]:
@@ -143,7 +165,7 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
     timing["speedup"] = {"eager_multinomial/eager": [a / b for a, b in zip(sec["eager_multinomial"], sec["eager"])],
                          "eager/static": [a / b for a, b in zip(sec["eager"], sec["static"])]}
     return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-            "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine(),
             "agreement": agreement, **timing}
 
 
@@ -177,7 +199,8 @@ def compile_speedup(model_name: str = "smollm2-135m", batch_size: int = 8, seq_l
     first_eager = time.perf_counter() - t0
     timing = interleaved_timing({"eager": step(policy), "compiled": step(compiled)}, repeats=repeats, warmup=1)
     return {"model": model_name, "batch_size": batch_size, "seq_len": seq_len, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "first_call_s": {"eager": first_eager, "compiled": first_compiled}, **timing}
+            "torch": torch.__version__, "machine": machine(), "first_call_s": {"eager": first_eager, "compiled": first_compiled},
+            **timing}
 
 
 FIRST_UPDATE_KEYS = ("policy/clipfrac", "policy/ratio_max", "policy/approx_kl_k3", "optimizer/lr")
@@ -191,8 +214,9 @@ def first_updates(warmups: Sequence[int], seeds: Sequence[int], preset: str = "s
     fields. No evaluation, nothing saved.
 
     Returns:
-        ``{"preset", "model", "reward", "runs": {"lr_warmup_updates=W": {seed: [stats of update
-        1, ...]}}}`` with the statistics of :data:`FIRST_UPDATE_KEYS`.
+        ``{"preset", "model", "reward", "updates", "config" (the preset's PPOConfig fields, before
+        the warm-up and seed of each run), "machine", "runs": {"lr_warmup_updates=W": {seed: [stats
+        of update 1, ...]}}}`` with the statistics of :data:`FIRST_UPDATE_KEYS`.
     """
     from .cli_train import PRESETS
     from .rewards import get_reward, review_prompts
@@ -208,7 +232,8 @@ def first_updates(warmups: Sequence[int], seeds: Sequence[int], preset: str = "s
             trainer = build_trainer(model, get_reward(reward), config)
             history = trainer.train(review_prompts("train"), updates, progress=False)
             per_seed[str(seed)] = [{k: h[k] for k in FIRST_UPDATE_KEYS} for h in history]
-    return {"preset": preset, "model": model, "reward": reward, "updates": updates, "runs": runs}
+    return {"preset": preset, "model": model, "reward": reward, "updates": updates,
+            "config": {**spec["config"], **(overrides or {})}, "machine": machine(), "runs": runs}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

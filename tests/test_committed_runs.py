@@ -2,8 +2,10 @@
 
 A preset's defaults are a claim about every run of it, so they may change only together with its
 committed runs: these tests fail when the ``sentiment`` preset and the runs that document it
-(README "Results", chapters 07 and 09) drift apart, and when the README's table stops being the
-runs' own numbers. Nothing here trains or times anything: it reads JSON.
+(README "Results", chapter 07) drift apart, and when the README's table stops being the runs' own
+numbers. Chapter 09's comparison ran at an earlier state of the preset; every one of its folders,
+its PPO arm included, must record that one configuration (today's preset with
+``COMPARED_SETTINGS``) and budget. Nothing here trains or times anything: it reads JSON.
 """
 
 from __future__ import annotations
@@ -15,30 +17,38 @@ from pathlib import Path
 import pytest
 
 from ppo_lib.cli_train import PRESETS
-from ppo_lib.plotting.ch09 import COMPARE_RUN, DPO_RUN, MEMORY_RUN, MORE_RUNS, PPO_RUNS, full_comparison
+from ppo_lib.plotting.ch07 import PRESET_RUNS
+from ppo_lib.plotting.ch09 import COMPARE_RUN, COMPARED_SETTINGS, DPO_RUN, MEMORY_RUN, MORE_RUNS, PPO_RUNS, full_comparison
 from ppo_lib.trainer import PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "figures"
 PRESET = PRESETS["sentiment"]
-
-
-def preset_config(seed: int, **extra) -> dict:
-    return PPOConfig.from_dict({**PRESET["config"], **extra, "seed": seed}).to_dict()
+COMPARED = {**PRESET["config"], **COMPARED_SETTINGS}  # chapter 09's shared configuration
+COMPARED_UPDATES = 36
 
 
 def read(folder: str, name: str) -> dict:
     return json.loads((FIGURES / folder / name).read_text())
 
 
-@pytest.mark.parametrize("seed", sorted(PPO_RUNS))
-def test_each_committed_seed_ran_the_current_preset(seed):
-    saved = read(PPO_RUNS[seed], "config.json")
+def check_train_run(folder: str, seed: int, config: dict, updates: int):
+    saved = read(folder, "config.json")
     assert saved["preset"] == "sentiment" and saved["model"] == PRESET["model"] and saved["reward"] == PRESET["reward"]
-    assert saved["updates"] == PRESET["updates"]
-    assert PPOConfig.from_dict(saved["config"]).to_dict() == preset_config(seed)
-    history = (FIGURES / PPO_RUNS[seed] / "history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["update"] for line in history] == list(range(1, PRESET["updates"] + 1))
+    assert saved["updates"] == updates
+    assert PPOConfig.from_dict(saved["config"]).to_dict() == PPOConfig.from_dict({**config, "seed": seed}).to_dict()
+    history = (FIGURES / folder / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["update"] for line in history] == list(range(1, updates + 1))
+
+
+@pytest.mark.parametrize("seed", sorted(PRESET_RUNS))
+def test_each_committed_seed_ran_the_current_preset(seed):
+    check_train_run(PRESET_RUNS[seed], seed, PRESET["config"], PRESET["updates"])
+
+
+@pytest.mark.parametrize("seed", sorted(PPO_RUNS))
+def test_the_ppo_arm_of_chapter_09_ran_the_compared_configuration(seed):
+    check_train_run(PPO_RUNS[seed], seed, COMPARED, COMPARED_UPDATES)
 
 
 def test_the_comparison_ran_the_preset_at_its_token_budget():
@@ -47,11 +57,10 @@ def test_the_comparison_ran_the_preset_at_its_token_budget():
                                        (MORE_RUNS[0], more, [0], None), (MORE_RUNS[1], more, [1], 6),
                                        (MEMORY_RUN, None, None, None)):
         config = read(folder, "config.json")
-        assert config["preset"] == "sentiment" and config["preset_config"] == PRESET["config"]
+        assert config["preset"] == "sentiment" and config["preset_config"] == COMPARED
         if arms is not None:
             assert config["arms"] == arms and config["seeds"] == seeds and config["eval_prompts"] == 64
-            assert config["token_budget"] == PRESET["updates"] * PRESET["config"]["batch_size"] * PRESET["config"][
-                "max_new_tokens"]
+            assert config["token_budget"] == COMPARED_UPDATES * COMPARED["batch_size"] * COMPARED["max_new_tokens"]
             assert config.get("eval_every") == every
     runs = full_comparison()["runs"]
     assert sorted({r["arm"] for r in runs}) == ["dpo", "dr_grpo", "grpo", "ppo", "reinforce", "remax", "rloo"]
@@ -73,7 +82,7 @@ def test_the_comparison_ran_the_preset_at_its_token_budget():
 
 def test_the_readme_reports_every_seed_of_the_preset_as_committed():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for seed, folder in PPO_RUNS.items():
+    for seed, folder in PRESET_RUNS.items():
         ev = read(folder, "eval.json")
         row = re.search(rf"^\| {seed} \|(.*)$", readme, re.M)
         assert row, f"README Results lack the row of seed {seed}"

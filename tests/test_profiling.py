@@ -1,13 +1,15 @@
 """ppo_lib.profiling: the time breakdown on hand-made statistics, the interleaved order, and
 the chapter 07 figures (cheap: committed files and pure functions)."""
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from ppo_lib.profiling import PHASES, interleaved_timing, plot_time_breakdown, time_breakdown  # noqa: E402
+from ppo_lib.profiling import PHASES, interleaved_timing, machine, plot_time_breakdown, time_breakdown  # noqa: E402
 
 
 def stats(generate, backward, step):
@@ -57,3 +59,12 @@ def test_first_updates_runs_the_preset_at_each_warm_up_and_records_its_rate():
     assert [u["optimizer/lr"] for u in no_warmup] == pytest.approx([eta, eta])
     assert [u["optimizer/lr"] for u in warm] == pytest.approx([eta / 4, eta / 2])  # (u + 1) / W
     assert all(set(u) == set(FIRST_UPDATE_KEYS) and u["policy/ratio_max"] >= 1.0 for u in no_warmup + warm)
+
+
+def test_machine_names_the_cpu_its_core_count_and_only_known_vector_extensions():
+    m = machine()
+    assert m["cpu"] and m["platform"]
+    assert m["cpus"] == os.cpu_count()
+    assert set(m["cpu_flags"]) <= {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}
+    if os.path.exists("/proc/cpuinfo") and "avx2" in open("/proc/cpuinfo").read():
+        assert "avx2" in m["cpu_flags"]

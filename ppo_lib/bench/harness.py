@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..profiling import machine
 from .report import MEMORY_LABELS, evaluate_targets, memory_key, pairwise_ratios, summarise_systems, system_summary
 from .workload import TRL_VERSION, WORKLOAD, bench_prompts
 
@@ -102,7 +103,7 @@ def run_all(args: argparse.Namespace, json_path: Path | None = None) -> dict:
     results = {"workload": workload.record(gpu),
                "versions": {"python": platform.python_version(), "torch": torch.__version__,
                             "transformers": transformers.__version__},
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+               "machine": machine(),
                "loadavg_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                "repeats": args.repeats, "rounds": [], "systems": {}, "errors": {}}
     jobs = []

@@ -13,6 +13,10 @@ from ..profiling import plot_time_breakdown, time_breakdown
 from ..schedules import adaptive_lr_scale, lr_factor
 from . import figure, figures_dir
 
+PRESET_RUNS = {0: "runs/sentiment_cpu", 1: "runs/sentiment_cpu_seed1", 2: "runs/sentiment_cpu_seed2"}
+"""The ``sentiment`` preset's committed seeds, relative to ``figures/``
+(``python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...``)."""
+
 
 def read_history(path: Path) -> list[dict]:
     """The statistics of a run folder's ``history.jsonl``, one dict per update."""

@@ -1,9 +1,8 @@
 """Figures of chapter 09, "Beyond PPO": GRPO's two biases on toys, and the reward–KL frontier.
 
 The frontier reads the committed comparison (:func:`full_comparison`): the critic-free arms and
-DPO from ``python -m ppo_lib compare`` (``figures/runs/ch09_compare*/``) and PPO from the
-``sentiment`` preset's seeds (``figures/runs/sentiment_cpu*/``), which train PPO with the same
-settings and budget. Or any structure of ``summary.json``'s shape, passed in. Either way it is
+DPO from ``python -m ppo_lib compare`` (``figures/runs/ch09_compare*/``) and PPO from three
+``train`` runs with the same settings and budget (``figures/runs/ch09_ppo_seed*/``). Or any structure of ``summary.json``'s shape, passed in. Either way it is
 cheap and deterministic.
 """
 
@@ -18,7 +17,7 @@ import numpy as np
 from . import figure, figures_dir
 
 __all__ = ["grpo_biases", "reward_kl_frontier", "gain_over_ref", "last_within_kl", "load_summary", "full_comparison",
-           "COMPARE_RUN", "MORE_RUNS", "DPO_RUN", "MEMORY_RUN", "PPO_RUNS"]
+           "COMPARE_RUN", "MORE_RUNS", "DPO_RUN", "MEMORY_RUN", "PPO_RUNS", "COMPARED_SETTINGS"]
 
 COMPARE_RUN = "runs/ch09_compare"
 """The committed comparison of the critic-free arms, relative to ``figures/``."""
@@ -28,8 +27,14 @@ DPO_RUN = "runs/ch09_compare_dpo"
 """The DPO arm at the same budget (pairs sampled from π_ref, labelled by VADER)."""
 MEMORY_RUN = "runs/ch09_memory"
 """Seconds and peak memory per update of every arm, measured in one short run."""
-PPO_RUNS = {0: "runs/sentiment_cpu", 1: "runs/sentiment_cpu_seed1", 2: "runs/sentiment_cpu_seed2"}
-"""The sentiment preset's committed seeds (``python -m ppo_lib train --preset sentiment --set seed=N``)."""
+PPO_RUNS = {0: "runs/ch09_ppo_seed0", 1: "runs/ch09_ppo_seed1", 2: "runs/ch09_ppo_seed2"}
+"""The PPO arm: the ``sentiment`` preset as it was when the comparison ran, which is the configuration
+every arm shares (``COMPARED_SETTINGS``): ``python -m ppo_lib train --preset sentiment --updates 36
+--set learning_rate=2.5e-5 --set lr_warmup_updates=6 --set seed=N``. Chapter 07 has since lengthened
+the preset's warm-up (its own seeds are ``figures/runs/sentiment_cpu*/``)."""
+COMPARED_SETTINGS = {"learning_rate": 2.5e-5, "lr_warmup_updates": 6}
+"""What the comparison's shared configuration sets on top of today's ``sentiment`` preset (pass them
+to ``compare`` and ``train`` with ``--set``; ``train`` also needs ``--updates 36``)."""
 
 
 def load_summary(folder: str | Path | None = None) -> dict:
@@ -40,12 +45,13 @@ def load_summary(folder: str | Path | None = None) -> dict:
 
 def full_comparison() -> dict:
     """The committed comparison (RLOO, GRPO), with REINFORCE, Dr. GRPO, ReMax and DPO from their
-    own runs and the PPO arm from the preset's seeds (evaluated at the end only).
+    own runs and the PPO arm from its three ``train`` runs (evaluated at the end only).
 
-    ``compare`` would train PPO exactly as ``train --preset sentiment`` does (the same
-    :class:`~ppo_lib.trainer.PPOConfig` and the 36 updates the token budget buys), so the preset's
-    committed runs are its PPO arm. The two commands sample the held-out prompts in batches of
-    different sizes (64 and 16), so each run keeps its own ``score_before``.
+    ``compare`` would train PPO exactly as ``train`` does (the same
+    :class:`~ppo_lib.trainer.PPOConfig` and the 36 updates the token budget buys), so three
+    ``train`` runs at the comparison's settings are its PPO arm (:data:`PPO_RUNS`). The two
+    commands sample the held-out prompts in batches of different sizes (64 and 16), so each run
+    keeps its own ``score_before``.
     """
     summary = load_summary()
     ppo = []
