@@ -11,8 +11,8 @@ The synthetic setup of Gao, Schulman & Hilton (2022), offline and small:
    a fifth of them is held out;
 2. **reward models** (the *proxies*) trained on the first k pairs for each ``--train-sizes`` k;
    held-out accuracy, margin, agreement with the gold, and the noise ceiling;
-3. the largest proxy is normalised (mean 0, std 1 on policy samples) and used for
-   **best-of-n**: a pool of ``--bon-pool`` samples per held-out prompt, gold and proxy of the
+3. the largest proxy (or, with ``--proxy smallest``, the one trained on the fewest pairs) is
+   normalised (mean 0, std 1 on policy samples) and used for **best-of-n**: a pool of ``--bon-pool`` samples per held-out prompt, gold and proxy of the
    proxy-best of n by the unbiased estimator, against the analytic KL bound;
 4. **PPO against the proxy** (``build_trainer`` with the reward model as ``reward_fn``) for
    each seed, with gold and proxy measured on held-out prompts every ``--eval-every`` updates;
@@ -20,6 +20,9 @@ The synthetic setup of Gao, Schulman & Hilton (2022), offline and small:
 
 The run folder holds ``config.json``, ``pairs.jsonl``, ``pairs_heldout.jsonl``, ``results.json``,
 ``samples.md``, ``rm_overview.png``, ``wall_time.txt`` and ``reward_model/`` (safetensors + JSON).
+``results.json`` is rewritten after every stage (and every PPO seed), atomically, with an
+``"incomplete"`` field naming the last finished stage until the run ends: an interrupted run
+keeps what it measured.
 """
 
 from __future__ import annotations
@@ -73,6 +76,16 @@ def run_reward_model(args: argparse.Namespace) -> int:
     lm, tokenizer = load_model(args.model)
     results: dict = {"settings": settings}
 
+    def save(stage: str | None) -> None:  # atomically; "incomplete" names the last finished stage
+        if stage is None:
+            results.pop("incomplete", None)
+        else:
+            results["incomplete"] = f"stopped after {stage}"
+        results["seconds"] = time.perf_counter() - t0
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1, default=str))
+        tmp.replace(out / "results.json")
+
     # 1. pairs, labelled by the gold with Bradley–Terry noise τ
     if args.pairs_from:  # reuse the pairs of an earlier run (same model, gold and τ)
         train_pairs = read_pairs(Path(args.pairs_from) / "pairs.jsonl")
@@ -93,12 +106,14 @@ def run_reward_model(args: argparse.Namespace) -> int:
                         "gold_ties": float((g_c == g_r).double().mean()),
                         "seconds": time.perf_counter() - t0}
     print("pairs:", results["pairs"])
+    save("the pairs")
 
     # 2. reward models at several training sizes (frozen backbone: all share the policy's weights)
     results["reward_models"] = []
     sizes = sorted({min(k, len(train_pairs)) for k in args.train_sizes})
     rm = RewardModel(lm, tokenizer, name=args.model, trainable=args.trainable)
     feats = pair_features(rm, train_pairs) if args.trainable == "head" else None  # once for every size
+    proxies = []
     for k in sizes:
         rm = RewardModel(lm, tokenizer, name=args.model, trainable=args.trainable)
         history = train_reward_model(rm, train_pairs[:k], epochs=args.rm_epochs, lr=args.rm_lr, seed=0,
@@ -107,8 +122,11 @@ def run_reward_model(args: argparse.Namespace) -> int:
         row = {"train_pairs": k, "train_accuracy": history[-1]["accuracy"], **evaluate_reward_model(rm, held)}
         row["fraction_of_ceiling"] = row["accuracy"] / results["pairs"]["noise_ceiling"]
         results["reward_models"].append(row)
+        proxies.append(rm)
         print("reward model:", row)
-    proxy = rm  # the largest
+    proxy = proxies[0] if args.proxy == "smallest" else proxies[-1]
+    results["proxy"] = {"which": args.proxy, "train_pairs": sizes[0] if args.proxy == "smallest" else sizes[-1]}
+    save("the reward models")
 
     # 3. best-of-n against the proxy, from one pool per held-out prompt; the pool (samples of the initial
     #    policy at its temperature) also sets the proxy's normalisation, mean 0 and std 1 (Ziegler et al. 2019)
@@ -136,6 +154,7 @@ def run_reward_model(args: argparse.Namespace) -> int:
         j = int(best[i])
         samples.append(f"| {bon_prompts[i]} | {pool[i][j]!r} | {P[i, j]:.2f} | {G[i, j]:.2f} |")
     print("best-of-n:", bon)
+    save("best-of-n")
 
     # 4. PPO against the proxy, gold tracked on held-out prompts
     eval_prompts = held_prompts[: args.eval_prompts]
@@ -165,6 +184,7 @@ def run_reward_model(args: argparse.Namespace) -> int:
         for (p, r, s, _), gs in list(zip(ev["samples"], gold_scores))[:8]:
             samples.append(f"| {p} | {r!r} | {s:.2f} | {gs:.2f} |")
         del trainer
+        save(f"PPO seed {seed}")
 
     # 5. Gao et al.'s functional forms, d = √KL, R = gold − gold at d = 0
     g0 = bon[0]["gold"]
@@ -175,9 +195,7 @@ def run_reward_model(args: argparse.Namespace) -> int:
         d_rl += [math.sqrt(max(c["kl"], 0.0)) for c in run["curve"]]
         r_rl += [c["gold"] - base for c in run["curve"]]
     results["fits"]["rl"] = _try_fit(fit_gao, d_rl, r_rl, "rl")
-    results["seconds"] = time.perf_counter() - t0
-
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    save(None)
     (out / "samples.md").write_text("\n".join(samples) + "\n", encoding="utf-8")
     (out / "wall_time.txt").write_text(f"{results['seconds']:.0f} s with {torch.get_num_threads()} threads\n")
     from .plotting.ch08 import overview_from_results
@@ -212,6 +230,8 @@ def add_reward_model_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--train-sizes", type=int, nargs="+", default=[40, 80, 158], help="reward-model training sizes")
     p.add_argument("--trainable", default="head", choices=("head", "last_block", "all"))
+    p.add_argument("--proxy", default="largest", choices=("largest", "smallest"),
+                   help="the reward model best-of-n and PPO optimise: trained on the most or the fewest pairs")
     p.add_argument("--rm-epochs", type=int, default=30)
     p.add_argument("--rm-lr", type=float, default=3e-3)
     p.add_argument("--rm-weight-decay", type=float, default=0.1, help="AdamW weight decay of the head")

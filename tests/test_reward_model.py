@@ -219,13 +219,15 @@ def test_reward_model_command_writes_a_run_folder(tmp_path):
     out = tmp_path / "run"
     assert main(["reward-model", "--out", str(out), "--model", "tiny-gpt2", "--gold", "chars:e", "--pair-repeats", "1",
                  "--train-sizes", "20", "79", "--rm-epochs", "3", "--bon-prompts", "4", "--bon-pool", "4",
-                 "--ppo-updates", "2", "--eval-every", "1", "--eval-prompts", "8", "--max-new-tokens", "6"]) == 0
+                 "--ppo-updates", "2", "--eval-every", "1", "--eval-prompts", "8", "--max-new-tokens", "6",
+                 "--proxy", "smallest"]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "pairs.jsonl", "pairs_heldout.jsonl", "results.json", "samples.md", "rm_overview.png",
             "reward_model"} <= names
     import json
 
     results = json.loads((out / "results.json").read_text())
+    assert "incomplete" not in results and results["proxy"] == {"which": "smallest", "train_pairs": 20}
     bon = results["best_of_n"]
     assert [b["n"] for b in bon] == [1, 2, 4]
     assert bon[0]["proxy"] == pytest.approx(0.0, abs=1e-5)  # the proxy is normalised on this very pool
@@ -233,3 +235,24 @@ def test_reward_model_command_writes_a_run_folder(tmp_path):
     assert [c["update"] for c in results["ppo"][0]["curve"]] == [0, 1, 2]
     assert results["ppo"][0]["curve"][0]["kl"] == pytest.approx(0.0, abs=1e-4)  # before training π = π_ref
     RewardModel.load(out / "reward_model")  # loads on the backbone it names
+
+
+def test_an_interrupted_reward_model_run_keeps_what_it_measured(tmp_path, monkeypatch):
+    import json
+
+    import ppo_lib.trainer
+    from ppo_lib.__main__ import main
+
+    def no_ppo(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the run were stopped when PPO starts
+
+    monkeypatch.setattr(ppo_lib.trainer, "build_trainer", no_ppo)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        main(["reward-model", "--out", str(out), "--model", "tiny-gpt2", "--gold", "chars:e", "--pair-repeats", "1",
+              "--train-sizes", "20", "79", "--rm-epochs", "3", "--bon-prompts", "4", "--bon-pool", "4",
+              "--ppo-updates", "2", "--eval-every", "1", "--max-new-tokens", "6"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["incomplete"] == "stopped after best-of-n"
+    assert len(results["reward_models"]) == 2 and len(results["best_of_n"]) == 3  # every finished stage is there
+    assert not (out / "results.json.tmp").exists()
