@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .bench import add_bench_parser
 from .cli_compare import add_compare_parser, add_dpo_parser
@@ -28,7 +29,7 @@ def _figures(args: argparse.Namespace) -> int:
 
         train_ch06(["--updates", str(args.updates)])
 
-    for path in render_all(args.names or None):
+    for path in render_all(args.names or None, out=args.out):
         print(path)
     return 0
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     fig.add_argument("--train-ch06", action="store_true",
                      help="first retrain chapter 06's precomputed beta = 0 / beta > 0 runs on SmolLM2 (slow: two training runs)")
     fig.add_argument("--updates", type=int, default=40, help="updates of each --train-ch06 run (default 40)")
+    fig.add_argument("--out", type=Path, default=None,
+                     help="write the PNGs into this folder instead of figures/ (to compare with the committed ones)")
     fig.set_defaults(run=_figures)
 
     sub.add_parser("classroom", help="student versions, grading and Colab setup (see `classroom --help`)",

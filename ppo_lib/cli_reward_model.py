@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_reward_model_parser", "run_reward_model"]
+__all__ = ["add_reward_model_parser", "run_reward_model", "command_line"]
 
 
 def _bon_pool(lm, tokenizer, prompts, pool: int, max_new_tokens: int, temperature: float, seed: int):
@@ -74,7 +74,7 @@ def run_reward_model(args: argparse.Namespace) -> int:
     (out / "config.json").write_text(json.dumps(settings, indent=1))
     gold = get_reward(args.gold)
     lm, tokenizer = load_model(args.model)
-    results: dict = {"settings": settings}
+    results: dict = {"settings": settings, "command": command_line(settings)}
 
     def save(stage: str | None) -> None:  # atomically; "incomplete" names the last finished stage
         if stage is None:
@@ -214,6 +214,20 @@ def _try_fit(fit, d, R, form):
         return fit(d, R, form)
     except ValueError as e:  # too few points with d > 0: say so in the results
         return {"error": str(e)}
+
+
+def command_line(settings: dict) -> str:
+    """The command that makes a run with these ``settings`` (a run's ``config.json``): ``--out``
+    and every flag whose value differs from its default."""
+    parser = argparse.ArgumentParser()
+    add_reward_model_parser(parser.add_subparsers())
+    defaults = vars(parser.parse_args(["reward-model", "--out", "-"]))
+    parts = ["python -m ppo_lib reward-model", f"--out {settings['out']}"]
+    for key, value in settings.items():
+        if key in ("command", "out", "run") or key not in defaults or value == defaults[key]:
+            continue
+        parts.append(f"--{key.replace('_', '-')} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value)))
+    return " ".join(parts)
 
 
 def add_reward_model_parser(sub) -> None:

@@ -228,6 +228,9 @@ def test_reward_model_command_writes_a_run_folder(tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     assert "incomplete" not in results and results["proxy"] == {"which": "smallest", "train_pairs": 20}
+    assert results["command"] == (f"python -m ppo_lib reward-model --out {out} --model tiny-gpt2 --gold chars:e "
+                                  "--pair-repeats 1 --max-new-tokens 6 --train-sizes 20 79 --proxy smallest --rm-epochs 3 "
+                                  "--bon-prompts 4 --bon-pool 4 --ppo-updates 2 --eval-every 1 --eval-prompts 8")
     bon = results["best_of_n"]
     assert [b["n"] for b in bon] == [1, 2, 4]
     assert bon[0]["proxy"] == pytest.approx(0.0, abs=1e-5)  # the proxy is normalised on this very pool

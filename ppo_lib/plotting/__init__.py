@@ -67,13 +67,15 @@ def style() -> None:
     })
 
 
-def render(name: str, save: bool = False, **kwargs):
+def render(name: str, save: bool = False, out: Path | None = None, **kwargs):
     """Make figure ``name``; write it to ``figures/NAME.png`` only when ``save`` is True.
 
     Args:
         name: a registered figure name, e.g. ``"04_gae_bias_variance"``.
         save: write the PNG to :func:`figures_dir` (what ``python -m ppo_lib figures`` does).
             The chapters leave it False, so running or testing them writes no tracked file.
+        out: with ``save``, write it into this folder instead. Figures that read committed
+            runs still read them from :func:`figures_dir`.
         **kwargs: passed to the figure function.
 
     Returns:
@@ -88,22 +90,22 @@ def render(name: str, save: bool = False, **kwargs):
     style()
     fig = REGISTRY[name](**kwargs)
     if save:
-        out = figures_dir()
+        out = Path(out) if out is not None else figures_dir()
         out.mkdir(parents=True, exist_ok=True)
         # Fixed metadata so the PNG bytes depend only on the pixels.
         fig.savefig(out / f"{name}.png", bbox_inches="tight", metadata={"Software": None})
     return fig
 
 
-def render_all(names: list[str] | None = None) -> list[Path]:
-    """Regenerate every registered figure (or ``names``) in ``figures/``; returns the paths."""
+def render_all(names: list[str] | None = None, out: Path | None = None) -> list[Path]:
+    """Regenerate every registered figure (or ``names``) in ``figures/`` (or ``out``); returns the paths."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     _load_all()
     paths = []
     for name in sorted(names or REGISTRY):
-        fig = render(name, save=True)
+        fig = render(name, save=True, out=out)
         plt.close(fig)
-        paths.append(figures_dir() / f"{name}.png")
+        paths.append((Path(out) if out is not None else figures_dir()) / f"{name}.png")
     return paths
