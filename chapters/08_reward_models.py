@@ -52,6 +52,7 @@ import matplotlib.pyplot as plt
 
 from ppo_lib.models import tiny_gpt2
 from ppo_lib.plotting import render
+from ppo_lib.cli_reward_model import command_line
 from ppo_lib.plotting.ch08 import load_run
 from ppo_lib.preferences import bradley_terry_labels, noise_ceiling
 from ppo_lib.reward_model import (RewardModel, best_of_n_estimate, best_of_n_kl_bound, bradley_terry_loss,
@@ -307,21 +308,20 @@ for n in (2, 4, 16, 64):
 # The full experiment is one command, `python -m ppo_lib reward-model` (`ppo_lib/cli_reward_model.py`): it makes the
 # pairs with SmolLM2 and the VADER gold, trains proxies on several numbers of pairs, runs best-of-$n$ from a pool on
 # held-out prompts, then PPO (`build_trainer` with the normalised reward model as `reward_fn`) while it measures the
-# gold and the KL on held-out prompts, and fits Gao et al.'s forms. It takes too long for this notebook; its results
-# are committed in `figures/runs/rm_small/`, made by:
+# gold and the KL on held-out prompts, and fits Gao et al.'s forms. It takes too long for this notebook (33 minutes on
+# 2 CPU cores); its results are committed in `figures/runs/rm_full/`, made by:
 
 # %%
-run = load_run("rm_small")
+run = load_run()
 s = run["settings"]
-print("python -m ppo_lib reward-model --out figures/runs/rm_small --pairs-from figures/runs/rm_small "
-      f"--bon-prompts {s['bon_prompts']} --bon-pool {s['bon_pool']} --ppo-updates {s['ppo_updates']} "
-      f"--eval-every {s['eval_every']} --eval-prompts {s['eval_prompts']} --threads 2")
-print(f"pairs: τ = {s['tau']}, {s['max_new_tokens']} new tokens, 2 per training prompt (made by the same command without "
-      "--pairs-from); reward models on", s["train_sizes"], "pairs; PPO", f"batch {s['batch_size']}, lr {s['lr']}, "
-      f"β = {s['kl_coef']}, seeds {s['seeds']}")
-print(f"wall time: {run['seconds'] / 60:.0f} min on 2 CPU cores shared with other jobs")
-if "interrupted" in run:
-    print("note:", run["interrupted"])
+print("made by:", command_line(s))
+print(f"pairs: τ = {s['tau']}, {s['max_new_tokens']} new tokens, {s['pair_repeats']} per training prompt; reward models "
+      f"on {s['train_sizes']} pairs; best-of-n and PPO against the {run['proxy']['which']} "
+      f"({run['proxy']['train_pairs']} pairs)")
+print(f"PPO: batch {s['batch_size']}, lr {s['lr']}, β = {s['kl_coef']}, {s['ppo_updates']} updates, seeds {s['seeds']}; "
+      f"gold and proxy on {s['eval_prompts']} held-out prompts every {s['eval_every']} updates")
+print(f"wall time: {run['seconds'] / 60:.0f} min on 2 CPU cores")
+assert "incomplete" not in run  # the run finished every stage
 
 # %% [markdown]
 # The data and the reward models:
@@ -336,16 +336,19 @@ for r in run["reward_models"]:
           f"{r['margin']:6.2f}  {r['fraction_of_ceiling']:.2f}")
 
 # %% [markdown]
-# What the committed run shows, and what it does not. The proxy's held-out accuracy rises with the number of pairs
-# (0.51, 0.56, 0.64 at 40, 80, 158 pairs), but on only 39 held-out pairs each number has a standard error of about
-# 0.08, and the best is 70 % of the noise ceiling (0.92), short of the 90 % we aim for at the largest size.
-# Every model fits its training pairs perfectly (training accuracy 1.0): a linear head on 576 frozen features
-# over-fits a few hundred pairs. More pairs (the full command below uses 2,000) or a fine-tuned last block
-# (`--trainable last_block`) are the two ways up. For this chapter a weak proxy is not a defect: it is the *small
-# reward model* of Gao et al., the one that over-optimisation hits first.
+# **The proxies are weak, and more pairs barely help.** On 475 held-out pairs (a standard error of about 0.023 per
+# accuracy) the held-out accuracy is 0.579, 0.587 and 0.600 at 250, 1 000 and 1 901 pairs: 66–68 % of the noise
+# ceiling of 0.880, far from the 90 % one would want. The gold ties on 13 % of the pairs (VADER scores both
+# continuations 0), and a tie's label is a coin flip, which is why the ceiling is below $\sigma(1/\tau)$. The
+# training accuracy falls from 1.00 to 0.72 as the pairs grow: with 250 pairs a linear head on 576 frozen features
+# fits noise, with 1 901 it cannot, and the held-out accuracy stays near 0.6 either way. So the limit is the
+# **representation**, not the amount of data: one linear layer on the final hidden state of the last token of a 135M
+# model predicts the sentiment of the 16 tokens before it poorly. Fine-tuning the last block
+# (`--trainable last_block`) is the way up that the library offers; it was not run here. For this section a weak
+# proxy is what we want: it is the small reward model of Gao et al., the one over-optimisation should hit first.
 #
-# Best-of-$n$ and PPO against the largest proxy, on one plot of score against $d = \sqrt{\mathrm{KL}}$ (best-of-$n$ at
-# the bound (8.7), PPO at its measured KL on held-out prompts), and the proxy − gold gap:
+# Best-of-$n$ and PPO against the smallest proxy (250 pairs), on one plot of score against $d = \sqrt{\mathrm{KL}}$
+# (best-of-$n$ at the bound (8.7), PPO at its measured KL on held-out prompts), and the proxy − gold gap:
 
 # %%
 fig = render("08_gold_proxy")
@@ -365,24 +368,33 @@ for form, fit in run["fits"].items():
         print(f"fit {form}: α = {fit['alpha']:+.3f}, β = {fit['beta']:+.3f}, R² = {fit['r2']:.2f} ({fit['n_points']} points)")
 
 # %% [markdown]
-# What this small run shows — honestly, not much yet, and here is exactly what. **Best-of-$n$** (8 held-out prompts, a
-# pool of 8 each): the normalised proxy rises steadily with $n$ (0 → 1.21 at $n = 8$), as it must, while the gold is
-# flat: 0.24 ± 0.06 at $n = 1$, 0.25 ± 0.08 at $n = 4$, 0.19 ± 0.10 at $n = 8$. The last value is lower, but within
-# one standard error, so it is **not** evidence that the gold has peaked. What the run does show is the gap: proxy −
-# gold grows from −0.24 to +1.03 as the KL bound grows from 0 to 1.2 nats (the two are on different scales — the
-# proxy normalised, the gold VADER's — so read the *growth* of the gap, not its level). **PPO** (one seed, stopped
-# after 4 of the planned 6 updates to fit the session; 8 held-out prompts per point): the KL reaches 5.4 nats, the
-# held-out proxy score goes *down* (0.67 → 0.51) while the gold goes up (0.02 → 0.30). With a proxy at 64 % accuracy,
-# the policy is still mostly learning what proxy and gold agree on (positive words), and the held-out proxy, measured
-# on 8 prompts, is noisy. So in this run the gold **did not fall** within the budget, and the RL functional form
-# cannot be fitted from two points past $d = 0$ (printed above). The best-of-$n$ fit of (8.8) on its 3 points has
-# R² = 0.88, which with 3 points and 2 parameters says little. The Gao et al. comparison "which is more KL-efficient"
-# needs the full run: best-of-$n$ reaches its gold at ≤ 1.2 nats while PPO needed 5.4 nats for a similar gold here,
-# but with these standard errors we do not claim a difference.
+# What the run shows, in numbers (each gold mean on 32 held-out prompts has a standard error of about 0.07):
 #
-# The budget the full effect needs is not known from this run. Our PPO is at 5.4 nats after 4 updates with a weak
-# proxy; a few dozen updates, more held-out prompts per evaluation (to shrink the standard errors), several seeds and
-# a best-of-$n$ pool of ≥ 64 (KL bound 3.2 nats) is the scale at which to look: the command below.
+# * **Best-of-$n$** (32 held-out prompts, a pool of 32 each). The normalised proxy rises steadily, 0 → 2.04 at
+#   $n = 32$. The gold rises from 0.186 ± 0.020 at $n = 1$ to 0.327 ± 0.042 at $n = 16$ (KL bound 1.84 nats), then
+#   reads 0.300 ± 0.070 at $n = 32$: lower, but within one standard error, so **not** a peak. The fit of (8.8) has
+#   $\alpha = 0.148$, $\beta = 0.043$, $R^2 = 0.86$ on 5 points; its peak, $d^* = \alpha/2\beta = 1.75$ (3.1 nats), lies
+#   beyond the largest $n$, an extrapolation.
+# * **PPO** (three seeds). The KL grows fast, to 24–28 nats after 36 updates, and the held-out proxy with it (to
+#   1.37–1.55). The gold rises too: from update 0 to update 36 by +0.65, +0.25 and +0.34 (mean +0.41). In every seed the
+#   gold is highest at the last evaluation. It dips on the way in seeds 1 and 2 (seed 2: 0.36 at 10 nats, 0.24 at 18,
+#   0.41 at 27), by one to two standard errors of a difference, and recovers. So **the gold did not peak and fall
+#   within this budget**, in any seed, and the RL form of (8.8) fits badly ($R^2 = 0.50$, with $\beta < 0$: a curve
+#   that bends up). The budget at which this proxy would be over-optimised is not identifiable from these data: it
+#   lies beyond 28 nats for PPO.
+# * **What does grow is the gap.** Proxy − gold rises from about 0 at update 0 to 0.6–1.1 at the end in every seed,
+#   and from −0.19 to +1.74 along best-of-$n$ (the two scores are on different scales, so read the growth, not the
+#   level). The proxy rewards the policy more and more for what the gold values less: the signature Gao et al.
+#   describe, here before the gold turns down.
+# * **Which is more KL-efficient.** Best-of-16 gains +0.14 ± 0.05 over $n = 1$ at a KL of at most 1.84 nats (the bound
+#   overstates it). PPO's first evaluations, at 4.6–5.9 nats, gained −0.05 to +0.10 (mean +0.04), and PPO passed +0.14
+#   only at 7–15 nats. At equal KL best-of-$n$ buys more gold; PPO goes further, to gains best-of-$n$ would need an
+#   impractically large $n$ for.
+#
+# Why does a proxy that is right on only 58 % of the pairs still drive the gold up? Its errors are noise, not a
+# systematic bias: on average it still prefers positive words, and PPO follows that average. Gao et al.'s
+# over-optimisation appears when the policy finds what the proxy systematically over-rates; with this proxy and
+# β = 0.02 that had not happened by 28 nats.
 #
 # ### Gao et al.'s functional forms
 #
@@ -410,8 +422,9 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 # stays where it was and the run simply converges at a smaller KL, so the penalty acts like **early stopping** (their
 # section on the effect of the KL penalty; they caution that this may depend on hyperparameters).
 # So β is a knob for *where* on the curve the
-# run ends, and the curve itself is set by the proxy's quality (its size and data). To measure it here, run the
-# command below with `--kl-coef 0.0`, `0.02` and `0.1` and compare the gold-against-KL curves, not the final scores.
+# run ends, and the curve itself is set by the proxy's quality (its size and data). To measure it here, rerun the
+# command above with `--kl-coef 0.0` and `0.1` besides the committed 0.02 and compare the gold-against-KL curves, not
+# the final scores (not done: about half an hour each on 2 CPU cores).
 #
 # > **Common mistake: reading a rising reward curve as progress.** The reward PPO reports is the *proxy's* score on
 # > the *training* batch. It rises in almost every run, including runs that are making the policy worse: the policy
@@ -420,18 +433,15 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 # > always plot it against the KL, not against the update number. A score without the KL at which it was reached says
 # > little: best-of-$n$ and PPO are compared at equal KL, and a higher score at a ten-times larger KL is not better.
 #
-# ### The full run (pending)
+# ### What this run does not settle
 #
-# The committed run is small (one seed, few updates). The experiment that would settle the questions above, at the
-# size of the sentiment preset with three seeds, is:
-
-# %%
-print("python -m ppo_lib reward-model --out figures/runs/rm_full --pair-repeats 12 --train-sizes 250 1000 2000 "
-      "--bon-prompts 64 --bon-pool 64 --ppo-updates 60 --eval-every 6 --batch-size 16 --seeds 0 1 2 --threads 2")
-
-# %% [markdown]
-# It has not been run yet (hours on 2 CPU cores by a rough extrapolation of the small run; far less on a GPU); its results will be
-# added here when it has.
+# * **Where the gold turns down.** Not within 28 nats of PPO or $n = 32$ of best-of-$n$. Seeing it needs a longer
+#   run (more updates, or a larger learning rate), a pool of 64–128 for best-of-$n$ (bounds of 3.2 and 3.9 nats), and
+#   more held-out prompts, since the dips above are one to two standard errors.
+# * **A better proxy.** The frozen-feature heads reach 66–68 % of the noise ceiling at every size. Fine-tuning the last
+#   block (`--trainable last_block`) should do better; Gao et al. find that larger proxies are over-optimised later,
+#   at a higher gold score.
+# * **The KL penalty**, swept as described above.
 #
 # ## Summary
 #

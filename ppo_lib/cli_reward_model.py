@@ -1,8 +1,8 @@
 """``python -m ppo_lib reward-model``: chapter 08's gold/proxy experiment as one command.
 
-    python -m ppo_lib reward-model --out figures/runs/rm_small                 # the committed small run
-    python -m ppo_lib reward-model --out runs/rm_full --pair-repeats 12 \\
-        --train-sizes 250 1000 2000 --bon-prompts 64 --bon-pool 64 --ppo-updates 60 --seeds 0 1 2
+    python -m ppo_lib reward-model --out figures/runs/rm_full --pair-repeats 24 \\
+        --train-sizes 250 1000 1901 --proxy smallest --bon-prompts 32 --bon-pool 32 \\
+        --seeds 0 1 2 --ppo-updates 36 --eval-every 6 --eval-prompts 32 --batch-size 16   # the committed run
 
 The synthetic setup of Gao, Schulman & Hilton (2022), offline and small:
 
@@ -234,7 +234,7 @@ def add_reward_model_parser(sub) -> None:
     p = sub.add_parser("reward-model", help="chapter 08: preference pairs, reward models, best-of-n and PPO against "
                                             "a proxy, with a gold reward", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="the run folder (e.g. figures/runs/rm_small)")
+    p.add_argument("--out", required=True, help="the run folder (e.g. figures/runs/rm_full)")
     p.add_argument("--model", default="smollm2-135m", help="policy and reward-model backbone")
     p.add_argument("--gold", default="vader", help="the gold reward (as for `train --reward`)")
     p.add_argument("--tau", type=float, default=0.1, help="Bradley–Terry label noise τ of the gold labels")

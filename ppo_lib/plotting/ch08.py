@@ -1,7 +1,7 @@
 """Figures of chapter 08, "Reward models".
 
 ``08_bradley_terry`` is computed (the loss −log σ(Δ) and its gradient). ``08_gold_proxy`` reads
-the committed run of ``python -m ppo_lib reward-model`` (``figures/runs/rm_small/results.json``),
+the committed run of ``python -m ppo_lib reward-model`` (``figures/runs/rm_full/results.json``),
 so it is cheap and deterministic; the same drawing is the run folder's ``rm_overview.png``.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from . import figure, figures_dir
 
-RUN = "rm_small"
+RUN = "rm_full"
 
 
 def load_run(name: str = RUN) -> dict:
@@ -51,6 +51,9 @@ def overview_from_results(results: dict):
     ax.axhline(ceiling, color="k", ls=":", label=f"noise ceiling {ceiling:.2f}")
     ax.axhline(0.5, color="gray", lw=0.8)
     ax.set(xscale="log", xlabel="training pairs", ylabel="accuracy", title="reward model (proxy)", ylim=(0.4, 1.02))
+    sizes = [r["train_pairs"] for r in rms]
+    ax.set_xticks(sizes, [str(n) for n in sizes])  # the sizes themselves, not log-scale decades
+    ax.minorticks_off()
     ax.legend(fontsize=8)
     bon = results["best_of_n"]
     d_bon = [math.sqrt(b["kl_bound"]) for b in bon]
