@@ -816,10 +816,27 @@ print("tokens of probability 0 drawn:", int(freq[p_check == 0].sum() * n_draws),
 #   normalisations, the rotary embeddings and the cache writes into a few kernels, which is what `torch.compile` of
 #   the decode step does, at the price of minutes of compilation per shape on a 2-core CPU (Section 9).
 # * Going further needs faster products. One way is a kernel for thin (16-row) products that streams the weights
-#   near the memory bandwidth: the bound is 25–30 ms. The other is fewer bytes (bf16 or int8 weights). Fewer bytes
-#   change the numbers the policy samples with: the samples would come from a slightly different policy from the
-#   float32 one whose log-probabilities the update computes (`forward_old`), and how much that matters would have to
-#   be measured.
+#   near the memory bandwidth: the bound is 25–30 ms. The other is fewer bytes: bf16 or int8 weights. Fewer bytes
+#   change the numbers the policy samples with, so the samples come from a slightly different policy than the
+#   float32 one whose log-probabilities the update computes (`forward_old`). Both sides of that trade, for bf16, are
+#   measured by `python -m ppo_lib.profiling bf16-sampling` (five interleaved rounds; the KL on 16 × 24 tokens sampled
+#   from the bf16 copy):
+
+# %%
+bf16 = json.loads((RUNS / "ch07_bf16_sampling" / "bf16-sampling.json").read_text())
+print("command:", bf16["command"])
+print(f"machine: {bf16['machine']['cpu']}, {bf16['machine']['cpus']} cores, {' '.join(bf16['machine']['cpu_flags'])}")
+print(f"16 × 24 tokens: float32 {bf16['median']['float32']:.2f} s, bf16 {bf16['median']['bfloat16']:.2f} s (medians); "
+      f"float32 / bf16 per round {min(bf16['ratios']):.2f}–{max(bf16['ratios']):.2f}")
+m = bf16["mismatch"]
+print(f"KL(π_bf16 ‖ π) per token: mean {m['kl_mean']:.4f}, max {m['kl_max']:.4f} nats; "
+      f"largest |Δ log π| of a sampled token {m['max_abs_logprob_diff']:.2f}")
+
+# %% [markdown]
+# On this CPU, which has AVX-512 bf16 instructions, the bf16 copy was **no faster**: 0.91–1.01 per round, median
+# 0.97. The two policies are close: a mean per-token KL of 0.0015 nats, at most 0.013, although one sampled token's log-probability
+# moved by 0.32. That gap is what large systems accept when they sample with an inference engine in lower precision
+# than they train in. Int8 weights were not measured here.
 #
 # None of these is in the library, so on a CPU the sampler stays several times above its roofline (2.5× in the
 # stored output).
@@ -860,7 +877,7 @@ print("tokens of probability 0 drawn:", int(freq[p_check == 0].sum() * n_draws),
 #   makes CUDA-graph capture possible. The roofline (7.9) tells when that can help: on a GPU, not on a CPU.
 # * `torch.multinomial` makes a random number per vocabulary entry; inverting the cumulative distribution (7.10)
 #   needs one per row and made CPU sampling 1.18× faster. What is left of a CPU decode step is mostly thin matrix
-#   products, which the BLAS runs at well under the machine's bandwidth.
+#   products, which the BLAS runs at well under the machine's bandwidth; bf16 weights did not make them faster here.
 #
 # **References.** Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR, arXiv:1412.6980.
 # Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization" (AdamW), ICLR, arXiv:1711.05101.

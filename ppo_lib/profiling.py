@@ -15,7 +15,8 @@ Command line (the committed sampler measurement of chapter 07)::
 
     python -m ppo_lib.profiling samplers --out figures/runs/ch07_sampler   # ≈ 2 min on 2 CPU cores
     python -m ppo_lib.profiling compile --out figures/runs/ch07_compile    # torch.compile: minutes on a CPU
-    python -m ppo_lib.profiling first-update --out figures/runs/ch07_first_update   # ≈ 6 min: 2 warm-ups × 6 seeds
+    python -m ppo_lib.profiling first-update --out figures/runs/ch07_first_update   # ≈ 4 min: 2 warm-ups × 6 seeds
+    python -m ppo_lib.profiling bf16-sampling --out figures/runs/ch07_bf16_sampling  # ≈ 2 min
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["PHASES", "machine", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers", "compile_speedup",
-           "first_updates"]
+__all__ = ["PHASES", "machine", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers",
+           "bf16_sampling", "compile_speedup", "first_updates"]
 
 PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "backward", "optimizer")
 
@@ -169,6 +170,53 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
             "agreement": agreement, **timing}
 
 
+def bf16_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
+                  repeats: int = 3, seed: int = 0) -> dict:
+    """Sampling from a bfloat16 copy of the policy against float32: time and how far apart the two
+    policies are (chapter 07, Section 11: "fewer bytes").
+
+    The trainer recomputes ``old_logprobs`` in float32, so a bf16 sampler would draw from a
+    slightly different policy π_bf16 than the π whose ratios PPO computes. The distance is measured
+    on responses sampled from π_bf16: the per-token KL(π_bf16 ‖ π) over the whole vocabulary, and
+    the largest |log π − log π_bf16| of a sampled token.
+
+    Returns:
+        ``seconds``/``median`` per arm (interleaved), ``ratios`` (float32 / bf16 per round) and
+        ``mismatch`` (``kl_mean``, ``kl_max`` per token, ``max_abs_logprob_diff``).
+    """
+    import copy
+
+    import torch
+
+    from .models import load_model
+    from .rewards import review_prompts
+    from .rollout import position_ids_from_mask, sample, tokenize_prompts
+
+    lm32, tokenizer = load_model(model_name)
+    lm16 = copy.deepcopy(lm32).to(torch.bfloat16)
+    ids, mask = tokenize_prompts(tokenizer, review_prompts("train")[:batch_size])
+    kw = dict(temperature=0.7, stop_at_eos=False)
+
+    def run(lm):
+        return lambda: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1), **kw)
+
+    timing = interleaved_timing({"float32": run(lm32), "bfloat16": run(lm16)}, repeats=repeats)  # ratios: fp32 / bf16
+    batch = sample(lm16, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed), **kw)
+    am = batch.attention_mask
+    with torch.no_grad():
+        logp = {}
+        for name, lm in (("float32", lm32), ("bfloat16", lm16)):
+            logits = lm(input_ids=batch.input_ids, attention_mask=am, position_ids=position_ids_from_mask(am),
+                        use_cache=False).logits[:, ids.shape[1] - 1:-1]  # (B, T, V): the logits of each response token
+            logp[name] = torch.log_softmax(logits.float() / kw["temperature"], dim=-1)
+    kl = (logp["bfloat16"].exp() * (logp["bfloat16"] - logp["float32"])).sum(-1)  # (B, T) KL(π_bf16 ‖ π)
+    tok = batch.response_ids.unsqueeze(-1)
+    diff = (logp["float32"].gather(-1, tok) - logp["bfloat16"].gather(-1, tok)).abs()
+    mismatch = {"kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "max_abs_logprob_diff": float(diff.max())}
+    return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": machine(), "mismatch": mismatch, **timing}
+
+
 def compile_speedup(model_name: str = "smollm2-135m", batch_size: int = 8, seq_len: int = 48, repeats: int = 3,
                     seed: int = 0) -> dict:
     """``torch.compile`` of the training forward and backward (what ``PPOConfig.compile`` does):
@@ -248,6 +296,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, required=True, help="folder for samplers.json")
+    b = sub.add_parser("bf16-sampling", help="sampling from a bf16 copy of the policy: time against float32, and the "
+                                             "KL between the two policies")
+    b.add_argument("--model", default="smollm2-135m")
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--max-new-tokens", type=int, default=24)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--out", type=Path, required=True, help="folder for bf16-sampling.json")
     c = sub.add_parser("compile", help="torch.compile of the training forward+backward: first call and steady state")
     c.add_argument("--model", default="smollm2-135m")
     c.add_argument("--batch-size", type=int, default=8)
@@ -267,6 +322,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = first_updates(args.warmups, args.seeds, args.preset, updates=args.updates)
         result["command"] = (f"python -m ppo_lib.profiling first-update --warmups {' '.join(map(str, args.warmups))} "
                              f"--seeds {' '.join(map(str, args.seeds))} --preset {args.preset} --updates {args.updates} "
+                             f"--out {args.out}")
+    elif args.command == "bf16-sampling":
+        result = bf16_sampling(args.model, args.batch_size, args.max_new_tokens, args.repeats)
+        result["command"] = (f"python -m ppo_lib.profiling bf16-sampling --model {args.model} --batch-size "
+                             f"{args.batch_size} --max-new-tokens {args.max_new_tokens} --repeats {args.repeats} "
                              f"--out {args.out}")
     elif args.command == "samplers":
         result = compare_samplers(args.model, args.batch_size, args.max_new_tokens, args.repeats)

@@ -68,3 +68,13 @@ def test_machine_names_the_cpu_its_core_count_and_only_known_vector_extensions()
     assert set(m["cpu_flags"]) <= {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}
     if os.path.exists("/proc/cpuinfo") and "avx2" in open("/proc/cpuinfo").read():
         assert "avx2" in m["cpu_flags"]
+
+
+def test_bf16_sampling_times_both_arms_and_measures_a_small_positive_kl():
+    from ppo_lib.profiling import bf16_sampling
+
+    out = bf16_sampling("tiny-gpt2", batch_size=2, max_new_tokens=4, repeats=1)
+    assert set(out["seconds"]) == {"float32", "bfloat16"} and len(out["ratios"]) == 1
+    mismatch = out["mismatch"]
+    assert 0 < mismatch["kl_mean"] <= mismatch["kl_max"] < 0.1  # bf16 rounding moves the policy, a little
+    assert 0 < mismatch["max_abs_logprob_diff"] < 1.0
