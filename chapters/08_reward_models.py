@@ -339,7 +339,8 @@ for r in run["reward_models"]:
 # **The proxies are weak, and more pairs barely help.** On 475 held-out pairs (a standard error of about 0.023 per
 # accuracy) the held-out accuracy is 0.579, 0.587 and 0.600 at 250, 1 000 and 1 901 pairs: 66–68 % of the noise
 # ceiling of 0.880, far from the 90 % one would want. The gold ties on 13 % of the pairs (VADER scores both
-# continuations 0), and a tie's label is a coin flip, which is why the ceiling is below $\sigma(1/\tau)$. The
+# continuations 0), and a tie's label is a coin flip; pairs whose gold scores differ by much less than τ are nearly
+# so. That is what keeps the ceiling well below 1. The
 # training accuracy falls from 1.00 to 0.72 as the pairs grow: with 250 pairs a linear head on 576 frozen features
 # fits noise, with 1 901 it cannot, and the held-out accuracy stays near 0.6 either way. So the limit is the
 # **representation**, not the amount of data: one linear layer on the final hidden state of the last token of a 135M
@@ -388,8 +389,9 @@ for form, fit in run["fits"].items():
 #   describe, here before the gold turns down.
 # * **Which is more KL-efficient.** Best-of-16 gains +0.14 ± 0.05 over $n = 1$ at a KL of at most 1.84 nats (the bound
 #   overstates it). PPO's first evaluations, at 4.6–5.9 nats, gained −0.05 to +0.10 (mean +0.04), and PPO passed +0.14
-#   only at 7–15 nats. At equal KL best-of-$n$ buys more gold; PPO goes further, to gains best-of-$n$ would need an
-#   impractically large $n$ for.
+#   only at 6.9–13.5 nats. At equal KL best-of-$n$ buys more gold, as Gao et al. found at scale (RL is far less
+#   KL-efficient than best-of-$n$ there too); PPO goes further, to gains best-of-$n$ would need an impractically large
+#   $n$ for.
 #
 # Why does a proxy that is right on only 58 % of the pairs still drive the gold up? Its errors are noise, not a
 # systematic bias: on average it still prefers positive words, and PPO follows that average. Gao et al.'s
@@ -439,8 +441,8 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 #   run (more updates, or a larger learning rate), a pool of 64–128 for best-of-$n$ (bounds of 3.2 and 3.9 nats), and
 #   more held-out prompts, since the dips above are one to two standard errors.
 # * **A better proxy.** The frozen-feature heads reach 66–68 % of the noise ceiling at every size. Fine-tuning the last
-#   block (`--trainable last_block`) should do better; Gao et al. find that larger proxies are over-optimised later,
-#   at a higher gold score.
+#   block (`--trainable last_block`) should do better. Gao et al. find that the coefficients of (8.8) change smoothly
+#   with the proxy's size and that larger proxies reach higher gold scores before the gold turns down.
 # * **The KL penalty**, swept as described above.
 #
 # ## Summary

@@ -12,8 +12,9 @@ The synthetic setup of Gao, Schulman & Hilton (2022), offline and small:
 2. **reward models** (the *proxies*) trained on the first k pairs for each ``--train-sizes`` k;
    held-out accuracy, margin, agreement with the gold, and the noise ceiling;
 3. the largest proxy (or, with ``--proxy smallest``, the one trained on the fewest pairs) is
-   normalised (mean 0, std 1 on policy samples) and used for **best-of-n**: a pool of ``--bon-pool`` samples per held-out prompt, gold and proxy of the
-   proxy-best of n by the unbiased estimator, against the analytic KL bound;
+   normalised (mean 0, std 1 on policy samples) and used for **best-of-n**: a pool of
+   ``--bon-pool`` samples per held-out prompt, gold and proxy of the proxy-best of n by the
+   unbiased estimator, against the analytic KL bound;
 4. **PPO against the proxy** (``build_trainer`` with the reward model as ``reward_fn``) for
    each seed, with gold and proxy measured on held-out prompts every ``--eval-every`` updates;
 5. Gao et al.'s forms fitted to both curves (d = √KL).

@@ -16,13 +16,15 @@ Command line (the committed sampler measurement of chapter 07)::
     python -m ppo_lib.profiling samplers --out figures/runs/ch07_sampler   # ≈ 2 min on 2 CPU cores
     python -m ppo_lib.profiling compile --out figures/runs/ch07_compile    # torch.compile: minutes on a CPU
     python -m ppo_lib.profiling first-update --out figures/runs/ch07_first_update   # ≈ 4 min: 2 warm-ups × 6 seeds
-    python -m ppo_lib.profiling bf16-sampling --out figures/runs/ch07_bf16_sampling  # ≈ 2 min
+    python -m ppo_lib.profiling bf16-sampling --out figures/runs/ch07_bf16_sampling  # ≈ 1 min
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -37,9 +39,6 @@ PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "b
 def machine() -> dict:
     """What a timing depends on: CPU model, core count, the vector extensions that change which
     kernels run (AVX-512, bf16, AMX), and the platform. Stored with every committed measurement."""
-    import os
-    import platform
-
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

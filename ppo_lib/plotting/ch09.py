@@ -2,8 +2,8 @@
 
 The frontier reads the committed comparison (:func:`full_comparison`): the critic-free arms and
 DPO from ``python -m ppo_lib compare`` (``figures/runs/ch09_compare*/``) and PPO from three
-``train`` runs with the same settings and budget (``figures/runs/ch09_ppo_seed*/``). Or any structure of ``summary.json``'s shape, passed in. Either way it is
-cheap and deterministic.
+``train`` runs with the same settings and budget (``figures/runs/ch09_ppo_seed*/``). Or any
+structure of ``summary.json``'s shape, passed in. Either way it is cheap and deterministic.
 """
 
 from __future__ import annotations
