@@ -288,20 +288,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m ppo_lib.profiling", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("samplers", help="eager against static sampler, and torch.multinomial against draw_tokens: "
-                                        "agreement and interleaved timing")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, required=True, help="folder for samplers.json")
-    b = sub.add_parser("bf16-sampling", help="sampling from a bf16 copy of the policy: time against float32, and the "
-                                             "KL between the two policies")
-    b.add_argument("--model", default="smollm2-135m")
-    b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--max-new-tokens", type=int, default=24)
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--out", type=Path, required=True, help="folder for bf16-sampling.json")
+    sampling = {"samplers": ("eager against static sampler, and torch.multinomial against draw_tokens: agreement and "
+                             "interleaved timing", compare_samplers),
+                "bf16-sampling": ("sampling from a bf16 copy of the policy: time against float32, and the KL between "
+                                  "the two policies", bf16_sampling)}
+    for name, (help_, _) in sampling.items():
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--model", default="smollm2-135m")
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--max-new-tokens", type=int, default=24)
+        p.add_argument("--repeats", type=int, default=3)
+        p.add_argument("--out", type=Path, required=True, help=f"folder for {name}.json")
     c = sub.add_parser("compile", help="torch.compile of the training forward+backward: first call and steady state")
     c.add_argument("--model", default="smollm2-135m")
     c.add_argument("--batch-size", type=int, default=8)
@@ -322,15 +319,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         result["command"] = (f"python -m ppo_lib.profiling first-update --warmups {' '.join(map(str, args.warmups))} "
                              f"--seeds {' '.join(map(str, args.seeds))} --preset {args.preset} --updates {args.updates} "
                              f"--out {args.out}")
-    elif args.command == "bf16-sampling":
-        result = bf16_sampling(args.model, args.batch_size, args.max_new_tokens, args.repeats)
-        result["command"] = (f"python -m ppo_lib.profiling bf16-sampling --model {args.model} --batch-size "
+    elif args.command in sampling:
+        result = sampling[args.command][1](args.model, args.batch_size, args.max_new_tokens, args.repeats)
+        result["command"] = (f"python -m ppo_lib.profiling {args.command} --model {args.model} --batch-size "
                              f"{args.batch_size} --max-new-tokens {args.max_new_tokens} --repeats {args.repeats} "
                              f"--out {args.out}")
-    elif args.command == "samplers":
-        result = compare_samplers(args.model, args.batch_size, args.max_new_tokens, args.repeats)
-        result["command"] = (f"python -m ppo_lib.profiling samplers --model {args.model} --batch-size {args.batch_size} "
-                             f"--max-new-tokens {args.max_new_tokens} --repeats {args.repeats} --out {args.out}")
     else:
         result = compile_speedup(args.model, args.batch_size, args.seq_len, args.repeats)
         result["command"] = (f"python -m ppo_lib.profiling compile --model {args.model} --batch-size {args.batch_size} "

@@ -70,10 +70,15 @@ def test_machine_names_the_cpu_its_core_count_and_only_known_vector_extensions()
         assert "avx2" in m["cpu_flags"]
 
 
-def test_bf16_sampling_times_both_arms_and_measures_a_small_positive_kl():
-    from ppo_lib.profiling import bf16_sampling
+def test_bf16_sampling_times_both_arms_and_measures_a_small_positive_kl(tmp_path):
+    import json
 
-    out = bf16_sampling("tiny-gpt2", batch_size=2, max_new_tokens=4, repeats=1)
+    from ppo_lib.profiling import main
+
+    main(["bf16-sampling", "--model", "tiny-gpt2", "--batch-size", "2", "--max-new-tokens", "4", "--repeats", "1",
+          "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "bf16-sampling.json").read_text())
+    assert out["command"].startswith("python -m ppo_lib.profiling bf16-sampling --model tiny-gpt2 --batch-size 2")
     assert set(out["seconds"]) == {"float32", "bfloat16"} and len(out["ratios"]) == 1
     mismatch = out["mismatch"]
     assert 0 < mismatch["kl_mean"] <= mismatch["kl_max"] < 0.1  # bf16 rounding moves the policy, a little
