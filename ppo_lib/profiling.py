@@ -189,7 +189,7 @@ def bf16_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, max_ne
 
     from .models import load_model
     from .rewards import review_prompts
-    from .rollout import position_ids_from_mask, sample, tokenize_prompts
+    from .rollout import forward_response, sample, tokenize_prompts
 
     lm32, tokenizer = load_model(model_name)
     lm16 = copy.deepcopy(lm32).to(torch.bfloat16)
@@ -201,12 +201,10 @@ def bf16_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, max_ne
 
     timing = interleaved_timing({"float32": run(lm32), "bfloat16": run(lm16)}, repeats=repeats)  # ratios: fp32 / bf16
     batch = sample(lm16, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed), **kw)
-    am = batch.attention_mask
     with torch.no_grad():
         logp = {}
         for name, lm in (("float32", lm32), ("bfloat16", lm16)):
-            logits = lm(input_ids=batch.input_ids, attention_mask=am, position_ids=position_ids_from_mask(am),
-                        use_cache=False).logits[:, ids.shape[1] - 1:-1]  # (B, T, V): the logits of each response token
+            logits = forward_response(lm, batch, kw["temperature"], return_logits=True)[2]  # (B, T, V)
             logp[name] = torch.log_softmax(logits.float() / kw["temperature"], dim=-1)
     kl = (logp["bfloat16"].exp() * (logp["bfloat16"] - logp["float32"])).sum(-1)  # (B, T) KL(π_bf16 ‖ π)
     tok = batch.response_ids.unsqueeze(-1)
@@ -271,16 +269,17 @@ def first_updates(warmups: Sequence[int], seeds: Sequence[int], preset: str = "s
 
     spec = PRESETS[preset]
     model, reward = model or spec["model"], reward or spec["reward"]
+    base = {**spec["config"], **(overrides or {})}
     runs = {}
     for w in warmups:
         runs[f"lr_warmup_updates={w}"] = per_seed = {}
         for seed in seeds:
-            config = PPOConfig.from_dict({**spec["config"], **(overrides or {}), "lr_warmup_updates": w, "seed": seed})
+            config = PPOConfig.from_dict({**base, "lr_warmup_updates": w, "seed": seed})
             trainer = build_trainer(model, get_reward(reward), config)
             history = trainer.train(review_prompts("train"), updates, progress=False)
             per_seed[str(seed)] = [{k: h[k] for k in FIRST_UPDATE_KEYS} for h in history]
     return {"preset": preset, "model": model, "reward": reward, "updates": updates,
-            "config": {**spec["config"], **(overrides or {})}, "machine": machine(), "runs": runs}
+            "config": base, "machine": machine(), "runs": runs}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -103,9 +103,10 @@ def render_all(names: list[str] | None = None, out: Path | None = None) -> list[
     import matplotlib.pyplot as plt
 
     _load_all()
+    folder = Path(out) if out is not None else figures_dir()
     paths = []
     for name in sorted(names or REGISTRY):
-        fig = render(name, save=True, out=out)
+        fig = render(name, save=True, out=folder)
         plt.close(fig)
-        paths.append((Path(out) if out is not None else figures_dir()) / f"{name}.png")
+        paths.append(folder / f"{name}.png")
     return paths
