@@ -16,8 +16,9 @@ The synthetic setup of Gao, Schulman & Hilton (2022), offline and small:
    ``--bon-pool`` samples per held-out prompt, gold and proxy of the proxy-best of n by the
    unbiased estimator, against the analytic KL bound;
 4. **PPO against the proxy** (``build_trainer`` with the reward model as ``reward_fn``) for
-   each seed, with gold and proxy measured on held-out prompts every ``--eval-every`` updates;
-5. Gao et al.'s forms fitted to both curves (d = √KL).
+   each seed and each KL coefficient β of ``--kl-coef``, with gold and proxy measured on held-out
+   prompts every ``--eval-every`` updates;
+5. Gao et al.'s forms fitted to both curves (d = √KL), one RL fit per β.
 
 The run folder holds ``config.json``, ``pairs.jsonl``, ``pairs_heldout.jsonl``, ``results.json``,
 ``samples.md``, ``rm_overview.png``, ``wall_time.txt`` and ``reward_model/`` (safetensors + JSON).
@@ -160,9 +161,9 @@ def run_reward_model(args: argparse.Namespace) -> int:
     # 4. PPO against the proxy, gold tracked on held-out prompts
     eval_prompts = held_prompts[: args.eval_prompts]
     results["ppo"] = []
-    for seed in args.seeds:
+    for beta, seed in [(beta, seed) for beta in args.kl_coef for seed in args.seeds]:
         config = PPOConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           ppo_epochs=2, num_minibatches=2, learning_rate=args.lr, kl_coef=args.kl_coef, seed=seed,
+                           ppo_epochs=2, num_minibatches=2, learning_rate=args.lr, kl_coef=beta, seed=seed,
                            max_prompt_length=128)
         trainer = build_trainer(args.model, proxy, config)
         curve = []
@@ -172,30 +173,33 @@ def run_reward_model(args: argparse.Namespace) -> int:
             gold_scores = _safe_scores(gold, [s[0] for s in ev["samples"]], [s[1] for s in ev["samples"]])
             curve.append({"update": update, "kl": ev["kl_mean"], "proxy": ev["score_mean"],
                           "gold": sum(gold_scores) / len(gold_scores), "length": ev["length_mean"]})
-            print(f"seed {seed} update {update}:", curve[-1])
+            print(f"β {beta} seed {seed} update {update}:", curve[-1])
             return ev, gold_scores
 
         measure(0)
         for u in range(args.eval_every, args.ppo_updates + 1, args.eval_every):
             trainer.train(review_prompts("train"), args.eval_every, progress=False)
             ev, gold_scores = measure(u)
-        results["ppo"].append({"seed": seed, "curve": curve})
-        samples += [f"\n## PPO against the proxy, seed {seed}, after {args.ppo_updates} updates (held-out prompts)\n",
+        results["ppo"].append({"seed": seed, "kl_coef": beta, "curve": curve})
+        samples += [f"\n## PPO against the proxy, β = {beta}, seed {seed}, after {args.ppo_updates} updates "
+                    "(held-out prompts)\n",
                     "| prompt | response | proxy | gold |", "|---|---|---|---|"]
         for (p, r, s, _), gs in list(zip(ev["samples"], gold_scores))[:8]:
             samples.append(f"| {p} | {r!r} | {s:.2f} | {gs:.2f} |")
         del trainer
-        save(f"PPO seed {seed}")
+        save(f"PPO β = {beta} seed {seed}")
 
     # 5. Gao et al.'s functional forms, d = √KL, R = gold − gold at d = 0
     g0 = bon[0]["gold"]
     results["fits"] = {"bon": _try_fit(fit_gao, [math.sqrt(b["kl_bound"]) for b in bon], [b["gold"] - g0 for b in bon], "bon")}
-    d_rl, r_rl = [], []
-    for run in results["ppo"]:
-        base = run["curve"][0]["gold"]
-        d_rl += [math.sqrt(max(c["kl"], 0.0)) for c in run["curve"]]
-        r_rl += [c["gold"] - base for c in run["curve"]]
-    results["fits"]["rl"] = _try_fit(fit_gao, d_rl, r_rl, "rl")
+    for k, beta in enumerate(args.kl_coef):  # one RL fit per β ("rl" for the first), pooling its seeds
+        d_rl, r_rl = [], []
+        for run in results["ppo"]:
+            if run["kl_coef"] == beta:
+                base = run["curve"][0]["gold"]
+                d_rl += [math.sqrt(max(c["kl"], 0.0)) for c in run["curve"]]
+                r_rl += [c["gold"] - base for c in run["curve"]]
+        results["fits"]["rl" if k == 0 else f"rl, β = {beta}"] = _try_fit(fit_gao, d_rl, r_rl, "rl")
     save(None)
     (out / "samples.md").write_text("\n".join(samples) + "\n", encoding="utf-8")
     (out / "wall_time.txt").write_text(f"{results['seconds']:.0f} s with {torch.get_num_threads()} threads\n")
@@ -225,6 +229,8 @@ def command_line(settings: dict) -> str:
     defaults = vars(parser.parse_args(["reward-model", "--out", "-"]))
     parts = ["python -m ppo_lib reward-model", f"--out {settings['out']}"]
     for key, value in settings.items():
+        if isinstance(defaults.get(key), list) and not isinstance(value, list):
+            value = [value]  # a setting that became a list (--kl-coef): an older run's single value
         if key in ("command", "out", "run") or key not in defaults or value == defaults[key]:
             continue
         parts.append(f"--{key.replace('_', '-')} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value)))
@@ -260,6 +266,7 @@ def add_reward_model_parser(sub) -> None:
     p.add_argument("--eval-prompts", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--kl-coef", type=float, default=0.02)
+    p.add_argument("--kl-coef", type=float, nargs="+", default=[0.02],
+                   help="β of PPO's KL penalty; with several values PPO runs at each, for every seed (a sweep)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(run=run_reward_model)

@@ -220,7 +220,7 @@ def test_reward_model_command_writes_a_run_folder(tmp_path):
     assert main(["reward-model", "--out", str(out), "--model", "tiny-gpt2", "--gold", "chars:e", "--pair-repeats", "1",
                  "--train-sizes", "20", "79", "--rm-epochs", "3", "--bon-prompts", "4", "--bon-pool", "4",
                  "--ppo-updates", "2", "--eval-every", "1", "--eval-prompts", "8", "--max-new-tokens", "6",
-                 "--proxy", "smallest"]) == 0
+                 "--proxy", "smallest", "--kl-coef", "0.02", "0.5"]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "pairs.jsonl", "pairs_heldout.jsonl", "results.json", "samples.md", "rm_overview.png",
             "reward_model"} <= names
@@ -230,13 +230,21 @@ def test_reward_model_command_writes_a_run_folder(tmp_path):
     assert "incomplete" not in results and results["proxy"] == {"which": "smallest", "train_pairs": 20}
     assert results["command"] == (f"python -m ppo_lib reward-model --out {out} --model tiny-gpt2 --gold chars:e "
                                   "--pair-repeats 1 --max-new-tokens 6 --train-sizes 20 79 --proxy smallest --rm-epochs 3 "
-                                  "--bon-prompts 4 --bon-pool 4 --ppo-updates 2 --eval-every 1 --eval-prompts 8")
+                                  "--bon-prompts 4 --bon-pool 4 --ppo-updates 2 --eval-every 1 --eval-prompts 8 "
+                                  "--kl-coef 0.02 0.5")
+    from ppo_lib.cli_reward_model import command_line
+
+    older = {**results["settings"], "kl_coef": 0.02}  # a run from before --kl-coef took a list
+    assert "--kl-coef" not in command_line(older)
     bon = results["best_of_n"]
     assert [b["n"] for b in bon] == [1, 2, 4]
     assert bon[0]["proxy"] == pytest.approx(0.0, abs=1e-5)  # the proxy is normalised on this very pool
     assert bon[0]["proxy"] <= bon[1]["proxy"] <= bon[2]["proxy"]  # E[max of n] grows with n
-    assert [c["update"] for c in results["ppo"][0]["curve"]] == [0, 1, 2]
-    assert results["ppo"][0]["curve"][0]["kl"] == pytest.approx(0.0, abs=1e-4)  # before training π = π_ref
+    assert [(r["kl_coef"], r["seed"]) for r in results["ppo"]] == [(0.02, 0), (0.5, 0)]  # a sweep over β
+    for run in results["ppo"]:
+        assert [c["update"] for c in run["curve"]] == [0, 1, 2]
+        assert run["curve"][0]["kl"] == pytest.approx(0.0, abs=1e-4)  # before training π = π_ref
+    assert set(results["fits"]) == {"bon", "rl", "rl, β = 0.5"}  # one RL fit per β
     RewardModel.load(out / "reward_model")  # loads on the backbone it names
 
 

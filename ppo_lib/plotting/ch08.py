@@ -38,6 +38,19 @@ def bradley_terry():
     return fig
 
 
+def _ppo_runs(results: dict):
+    """``(run, color, name, first)`` for each PPO run: one color per KL coefficient β, in the order of
+    ``--kl-coef`` (a run from before it took several values has the one β of its settings);
+    ``first`` marks the first seed of each β, the one to label."""
+    betas = list(dict.fromkeys(run.get("kl_coef", results["settings"]["kl_coef"]) for run in results["ppo"]))
+    seen = set()
+    for run in results["ppo"]:
+        beta = run.get("kl_coef", results["settings"]["kl_coef"])
+        color = ("C3", "C2", "C4", "C5", "C6")[betas.index(beta) % 5]
+        yield run, color, "PPO" if len(betas) == 1 else f"PPO β = {beta}", beta not in seen
+        seen.add(beta)
+
+
 def overview_from_results(results: dict):
     """Three panels of a reward-model run: RM accuracy vs training pairs; gold and proxy vs √KL
     for best-of-n (analytic KL bound) and PPO (measured KL); the proxy − gold gap vs √KL."""
@@ -61,19 +74,19 @@ def overview_from_results(results: dict):
     ax.errorbar(d_bon, [b["gold"] for b in bon], [b["gold_sem"] for b in bon], fmt="o-", color="C0",
                 label="best-of-n, gold")
     ax.plot(d_bon, [b["proxy"] for b in bon], "o--", color="C0", alpha=0.5, label="best-of-n, proxy (normalised)")
-    for k, run in enumerate(results["ppo"]):
+    for run, color, name, first in _ppo_runs(results):
         d = [math.sqrt(max(c["kl"], 0)) for c in run["curve"]]
-        ax.plot(d, [c["gold"] for c in run["curve"]], "s-", color="C3", label="PPO, gold" if k == 0 else None)
-        ax.plot(d, [c["proxy"] for c in run["curve"]], "s--", color="C3", alpha=0.5,
-                label="PPO, proxy (normalised)" if k == 0 else None)
+        ax.plot(d, [c["gold"] for c in run["curve"]], "s-", color=color, label=f"{name}, gold" if first else None)
+        ax.plot(d, [c["proxy"] for c in run["curve"]], "s--", color=color, alpha=0.5,
+                label=f"{name}, proxy (normalised)" if first else None)
     ax.set(xlabel=r"$d=\sqrt{\mathrm{KL}}$ (best-of-n: analytic bound)", ylabel="score",
            title="gold and proxy against KL")
     ax.legend(fontsize=7)
     ax = axes[2]
     ax.plot(d_bon, [b["proxy"] - b["gold"] for b in bon], "o-", color="C0", label="best-of-n")
-    for k, run in enumerate(results["ppo"]):
+    for run, color, name, first in _ppo_runs(results):
         d = [math.sqrt(max(c["kl"], 0)) for c in run["curve"]]
-        ax.plot(d, [c["proxy"] - c["gold"] for c in run["curve"]], "s-", color="C3", label="PPO" if k == 0 else None)
+        ax.plot(d, [c["proxy"] - c["gold"] for c in run["curve"]], "s-", color=color, label=name if first else None)
     ax.set(xlabel=r"$d=\sqrt{\mathrm{KL}}$", ylabel="proxy − gold", title="the gap grows with KL")
     ax.legend(fontsize=8)
     fig.tight_layout()
