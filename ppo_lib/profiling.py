@@ -17,11 +17,13 @@ Command line (the committed sampler measurement of chapter 07)::
     python -m ppo_lib.profiling compile --out figures/runs/ch07_compile    # torch.compile: minutes on a CPU
     python -m ppo_lib.profiling first-update --out figures/runs/ch07_first_update   # ≈ 4 min: 2 warm-ups × 6 seeds
     python -m ppo_lib.profiling bf16-sampling --out figures/runs/ch07_bf16_sampling  # ≈ 1 min
+    python -m ppo_lib.profiling int8-sampling --out figures/runs/ch07_int8_sampling  # ≈ 1 min
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -31,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["PHASES", "machine", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers",
-           "bf16_sampling", "compile_speedup", "first_updates"]
+           "int8_copy", "reduced_precision_sampling", "compile_speedup", "first_updates"]
 
 PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "backward", "optimizer")
 
@@ -169,19 +171,51 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
             "agreement": agreement, **timing}
 
 
-def bf16_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
-                  repeats: int = 3, seed: int = 0) -> dict:
-    """Sampling from a bfloat16 copy of the policy against float32: time and how far apart the two
-    policies are (chapter 07, Section 11: "fewer bytes").
+def int8_copy(lm):
+    """A copy of ``lm`` with every ``nn.Linear`` except the output head quantized to int8 by
+    ``torch.ao.quantization.quantize_dynamic``: weights per output channel, activations per tensor
+    at run time (the dynamic scheme of PyTorch's eager-mode quantization, deprecated in favour of
+    torchao but still in torch). The embeddings and the LM head stay float32.
 
-    The trainer recomputes ``old_logprobs`` in float32, so a bf16 sampler would draw from a
-    slightly different policy π_bf16 than the π whose ratios PPO computes. The distance is measured
-    on responses sampled from π_bf16: the per-token KL(π_bf16 ‖ π) over the whole vocabulary, and
-    the largest |log π − log π_bf16| of a sampled token.
+    Raises a ``ValueError`` for a model without such layers (GPT-2's blocks use ``Conv1D``).
+    """
+    import copy
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    q = copy.deepcopy(lm)
+    head = q.get_output_embeddings()
+    spec = {name: per_channel_dynamic_qconfig for name, m in q.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not head}
+    if not spec:
+        raise ValueError(f"{type(lm).__name__} has no nn.Linear layer besides its output head (GPT-2's blocks use "
+                         "Conv1D), so there is nothing to quantize to int8; measure a Llama-style model such as "
+                         "smollm2-135m.")
+    return quantize_dynamic(q, spec, dtype=torch.qint8)
+
+
+PRECISIONS = {"bfloat16": "a bf16 copy (every weight and activation)",
+              "int8": "an int8 copy (int8_copy: the blocks' linear layers, weights and activations)"}
+
+
+def reduced_precision_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
+                               repeats: int = 3, seed: int = 0, precision: str = "bfloat16") -> dict:
+    """Sampling from a reduced-precision copy of the policy against float32: time and how far apart
+    the two policies are (chapter 07, Section 11: "fewer bytes").
+
+    The trainer recomputes ``old_logprobs`` in float32, so a reduced-precision sampler would draw
+    from a different policy π_q than the π whose ratios PPO computes. The distance is measured on
+    responses sampled from π_q: the per-token KL(π_q ‖ π) over the whole vocabulary, and the largest
+    |log π − log π_q| of a sampled token.
+
+    Args:
+        precision: ``"bfloat16"`` or ``"int8"`` (see :data:`PRECISIONS` and :func:`int8_copy`).
 
     Returns:
-        ``seconds``/``median`` per arm (interleaved), ``ratios`` (float32 / bf16 per round) and
-        ``mismatch`` (``kl_mean``, ``kl_max`` per token, ``max_abs_logprob_diff``).
+        ``seconds``/``median`` per arm (``"float32"`` and ``precision``, interleaved), ``ratios``
+        (float32 / reduced per round) and ``mismatch`` (``kl_mean``, ``kl_max`` per token,
+        ``max_abs_logprob_diff``).
     """
     import copy
 
@@ -191,27 +225,30 @@ def bf16_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, max_ne
     from .rewards import review_prompts
     from .rollout import forward_response, sample, tokenize_prompts
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}.")
     lm32, tokenizer = load_model(model_name)
-    lm16 = copy.deepcopy(lm32).to(torch.bfloat16)
+    lm_q = copy.deepcopy(lm32).to(torch.bfloat16) if precision == "bfloat16" else int8_copy(lm32)
     ids, mask = tokenize_prompts(tokenizer, review_prompts("train")[:batch_size])
     kw = dict(temperature=0.7, stop_at_eos=False)
 
     def run(lm):
         return lambda: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1), **kw)
 
-    timing = interleaved_timing({"float32": run(lm32), "bfloat16": run(lm16)}, repeats=repeats)  # ratios: fp32 / bf16
-    batch = sample(lm16, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed), **kw)
+    timing = interleaved_timing({"float32": run(lm32), precision: run(lm_q)}, repeats=repeats)  # ratios: fp32 / reduced
+    batch = sample(lm_q, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed), **kw)
     with torch.no_grad():
         logp = {}
-        for name, lm in (("float32", lm32), ("bfloat16", lm16)):
+        for name, lm in (("float32", lm32), (precision, lm_q)):
             logits = forward_response(lm, batch, kw["temperature"], return_logits=True)[2]  # (B, T, V)
             logp[name] = torch.log_softmax(logits.float() / kw["temperature"], dim=-1)
-    kl = (logp["bfloat16"].exp() * (logp["bfloat16"] - logp["float32"])).sum(-1)  # (B, T) KL(π_bf16 ‖ π)
+    kl = (logp[precision].exp() * (logp[precision] - logp["float32"])).sum(-1)  # (B, T) KL(π_q ‖ π)
     tok = batch.response_ids.unsqueeze(-1)
-    diff = (logp["float32"].gather(-1, tok) - logp["bfloat16"].gather(-1, tok)).abs()
+    diff = (logp["float32"].gather(-1, tok) - logp[precision].gather(-1, tok)).abs()
     mismatch = {"kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "max_abs_logprob_diff": float(diff.max())}
-    return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "machine": machine(), "mismatch": mismatch, **timing}
+    return {"model": model_name, "precision": precision, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine(), "mismatch": mismatch,
+            **timing}
 
 
 def compile_speedup(model_name: str = "smollm2-135m", batch_size: int = 8, seq_len: int = 48, repeats: int = 3,
@@ -289,8 +326,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sampling = {"samplers": ("eager against static sampler, and torch.multinomial against draw_tokens: agreement and "
                              "interleaved timing", compare_samplers),
-                "bf16-sampling": ("sampling from a bf16 copy of the policy: time against float32, and the KL between "
-                                  "the two policies", bf16_sampling)}
+                **{f"{short}-sampling": (f"sampling from {PRECISIONS[precision]} of the policy: time against float32, "
+                                         "and the KL between the two policies",
+                                         functools.partial(reduced_precision_sampling, precision=precision))
+                   for short, precision in (("bf16", "bfloat16"), ("int8", "int8"))}}
     for name, (help_, _) in sampling.items():
         p = sub.add_parser(name, help=help_)
         p.add_argument("--model", default="smollm2-135m")

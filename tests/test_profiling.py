@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from ppo_lib.profiling import PHASES, interleaved_timing, machine, plot_time_breakdown, time_breakdown  # noqa: E402
 
@@ -83,3 +84,42 @@ def test_bf16_sampling_times_both_arms_and_measures_a_small_positive_kl(tmp_path
     mismatch = out["mismatch"]
     assert 0 < mismatch["kl_mean"] <= mismatch["kl_max"] < 0.1  # bf16 rounding moves the policy, a little
     assert 0 < mismatch["max_abs_logprob_diff"] < 1.0
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_int8_copy_quantizes_every_linear_layer_but_the_head_and_leaves_the_original_alone():
+    from ppo_lib.models import load_model
+    from ppo_lib.profiling import int8_copy
+
+    lm = _tiny_llama()
+    q = int8_copy(lm)
+    quantized = [n for n, m in q.named_modules() if type(m).__module__.endswith("quantized.dynamic.modules.linear")]
+    assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 blocks
+    assert type(q.get_output_embeddings()) is torch.nn.Linear  # the head stays float32
+    assert not any("quantized" in type(m).__module__ for m in lm.modules())  # a copy, not in place
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = lm(input_ids=ids).logits, q(input_ids=ids).logits
+    assert 0 < (a - b).abs().max() < 0.1 * a.abs().max()  # rounded, not broken
+    with pytest.raises(ValueError, match="Conv1D"):
+        int8_copy(load_model("tiny-gpt2")[0])
+
+
+def test_int8_sampling_command_names_its_arms_and_measures_a_kl(tmp_path):
+    import json
+
+    from ppo_lib.profiling import main
+
+    main(["int8-sampling", "--model", "smollm2-135m", "--batch-size", "2", "--max-new-tokens", "3", "--repeats", "1",
+          "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "int8-sampling.json").read_text())
+    assert out["precision"] == "int8" and set(out["seconds"]) == {"float32", "int8"}
+    assert out["mismatch"]["kl_mean"] > 0 and out["mismatch"]["max_abs_logprob_diff"] > 0
