@@ -20,6 +20,10 @@ The synthetic setup of Gao, Schulman & Hilton (2022), offline and small:
    prompts every ``--eval-every`` updates;
 5. Gao et al.'s forms fitted to both curves (d = √KL), one RL fit per β.
 
+``python -m ppo_lib reward-probe --pairs-from figures/runs/rm_full --out figures/runs/rm_probe``
+fits linear probes (:func:`ppo_lib.reward_model.probe_layers`) on every layer of the backbone, on
+the same pairs: which layer and which pooling carry the preference the proxy has to learn.
+
 The run folder holds ``config.json``, ``pairs.jsonl``, ``pairs_heldout.jsonl``, ``results.json``,
 ``samples.md``, ``rm_overview.png``, ``wall_time.txt`` and ``reward_model/`` (safetensors + JSON).
 ``results.json`` is rewritten after every stage (and every PPO seed), atomically, with an
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_reward_model_parser", "run_reward_model", "command_line"]
+__all__ = ["add_reward_model_parser", "run_reward_model", "run_reward_probe", "command_line"]
 
 
 def _bon_pool(lm, tokenizer, prompts, pool: int, max_new_tokens: int, temperature: float, seed: int):
@@ -221,13 +225,58 @@ def _try_fit(fit, d, R, form):
         return {"error": str(e)}
 
 
+def run_reward_probe(args: argparse.Namespace) -> int:
+    """Linear probes of every layer of the backbone on the pairs of a ``reward-model`` run."""
+    from .models import load_model
+    from .preferences import noise_ceiling, read_pairs
+    from .reward_model import probe_layers
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "run"}
+    train_pairs = read_pairs(Path(args.pairs_from) / "pairs.jsonl")
+    held = read_pairs(Path(args.pairs_from) / "pairs_heldout.jsonl")
+    lm, tokenizer = load_model(args.model)
+    rows = probe_layers(lm, tokenizer, train_pairs, held, args.train_sizes, epochs=args.rm_epochs, lr=args.rm_lr,
+                        weight_decay=args.rm_weight_decay)
+    g_c = torch.tensor([p["gold_chosen"] for p in held])
+    g_r = torch.tensor([p["gold_rejected"] for p in held])
+    results = {"settings": settings, "command": command_line(settings), "train": len(train_pairs), "heldout": len(held),
+               "noise_ceiling": noise_ceiling(g_c, g_r, _run_tau(args.pairs_from)), "rows": rows,
+               "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
+    tmp = out / "probe.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "probe.json")  # no half-written file
+    from .plotting.ch08 import probe_from_results
+
+    import matplotlib.pyplot as plt
+
+    fig = probe_from_results(results)
+    fig.savefig(out / "probe.png", bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    best = max(rows, key=lambda r: (r["train_pairs"], r["accuracy"]))
+    print(f"best probe at {best['train_pairs']} pairs: layer {best['layer']} ({best['pooling']}), held-out accuracy "
+          f"{best['accuracy']:.3f} (noise ceiling {results['noise_ceiling']:.3f}); wrote {out} in {results['seconds']:.0f} s")
+    return 0
+
+
+def _run_tau(run_folder: str | Path) -> float:
+    """τ of the ``reward-model`` run whose pairs these are (its ``config.json``)."""
+    return float(json.loads((Path(run_folder) / "config.json").read_text())["tau"])
+
+
 def command_line(settings: dict) -> str:
-    """The command that makes a run with these ``settings`` (a run's ``config.json``): ``--out``
-    and every flag whose value differs from its default."""
+    """The command that makes a run with these ``settings`` (a run's ``config.json``): its
+    subcommand (``reward-model`` or ``reward-probe``), ``--out`` and every flag whose value differs
+    from its default."""
+    command = settings.get("command", "reward-model")
     parser = argparse.ArgumentParser()
-    add_reward_model_parser(parser.add_subparsers())
-    defaults = vars(parser.parse_args(["reward-model", "--out", "-"]))
-    parts = ["python -m ppo_lib reward-model", f"--out {settings['out']}"]
+    add_reward_model_parser(parser.add_subparsers(dest="command"))
+    defaults = vars(parser.parse_args([command, "--out", "-"] + (["--pairs-from", "-"] if command == "reward-probe" else [])))
+    parts = [f"python -m ppo_lib {command}", f"--out {settings['out']}"]
     for key, value in settings.items():
         if isinstance(defaults.get(key), list) and not isinstance(value, list):
             value = [value]  # a setting that became a list (--kl-coef): an older run's single value
@@ -270,3 +319,15 @@ def add_reward_model_parser(sub) -> None:
                    help="β of PPO's KL penalty; with several values PPO runs at each, for every seed (a sweep)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(run=run_reward_model)
+
+    q = sub.add_parser("reward-probe", help="chapter 08: linear probes of every layer of the backbone on the pairs "
+                                            "of a reward-model run (which layer and pooling carry the preference)")
+    q.add_argument("--out", required=True, help="the folder for probe.json and probe.png (e.g. figures/runs/rm_probe)")
+    q.add_argument("--pairs-from", required=True, help="a reward-model run folder (its pairs and τ)")
+    q.add_argument("--model", default="smollm2-135m", help="the backbone (as the run's)")
+    q.add_argument("--train-sizes", type=int, nargs="+", default=[250, 1000, 1901], help="probe training sizes")
+    q.add_argument("--rm-epochs", type=int, default=30)
+    q.add_argument("--rm-lr", type=float, default=3e-3)
+    q.add_argument("--rm-weight-decay", type=float, default=0.1, help="AdamW weight decay of each probe")
+    q.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    q.set_defaults(run=run_reward_probe)

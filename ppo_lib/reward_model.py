@@ -60,6 +60,8 @@ __all__ = [
     "RewardModel",
     "RewardModelError",
     "pair_features",
+    "layer_features",
+    "probe_layers",
     "train_reward_model",
     "evaluate_reward_model",
     "best_of_n_estimate",
@@ -333,6 +335,65 @@ def pair_features(rm: RewardModel, pairs: Sequence[dict], batch_size: int = 32) 
     prompts, chosen, rejected = _pair_texts(pairs)
     return tuple(torch.cat([rm.features(*rm.tokenize(prompts[i: i + batch_size], side[i: i + batch_size]))
                             for i in range(0, len(pairs), batch_size)]) for side in (chosen, rejected))
+
+
+@torch.no_grad()
+def layer_features(rm: RewardModel, prompts: Sequence[str], responses: Sequence[str],
+                   batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's hidden states of ``prompt + response`` at *every* layer, two ways: ``(N, L + 1, H)``
+    at the last real token (index −1 is what :meth:`RewardModel.features` reads) and ``(N, L + 1, H)``
+    averaged over the response's tokens (those after ``len(tokenize(prompt))``). Index 0 is the
+    embeddings' output, index i the input of block i, the last one the final norm's output."""
+    last, mean = [], []
+    for i in range(0, len(prompts), batch_size):
+        ids, mask = rm.tokenize(prompts[i: i + batch_size], responses[i: i + batch_size])
+        out = rm.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                          use_cache=False, output_hidden_states=True)
+        hs = torch.stack(out.hidden_states, 1).float()  # (B, L + 1, T, H)
+        rows = torch.arange(len(ids), device=ids.device)
+        last.append(hs[rows, :, mask.sum(1) - 1])
+        start = torch.tensor([len(rm.tokenizer(p, add_special_tokens=True)["input_ids"])
+                              for p in prompts[i: i + batch_size]], device=ids.device)
+        response = (mask.bool() & (torch.arange(ids.shape[1], device=ids.device) >= start[:, None])).float()  # (B, T)
+        mean.append((hs * response[:, None, :, None]).sum(2) / response.sum(1).clamp(min=1)[:, None, None])
+    return torch.cat(last), torch.cat(mean)
+
+
+def probe_layers(lm: nn.Module, tokenizer, train_pairs: Sequence[dict], held_pairs: Sequence[dict],
+                 sizes: Sequence[int], *, epochs: int = 30, lr: float = 3e-3, weight_decay: float = 0.1,
+                 progress: bool = True) -> list[dict]:
+    """Linear probes: a Bradley–Terry head (as :func:`train_reward_model` trains it, on frozen features)
+    on every layer's hidden states, read at the last real token (``"last"``, the reward model's own
+    choice) or averaged over the response (``"mean"``), for the first k pairs of ``train_pairs`` for each
+    k in ``sizes``. Which layer and which pooling carry the preference is what it measures; the last
+    layer with ``"last"`` is exactly the reward model with ``trainable="head"``.
+
+    Returns one row per (pooling, layer, k): ``{"pooling", "layer", "train_pairs", "train_accuracy",
+    "accuracy"}``, the accuracy on ``held_pairs``' labels.
+    """
+    from tqdm.auto import tqdm
+
+    rm = RewardModel(lm, tokenizer, trainable="head")
+    feats = {}
+    for name, pairs in (("train", train_pairs), ("held", held_pairs)):
+        prompts, chosen, rejected = _pair_texts(pairs)
+        c_last, c_mean = layer_features(rm, prompts, chosen)
+        r_last, r_mean = layer_features(rm, prompts, rejected)
+        feats[name] = {"last": (c_last, r_last), "mean": (c_mean, r_mean)}
+    n_layers = feats["train"]["last"][0].shape[1]
+    sizes = sorted({min(k, len(train_pairs)) for k in sizes})
+    rows = []
+    jobs = [(pooling, layer, k) for pooling in ("last", "mean") for layer in range(n_layers) for k in sizes]
+    for pooling, layer, k in tqdm(jobs, desc="probes", disable=not progress):
+        head = RewardModel(lm, tokenizer, trainable="head")  # a fresh head on the same frozen backbone
+        c, r = (f[:k, layer] for f in feats["train"][pooling])
+        history = train_reward_model(head, train_pairs[:k], epochs=epochs, lr=lr, weight_decay=weight_decay, seed=0,
+                                     progress=False, features=(c, r))
+        hc, hr = (f[:, layer] for f in feats["held"][pooling])
+        accuracy = float((head.raw_reward(hc) > head.raw_reward(hr)).double().mean())
+        rows.append({"pooling": pooling, "layer": layer, "train_pairs": k,
+                     "train_accuracy": history[-1]["accuracy"], "accuracy": accuracy})
+    return rows
 
 
 def train_reward_model(rm: RewardModel, pairs: Sequence[dict], *, epochs: int = 20, lr: float = 1e-3,

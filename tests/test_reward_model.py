@@ -11,7 +11,8 @@ import torch
 from ppo_lib.models import tiny_gpt2
 from ppo_lib.preferences import PreferenceDataError
 from ppo_lib.reward_model import (RewardModel, RewardModelError, best_of_n_estimate, best_of_n_kl_bound,
-                                  bradley_terry_loss, evaluate_reward_model, fit_gao, train_reward_model)
+                                  bradley_terry_loss, evaluate_reward_model, fit_gao, layer_features, probe_layers,
+                                  train_reward_model)
 from ppo_lib.rewards import score
 
 
@@ -111,6 +112,33 @@ def test_last_block_training_learns_too():
     assert not any(n.startswith("backbone.h.0.") for n in trainable)
     history = train_reward_model(rm, synthetic_pairs(96, seed=0), epochs=3, lr=3e-3, progress=False)
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_layer_features_read_the_last_token_and_average_the_response_only():
+    lm, tok = tiny_gpt2()
+    rm = RewardModel(lm, tok, name="tiny-gpt2", trainable="head")
+    prompts, responses = ["Say:", "Say: it"], ["aab", "b"]
+    last, mean = layer_features(rm, prompts, responses)
+    assert last.shape == mean.shape == (2, lm.config.n_layer + 1, lm.config.n_embd)
+    assert torch.allclose(last[:, -1], rm.features(*rm.tokenize(prompts, responses)), atol=1e-6)  # the head's features
+    ids = tok("Say: it" + "b")["input_ids"]  # one row alone: its hidden states without padding
+    alone = rm.backbone(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    n_prompt = len(tok("Say: it")["input_ids"])
+    assert torch.allclose(mean[1, 2], alone[2][0, n_prompt:].mean(0), atol=1e-5)  # the response's tokens only
+
+
+def test_probe_layers_last_layer_is_the_head_only_reward_model_and_finds_the_preference():
+    lm, tok = tiny_gpt2()
+    train, held = synthetic_pairs(120, seed=0), synthetic_pairs(80, seed=1)
+    rows = probe_layers(lm, tok, train, held, [40, 120], epochs=5, lr=1e-2, weight_decay=0.0, progress=False)
+    n_layers = lm.config.n_layer + 1
+    assert len(rows) == 2 * n_layers * 2  # (pooling, layer, size)
+    rm = RewardModel(lm, tok, trainable="head")
+    train_reward_model(rm, train, epochs=5, lr=1e-2, weight_decay=0.0, seed=0, progress=False)
+    top = next(r for r in rows if (r["pooling"], r["layer"], r["train_pairs"]) == ("last", n_layers - 1, 120))
+    assert top["accuracy"] == pytest.approx(evaluate_reward_model(rm, held)["accuracy"], abs=1e-9)
+    best = max(r["accuracy"] for r in rows if r["train_pairs"] == 120)
+    assert best >= 0.9  # "more a's" is linearly readable from some layer
 
 
 def test_normalize_gives_mean_0_std_1_and_shifts_no_preference(trained):
@@ -246,6 +274,15 @@ def test_reward_model_command_writes_a_run_folder(tmp_path):
         assert run["curve"][0]["kl"] == pytest.approx(0.0, abs=1e-4)  # before training π = π_ref
     assert set(results["fits"]) == {"bon", "rl", "rl, β = 0.5"}  # one RL fit per β
     RewardModel.load(out / "reward_model")  # loads on the backbone it names
+
+    probe = tmp_path / "probe"
+    assert main(["reward-probe", "--out", str(probe), "--pairs-from", str(out), "--model", "tiny-gpt2",
+                 "--train-sizes", "20", "79", "--rm-epochs", "2"]) == 0
+    probed = json.loads((probe / "probe.json").read_text())
+    assert probed["command"] == (f"python -m ppo_lib reward-probe --out {probe} --pairs-from {out} --model tiny-gpt2 "
+                                 "--train-sizes 20 79 --rm-epochs 2")
+    assert probed["noise_ceiling"] == pytest.approx(results["pairs"]["noise_ceiling"])  # same held-out pairs, same τ
+    assert len(probed["rows"]) == 2 * 3 * 2 and (probe / "probe.png").exists()  # (pooling, 3 layers, 2 sizes)
 
 
 def test_an_interrupted_reward_model_run_keeps_what_it_measured(tmp_path, monkeypatch):

@@ -93,6 +93,34 @@ def overview_from_results(results: dict):
     return fig
 
 
+def probe_from_results(results: dict):
+    """Held-out accuracy of a linear probe on each layer's hidden states (``reward-probe``), at the
+    last real token and averaged over the response, at the largest training size; the noise
+    ceiling and 90 % of it for scale."""
+    k = max(r["train_pairs"] for r in results["rows"])
+    ceiling = results["noise_ceiling"]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for pooling, style in (("last", "o-"), ("mean", "s-")):
+        rows = sorted((r for r in results["rows"] if r["pooling"] == pooling and r["train_pairs"] == k),
+                      key=lambda r: r["layer"])
+        label = "last real token (the reward model's head)" if pooling == "last" else "mean over the response"
+        ax.plot([r["layer"] for r in rows], [r["accuracy"] for r in rows], style, ms=3, label=label)
+    ax.axhline(ceiling, color="k", ls=":", label=f"noise ceiling {ceiling:.2f}")
+    ax.axhline(0.9 * ceiling, color="gray", ls="--", lw=0.8, label=f"90 % of it, {0.9 * ceiling:.2f}")
+    ax.axhline(0.5, color="gray", lw=0.8)
+    ax.set(xlabel="layer (0: embeddings; last: after the final norm)", ylabel="held-out accuracy",
+           title=f"linear probes on {k} pairs", ylim=(0.45, 0.92))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+@figure("08_probe")
+def probe(run: str = "rm_probe"):
+    """The committed ``python -m ppo_lib reward-probe`` run (see chapter 08)."""
+    return probe_from_results(json.loads((figures_dir() / "runs" / run / "probe.json").read_text()))
+
+
 @figure("08_gold_proxy")
 def gold_proxy(run: str = RUN):
     """The committed run of ``python -m ppo_lib reward-model`` (see chapter 08)."""
