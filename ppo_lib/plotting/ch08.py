@@ -1,8 +1,10 @@
 """Figures of chapter 08, "Reward models".
 
-``08_bradley_terry`` is computed (the loss −log σ(Δ) and its gradient). ``08_gold_proxy`` reads
-the committed run of ``python -m ppo_lib reward-model`` (``figures/runs/rm_full/results.json``),
-so it is cheap and deterministic; the same drawing is the run folder's ``rm_overview.png``.
+``08_bradley_terry`` is computed (the loss −log σ(Δ) and its gradient). The others read committed
+runs, so they are cheap and deterministic: ``08_gold_proxy`` the run of ``python -m ppo_lib
+reward-model`` (``figures/runs/rm_full/results.json``; the same drawing is the run folder's
+``rm_overview.png``), ``08_kl_penalty`` it and its KL-coefficient sweep (``rm_kl_sweep``), and
+``08_probe`` the layer probes of ``python -m ppo_lib reward-probe`` (``rm_probe``).
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def probe_from_results(results: dict):
     ceiling and 90 % of it for scale."""
     k = max(r["train_pairs"] for r in results["rows"])
     ceiling = results["noise_ceiling"]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     for pooling, style in (("last", "o-"), ("mean", "s-")):
         rows = sorted((r for r in results["rows"] if r["pooling"] == pooling and r["train_pairs"] == k),
                       key=lambda r: r["layer"])
@@ -110,15 +112,49 @@ def probe_from_results(results: dict):
     ax.axhline(0.5, color="gray", lw=0.8)
     ax.set(xlabel="layer (0: embeddings; last: after the final norm)", ylabel="held-out accuracy",
            title=f"linear probes on {k} pairs", ylim=(0.45, 0.92))
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
+
+
+def load_probe(name: str = "rm_probe") -> dict:
+    """``probe.json`` of a committed ``reward-probe`` run under ``figures/runs/``."""
+    return json.loads((figures_dir() / "runs" / name / "probe.json").read_text())
 
 
 @figure("08_probe")
 def probe(run: str = "rm_probe"):
     """The committed ``python -m ppo_lib reward-probe`` run (see chapter 08)."""
-    return probe_from_results(json.loads((figures_dir() / "runs" / run / "probe.json").read_text()))
+    return probe_from_results(load_probe(run))
+
+
+def kl_penalty_from_results(*runs: dict):
+    """Gold and proxy against √KL for PPO at every KL coefficient β of these ``reward-model`` runs
+    (the same proxy: a sweep run made with ``--pairs-from`` of the main one), one color per β."""
+    by_beta: dict[float, list[dict]] = {}
+    for results in runs:
+        for run in results["ppo"]:
+            by_beta.setdefault(run.get("kl_coef", results["settings"]["kl_coef"]), []).append(run)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    for k, beta in enumerate(sorted(by_beta)):
+        for i, run in enumerate(by_beta[beta]):
+            d = [math.sqrt(max(c["kl"], 0)) for c in run["curve"]]
+            label = f"β = {beta} ({len(by_beta[beta])} seeds)" if i == 0 else None
+            axes[0].plot(d, [c["gold"] for c in run["curve"]], "o-", ms=3, color=f"C{k}", label=label)
+            axes[1].plot(d, [c["proxy"] for c in run["curve"]], "o-", ms=3, color=f"C{k}", label=label)
+    axes[0].set(xlabel=r"$d=\sqrt{\mathrm{KL}}$ (held-out prompts)", ylabel="gold (VADER)", title="gold against KL")
+    axes[1].set(xlabel=r"$d=\sqrt{\mathrm{KL}}$ (held-out prompts)", ylabel="proxy (normalised)",
+                title="proxy against KL")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@figure("08_kl_penalty")
+def kl_penalty(run: str = RUN, sweep: str = "rm_kl_sweep"):
+    """PPO against the same proxy at three KL coefficients: the committed run and its sweep (chapter 08)."""
+    return kl_penalty_from_results(load_run(run), load_run(sweep))
 
 
 @figure("08_gold_proxy")
