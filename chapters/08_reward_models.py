@@ -53,7 +53,7 @@ import matplotlib.pyplot as plt
 from ppo_lib.models import tiny_gpt2
 from ppo_lib.plotting import render
 from ppo_lib.cli_reward_model import command_line
-from ppo_lib.plotting.ch08 import load_run
+from ppo_lib.plotting.ch08 import load_probe, load_run
 from ppo_lib.preferences import bradley_terry_labels, noise_ceiling
 from ppo_lib.reward_model import (RewardModel, best_of_n_estimate, best_of_n_kl_bound, bradley_terry_loss,
                                   evaluate_reward_model, fit_gao, train_reward_model)
@@ -340,13 +340,59 @@ for r in run["reward_models"]:
 # accuracy) the held-out accuracy is 0.579, 0.587 and 0.600 at 250, 1 000 and 1 901 pairs: 66–68 % of the noise
 # ceiling of 0.880, far from the 90 % one would want. The gold ties on 13 % of the pairs (VADER scores both
 # continuations 0), and a tie's label is a coin flip; pairs whose gold scores differ by much less than τ are nearly
-# so. That is what keeps the ceiling well below 1. The
-# training accuracy falls from 1.00 to 0.72 as the pairs grow: with 250 pairs a linear head on 576 frozen features
-# fits noise, with 1 901 it cannot, and the held-out accuracy stays near 0.6 either way. So the limit is the
-# **representation**, not the amount of data: one linear layer on the final hidden state of the last token of a 135M
-# model predicts the sentiment of the 16 tokens before it poorly. Fine-tuning the last block
-# (`--trainable last_block`) is the way up that the library offers; it was not run here. For this section a weak
-# proxy is what we want: it is the small reward model of Gao et al., the one over-optimisation should hit first.
+# so. That is what keeps the ceiling well below 1. The training accuracy falls from 1.00 to 0.72 as the pairs grow:
+# with 250 pairs a linear head on 576 frozen features fits noise, with 1 901 it cannot, and the held-out accuracy
+# stays near 0.6 either way.
+#
+# ### What limits the proxy: a probe of every layer
+#
+# Is the limit the features or the data? A **linear probe** answers the first half: the same head, trained the same
+# way, on the hidden states of *every* layer, read either at the last real token (the reward model's choice) or
+# averaged over the response's tokens. `python -m ppo_lib reward-probe` (`ppo_lib.reward_model.probe_layers`) fits
+# 2 × 31 × 3 of them on the committed pairs in 5 minutes on 2 CPU cores:
+
+# %%
+probe = load_probe()
+print("made by:", probe["command"])
+sizes = sorted({r["train_pairs"] for r in probe["rows"]})
+final_layer = max(r["layer"] for r in probe["rows"])
+print("pooling  pairs  best layer  its accuracy  final layer  mean over layers")
+for pooling in ("last", "mean"):
+    for k in sizes:
+        rows = [r for r in probe["rows"] if r["pooling"] == pooling and r["train_pairs"] == k]
+        best = max(rows, key=lambda r: r["accuracy"])
+        final = next(r for r in rows if r["layer"] == final_layer)
+        print(f"{pooling:7}  {k:5d}  {best['layer']:10d}  {best['accuracy']:12.3f}  {final['accuracy']:11.3f}  "
+              f"{sum(r['accuracy'] for r in rows) / len(rows):16.3f}")
+# the final layer at the last token *is* the committed proxy: the same features, head and training
+for rm_row in run["reward_models"]:
+    probe_row = next(r for r in probe["rows"] if (r["pooling"], r["layer"], r["train_pairs"])
+                     == ("last", final_layer, rm_row["train_pairs"]))
+    assert probe_row["accuracy"] == rm_row["accuracy"]
+fig = render("08_probe")
+
+# %% [markdown]
+# Three things stand out.
+#
+# * **Averaging beats the last token at almost every layer** (30 or 31 of the 31 at each size), and by most in the
+#   early layers. The best probe reads the
+#   mean of layer 1 (one block above the embeddings): 0.701 on 1 901 pairs, 80 % of the ceiling, against 0.600 for
+#   the reward model's own choice. VADER is a lexicon: it adds up the valences of the words it knows, with rules for
+#   negation and emphasis. Averaging the response's token states is a bag of words too, and the early layers still
+#   say mostly *which* token is there. The last token of a causal LM holds what predicts the *next* token, and at
+#   this size sentiment is not much of that.
+# * **The best is still short of 90 %.** 0.701 is the best of 62 probes *picked on the held-out pairs*, so it flatters
+#   itself; the 90 % line is at 0.792, more than four standard errors (0.021) higher.
+# * **More pairs barely move it.** From 250 to 1 901 pairs (7.6 times as many) the best mean-pooled probe went from
+#   0.676 to 0.701, about 0.01 per doubling. At that rate 0.79 lies some ten doublings away, a thousand times as many
+#   pairs. A linear read-out
+#   of frozen 135M features does not learn a lexicon of thousands of words from a few thousand noisy comparisons.
+#
+# Gao et al. (2022) varied the number of comparisons too, with proxies whose every parameter was trained, and found
+# that below roughly 2 000 comparisons their proxies learned little (their section on the reward model's data size).
+# That is where the road to a better proxy goes: training the backbone, more pairs, or both. Fine-tuning (`--trainable last_block` or `all`) recomputes every forward pass and
+# takes hours on 2 CPU cores, so it was not part of the committed run. For this section a weak proxy is what we want:
+# it is the small reward model of Gao et al., the one over-optimisation should hit first.
 #
 # Best-of-$n$ and PPO against the smallest proxy (250 pairs), on one plot of score against $d = \sqrt{\mathrm{KL}}$
 # (best-of-$n$ at the bound (8.7), PPO at its measured KL on held-out prompts), and the proxy − gold gap:
@@ -423,10 +469,55 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 # that the penalty raises the *proxy* score reached at a given KL but not the *gold* score: the gold-against-KL curve
 # stays where it was and the run simply converges at a smaller KL, so the penalty acts like **early stopping** (their
 # section on the effect of the KL penalty; they caution that this may depend on hyperparameters).
-# So β is a knob for *where* on the curve the
-# run ends, and the curve itself is set by the proxy's quality (its size and data). To measure it here, rerun the
-# command above with `--kl-coef 0.0` and `0.1` besides the committed 0.02 and compare the gold-against-KL curves, not
-# the final scores (not done: about half an hour each on 2 CPU cores).
+#
+# We measured it here. The same command with `--kl-coef 0.0 0.1` runs PPO at both coefficients, for seeds 0 and 1,
+# against the same proxy: `--pairs-from` reuses the committed pairs, and the proxy trained on them is the committed
+# one to the last digit (checked below). With the committed β = 0.02, that is three coefficients:
+
+# %%
+sweep = load_run("rm_kl_sweep")
+print("made by:", command_line(sweep["settings"]))
+assert [r["margin"] for r in sweep["reward_models"]] == [r["margin"] for r in run["reward_models"]]  # the same proxy
+assert sweep["normalization"] == run["normalization"] and "incomplete" not in sweep
+fig = render("08_kl_penalty")
+
+
+def gold_at(curve, kl):
+    """Gold gain over update 0 at this KL, interpolated linearly between two evaluations (None if not reached)."""
+    for a, b in zip(curve, curve[1:]):
+        if a["kl"] <= kl <= b["kl"]:
+            return a["gold"] + (kl - a["kl"]) / (b["kl"] - a["kl"]) * (b["gold"] - a["gold"]) - curve[0]["gold"]
+    return None
+
+
+print("  β    seed  KL after 36 updates   gold gain at the end   highest gold gain   gold gain at KL = 10")
+ppo_runs = [(r.get("kl_coef", results["settings"]["kl_coef"]), r["seed"], r["curve"])
+            for results in (run, sweep) for r in results["ppo"]]
+for beta, seed, c in sorted(ppo_runs, key=lambda x: x[:2]):
+    print(f"{beta:5}  {seed:4d}  {c[-1]['kl']:19.1f}  {c[-1]['gold'] - c[0]['gold']:+21.2f}  "
+          f"{max(x['gold'] for x in c) - c[0]['gold']:+18.2f}  {gold_at(c, 10.0):+20.2f}")
+
+# %% [markdown]
+# What the three coefficients did, on the same proxy (each gold mean on 32 held-out prompts has a standard error of
+# about 0.07, so a gain has about 0.1):
+#
+# * **β sets where the run stops.** After 36 updates the KL is 10.8 and 11.2 nats at β = 0.1, 24–28 at 0.02 and
+#   40–48 at 0. At β = 0.1 it levels off after about 18 updates (9.3–9.4 nats then, 10.8–11.2 at the end), as the
+#   penalty's pull balances the proxy's; without a penalty nothing stops it.
+# * **The final gold follows the KL.** +0.12 and +0.13 at β = 0.1, +0.25 to +0.65 at 0.02, +0.37 and +0.58 at 0. A
+#   larger β gave a *lower* final gold here, because this proxy's gold curve had not turned down: stopping early
+#   stopped before the gain.
+# * **At equal KL the coefficients are hard to tell apart.** At 10 nats (interpolated between evaluations 6 updates
+#   apart) the gold gain is +0.15 and +0.21 at β = 0.1, +0.06 to +0.29 at 0.02, and +0.02 and +0.08 at 0. The means
+#   differ by 0.13 between β = 0.1 and β = 0, about one standard error of a difference of two-seed means: a hint
+#   that the penalty does better at equal KL, not a finding. The proxy-against-KL curves (right) overlap for all
+#   three coefficients. This is what Gao et al.'s early-stopping reading predicts, within what two seeds can resolve.
+# * **Still no over-optimisation peak.** Without a penalty, seed 1 went from 0.51 at 24 nats to 0.31 at 37 nats
+#   while its proxy rose from 1.32 to 2.44, which is the Goodhart pattern, and then back to 0.63 at 48 nats. That is
+#   a fall of two standard errors followed by a recovery, so it is not a peak either.
+#
+# So the penalty is a knob for *where* on the gold-against-KL curve the run ends. The curve itself is set by the
+# proxy: its size and its data.
 #
 # > **Common mistake: reading a rising reward curve as progress.** The reward PPO reports is the *proxy's* score on
 # > the *training* batch. It rises in almost every run, including runs that are making the policy worse: the policy
@@ -437,13 +528,16 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 #
 # ### What this run does not settle
 #
-# * **Where the gold turns down.** Not within 28 nats of PPO or $n = 32$ of best-of-$n$. Seeing it needs a longer
-#   run (more updates, or a larger learning rate), a pool of 64–128 for best-of-$n$ (bounds of 3.2 and 3.9 nats), and
-#   more held-out prompts, since the dips above are one to two standard errors.
-# * **A better proxy.** The frozen-feature heads reach 66–68 % of the noise ceiling at every size. Fine-tuning the last
-#   block (`--trainable last_block`) should do better. Gao et al. find that the coefficients of (8.8) change smoothly
-#   with the proxy's size and that larger proxies reach higher gold scores before the gold turns down.
-# * **The KL penalty**, swept as described above.
+# * **Where the gold turns down.** Not within 28 nats of PPO or $n = 32$ of best-of-$n$, nor within 48 nats without a
+#   KL penalty. Seeing it needs a longer run (more updates, or a larger learning rate), a pool of 64–128 for
+#   best-of-$n$ (bounds of 3.2 and 3.9 nats), and more held-out prompts, since the dips above are one to two
+#   standard errors.
+# * **A better proxy.** The frozen-feature heads reach 66–68 % of the noise ceiling at every size, and the best
+#   linear probe of any layer 80 %. A proxy at 90 % needs a trained backbone or far more pairs (above). Gao et al.
+#   find that the coefficients of (8.8) change smoothly with the proxy's size and that larger proxies reach higher
+#   gold scores before the gold turns down.
+# * **The KL penalty at equal KL.** Two seeds per coefficient show where each run stops. They do not resolve whether
+#   the penalty moves the gold-against-KL curve itself: that needs more seeds and evaluations closer together.
 #
 # ## Summary
 #
