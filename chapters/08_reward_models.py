@@ -53,7 +53,7 @@ import matplotlib.pyplot as plt
 from ppo_lib.models import tiny_gpt2
 from ppo_lib.plotting import render
 from ppo_lib.cli_reward_model import command_line
-from ppo_lib.plotting.ch08 import load_probe, load_run
+from ppo_lib.plotting.ch08 import KL_SWEEPS, load_probe, load_run
 from ppo_lib.preferences import bradley_terry_labels, noise_ceiling
 from ppo_lib.reward_model import (RewardModel, best_of_n_estimate, best_of_n_kl_bound, bradley_terry_loss,
                                   evaluate_reward_model, fit_gao, train_reward_model)
@@ -428,7 +428,8 @@ for form, fit in run["fits"].items():
 #   0.41 at 27), by one to two standard errors of a difference, and recovers. So **the gold did not peak and fall
 #   within this budget**, in any seed, and the RL form of (8.8) fits badly ($R^2 = 0.50$, with $\beta < 0$: a curve
 #   that bends up). The budget at which this proxy would be over-optimised is not identifiable from these data: it
-#   lies beyond 28 nats for PPO.
+#   lies beyond 28 nats for PPO at this β (and without a penalty it was not reached within 31–48 nats either: see
+#   "What a KL penalty does" below).
 # * **What does grow is the gap.** Proxy − gold rises from about 0 at update 0 to 0.6–1.1 at the end in every seed,
 #   and from −0.19 to +1.74 along best-of-$n$ (the two scores are on different scales, so read the growth, not the
 #   level). The proxy rewards the policy more and more for what the gold values less: the signature Gao et al.
@@ -470,15 +471,17 @@ assert abs(fit["alpha"] - 1.2) < 1e-9 and abs(fit["beta"] - 0.5) < 1e-9
 # stays where it was and the run simply converges at a smaller KL, so the penalty acts like **early stopping** (their
 # section on the effect of the KL penalty; they caution that this may depend on hyperparameters).
 #
-# We measured it here. The same command with `--kl-coef 0.0 0.1` runs PPO at both coefficients, for seeds 0 and 1,
-# against the same proxy: `--pairs-from` reuses the committed pairs, and the proxy trained on them is the committed
-# one to the last digit (checked below). With the committed β = 0.02, that is three coefficients:
+# We measured it here. The same command with `--kl-coef 0.0 0.1` runs PPO at both coefficients, for seeds 0 and 1
+# and then, in a second folder, seed 2, against the same proxy: `--pairs-from` reuses the committed pairs, and the
+# proxy trained on them is the committed one to the last digit (checked below). With the committed β = 0.02, that is
+# three coefficients with three seeds each:
 
 # %%
-sweep = load_run("rm_kl_sweep")
-print("made by:", command_line(sweep["settings"]))
-assert [r["margin"] for r in sweep["reward_models"]] == [r["margin"] for r in run["reward_models"]]  # the same proxy
-assert sweep["normalization"] == run["normalization"] and "incomplete" not in sweep
+sweeps = [load_run(name) for name in KL_SWEEPS]
+for sweep in sweeps:
+    print("made by:", command_line(sweep["settings"]))
+    assert [r["margin"] for r in sweep["reward_models"]] == [r["margin"] for r in run["reward_models"]]  # same proxy
+    assert sweep["normalization"] == run["normalization"] and "incomplete" not in sweep
 fig = render("08_kl_penalty")
 
 
@@ -492,7 +495,7 @@ def gold_at(curve, kl):
 
 print("  β    seed  KL after 36 updates   gold gain at the end   highest gold gain   gold gain at KL = 10")
 ppo_runs = [(r.get("kl_coef", results["settings"]["kl_coef"]), r["seed"], r["curve"])
-            for results in (run, sweep) for r in results["ppo"]]
+            for results in (run, *sweeps) for r in results["ppo"]]
 for beta, seed, c in sorted(ppo_runs, key=lambda x: x[:2]):
     print(f"{beta:5}  {seed:4d}  {c[-1]['kl']:19.1f}  {c[-1]['gold'] - c[0]['gold']:+21.2f}  "
           f"{max(x['gold'] for x in c) - c[0]['gold']:+18.2f}  {gold_at(c, 10.0):+20.2f}")
@@ -501,17 +504,18 @@ for beta, seed, c in sorted(ppo_runs, key=lambda x: x[:2]):
 # What the three coefficients did, on the same proxy (each gold mean on 32 held-out prompts has a standard error of
 # about 0.07, so a gain has about 0.1):
 #
-# * **β sets where the run stops.** After 36 updates the KL is 10.8 and 11.2 nats at β = 0.1, 24–28 at 0.02 and
-#   40–48 at 0. At β = 0.1 it levels off after about 18 updates (9.3–9.4 nats then, 10.8–11.2 at the end), as the
-#   penalty's pull balances the proxy's; without a penalty nothing stops it.
-# * **The final gold follows the KL.** +0.12 and +0.13 at β = 0.1, +0.25 to +0.65 at 0.02, +0.37 and +0.58 at 0. A
-#   larger β gave a *lower* final gold here, because this proxy's gold curve had not turned down: stopping early
-#   stopped before the gain.
+# * **β sets where the run stops.** After 36 updates the KL is 10.8–11.2 nats at β = 0.1, 24–28 at 0.02 and 31–48
+#   at 0. At β = 0.1 it levels off after about 18 updates (9.3–11.4 nats then), as the penalty's pull balances the
+#   proxy's; without a penalty nothing stops it.
+# * **The final gold follows the KL.** +0.12 to +0.21 at β = 0.1 (mean +0.16), +0.25 to +0.65 at 0.02 (mean +0.41),
+#   +0.37 to +0.61 at 0 (mean +0.52). A larger β gave a *lower* final gold here, because this proxy's gold curve had
+#   not turned down: stopping early stopped before the gain.
 # * **At equal KL the coefficients are hard to tell apart.** At 10 nats (interpolated between evaluations 6 updates
-#   apart) the gold gain is +0.15 and +0.21 at β = 0.1, +0.06 to +0.29 at 0.02, and +0.02 and +0.08 at 0. The means
-#   differ by 0.13 between β = 0.1 and β = 0, about one standard error of a difference of two-seed means: a hint
-#   that the penalty does better at equal KL, not a finding. The proxy-against-KL curves (right) overlap for all
-#   three coefficients. This is what Gao et al.'s early-stopping reading predicts, within what two seeds can resolve.
+#   apart) the gold gain is +0.15 to +0.32 at β = 0.1 (mean +0.23), +0.06 to +0.29 at 0.02 (mean +0.18) and +0.02 to
+#   +0.28 at 0 (mean +0.12). The means fall in the order of β, but β = 0.1 and β = 0 differ by 0.10, about one
+#   standard error of a difference of three-seed means (0.09): a hint that the penalty does better at equal KL, not
+#   a finding. The proxy-against-KL curves (right) overlap for all three coefficients. This is what Gao et al.'s
+#   early-stopping reading predicts, within what three seeds can resolve.
 # * **Still no over-optimisation peak.** Without a penalty, seed 1 went from 0.51 at 24 nats to 0.31 at 37 nats
 #   while its proxy rose from 1.32 to 2.44, which is the Goodhart pattern, and then back to 0.63 at 48 nats. That is
 #   a fall of two standard errors followed by a recovery, so it is not a peak either.
@@ -536,7 +540,7 @@ for beta, seed, c in sorted(ppo_runs, key=lambda x: x[:2]):
 #   linear probe of any layer 80 %. A proxy at 90 % needs a trained backbone or far more pairs (above). Gao et al.
 #   find that the coefficients of (8.8) change smoothly with the proxy's size and that larger proxies reach higher
 #   gold scores before the gold turns down.
-# * **The KL penalty at equal KL.** Two seeds per coefficient show where each run stops. They do not resolve whether
+# * **The KL penalty at equal KL.** Three seeds per coefficient show where each run stops. They do not resolve whether
 #   the penalty moves the gold-against-KL curve itself: that needs more seeds and evaluations closer together.
 #
 # ## Summary

@@ -5,7 +5,9 @@ committed runs: these tests fail when the ``sentiment`` preset and the runs that
 (README "Results", chapter 07) drift apart, and when the README's table stops being the runs' own
 numbers. Chapter 09's comparison ran at an earlier state of the preset; every one of its folders,
 its PPO arm included, must record that one configuration (today's preset with
-``COMPARED_SETTINGS``) and budget. Nothing here trains or times anything: it reads JSON.
+``COMPARED_SETTINGS``) and budget. Chapter 08's KL-penalty sweeps must be the committed
+reward-model run on its own pairs, with only β and the seeds changed. Nothing here trains or times
+anything: it reads JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 from ppo_lib.cli_train import PRESETS
 from ppo_lib.plotting.ch07 import PRESET_RUNS
+from ppo_lib.plotting.ch08 import KL_SWEEPS
 from ppo_lib.plotting.ch09 import COMPARE_RUN, COMPARED_SETTINGS, DPO_RUN, MEMORY_RUN, MORE_RUNS, PPO_RUNS, full_comparison
 from ppo_lib.trainer import PPOConfig
 
@@ -92,3 +95,17 @@ def test_the_readme_reports_every_seed_of_the_preset_as_committed():
         assert after == pytest.approx(ev["after"]["score_mean"], abs=5e-4)
         assert gain == pytest.approx(ev["score_gain"], abs=5e-4)
         assert kl == pytest.approx(ev["after"]["kl_mean"], abs=5e-3)
+
+
+@pytest.mark.parametrize("sweep", KL_SWEEPS)
+def test_each_kl_sweep_of_chapter_08_ran_the_committed_run_on_its_pairs_but_for_beta_and_seeds(sweep):
+    from ppo_lib.plotting.ch08 import RUN
+
+    main, swept = read(f"runs/{RUN}", "config.json"), read(f"runs/{sweep}", "config.json")
+    assert swept["pairs_from"] == f"figures/runs/{RUN}"
+    differ = {"out", "pairs_from", "pair_repeats", "kl_coef", "seeds"}  # pair_repeats: unused with --pairs-from
+    assert {k: v for k, v in swept.items() if k not in differ} == {k: v for k, v in main.items() if k not in differ}
+    assert main["kl_coef"] not in swept["kl_coef"]  # new coefficients, beside the committed one
+    results = read(f"runs/{sweep}", "results.json")
+    assert "incomplete" not in results
+    assert {(r["kl_coef"], r["seed"]) for r in results["ppo"]} == {(b, s) for b in swept["kl_coef"] for s in swept["seeds"]}

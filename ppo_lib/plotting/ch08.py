@@ -3,7 +3,7 @@
 ``08_bradley_terry`` is computed (the loss −log σ(Δ) and its gradient). The others read committed
 runs, so they are cheap and deterministic: ``08_gold_proxy`` the run of ``python -m ppo_lib
 reward-model`` (``figures/runs/rm_full/results.json``; the same drawing is the run folder's
-``rm_overview.png``), ``08_kl_penalty`` it and its KL-coefficient sweep (``rm_kl_sweep``), and
+``rm_overview.png``), ``08_kl_penalty`` it and its KL-coefficient sweeps (``KL_SWEEPS``), and
 ``08_probe`` the layer probes of ``python -m ppo_lib reward-probe`` (``rm_probe``).
 """
 
@@ -151,10 +151,13 @@ def kl_penalty_from_results(*runs: dict):
     return fig
 
 
+KL_SWEEPS = ("rm_kl_sweep", "rm_kl_sweep_seed2")  # β = 0 and 0.1 on rm_full's proxy: seeds 0 and 1, then seed 2
+
+
 @figure("08_kl_penalty")
-def kl_penalty(run: str = RUN, sweep: str = "rm_kl_sweep"):
-    """PPO against the same proxy at three KL coefficients: the committed run and its sweep (chapter 08)."""
-    return kl_penalty_from_results(load_run(run), load_run(sweep))
+def kl_penalty(run: str = RUN, sweeps: tuple[str, ...] = KL_SWEEPS):
+    """PPO against the same proxy at three KL coefficients: the committed run and its sweeps (chapter 08)."""
+    return kl_penalty_from_results(load_run(run), *(load_run(s) for s in sweeps))
 
 
 @figure("08_gold_proxy")
