@@ -375,24 +375,24 @@ fig = render("08_probe")
 # Three things stand out.
 #
 # * **Averaging beats the last token at almost every layer** (30 or 31 of the 31 at each size), and by most in the
-#   early layers. The best probe reads the
-#   mean of layer 1 (one block above the embeddings): 0.701 on 1 901 pairs, 80 % of the ceiling, against 0.600 for
-#   the reward model's own choice. VADER is a lexicon: it adds up the valences of the words it knows, with rules for
-#   negation and emphasis. Averaging the response's token states is a bag of words too, and the early layers still
-#   say mostly *which* token is there. The last token of a causal LM holds what predicts the *next* token, and at
-#   this size sentiment is not much of that.
+#   early layers. The best probe reads the mean of layer 1 (one block above the embeddings): 0.701 on 1 901 pairs,
+#   80 % of the ceiling, against 0.600 for the reward model's own choice. VADER is a lexicon: it adds up the valences
+#   of the words it knows, with rules for negation and emphasis. Averaging the response's token states is a bag of
+#   words too, and the early layers are still close to the tokens themselves. The last token's state is shaped to
+#   predict the *next* token, and for a 135M model the sentiment of the words before it is a small part of that.
 # * **The best is still short of 90 %.** 0.701 is the best of 62 probes *picked on the held-out pairs*, so it flatters
 #   itself; the 90 % line is at 0.792, more than four standard errors (0.021) higher.
 # * **More pairs barely move it.** From 250 to 1 901 pairs (7.6 times as many) the best mean-pooled probe went from
 #   0.676 to 0.701, about 0.01 per doubling. At that rate 0.79 lies some ten doublings away, a thousand times as many
-#   pairs. A linear read-out
-#   of frozen 135M features does not learn a lexicon of thousands of words from a few thousand noisy comparisons.
+#   pairs. A linear read-out of frozen 135M features does not learn a lexicon of thousands of words from a few
+#   thousand noisy comparisons.
 #
 # Gao et al. (2022) varied the number of comparisons too, with proxies whose every parameter was trained, and found
 # that below roughly 2 000 comparisons their proxies learned little (their section on the reward model's data size).
-# That is where the road to a better proxy goes: training the backbone, more pairs, or both. Fine-tuning (`--trainable last_block` or `all`) recomputes every forward pass and
-# takes hours on 2 CPU cores, so it was not part of the committed run. For this section a weak proxy is what we want:
-# it is the small reward model of Gao et al., the one over-optimisation should hit first.
+# That is where the road to a better proxy goes: training the backbone, more pairs, or both. Fine-tuning
+# (`--trainable last_block` or `all`) recomputes every forward pass in every epoch and takes hours on 2 CPU cores, so
+# it was not part of the committed run. For this section a weak proxy is what we want: it is the small reward model
+# of Gao et al., the one over-optimisation should hit first.
 #
 # Best-of-$n$ and PPO against the smallest proxy (250 pairs), on one plot of score against $d = \sqrt{\mathrm{KL}}$
 # (best-of-$n$ at the bound (8.7), PPO at its measured KL on held-out prompts), and the proxy − gold gap:
@@ -532,8 +532,8 @@ for beta, seed, c in sorted(ppo_runs, key=lambda x: x[:2]):
 #
 # ### What this run does not settle
 #
-# * **Where the gold turns down.** Not within 28 nats of PPO or $n = 32$ of best-of-$n$, nor within 48 nats without a
-#   KL penalty. Seeing it needs a longer run (more updates, or a larger learning rate), a pool of 64–128 for
+# * **Where the gold turns down.** Not within 28 nats of PPO or $n = 32$ of best-of-$n$, nor within the 31–48 nats
+#   that the runs without a KL penalty reached. Seeing it needs a longer run (more updates, or a larger learning rate), a pool of 64–128 for
 #   best-of-$n$ (bounds of 3.2 and 3.9 nats), and more held-out prompts, since the dips above are one to two
 #   standard errors.
 # * **A better proxy.** The frozen-feature heads reach 66–68 % of the noise ceiling at every size, and the best
