@@ -180,9 +180,13 @@ def int8_copy(lm):
     Raises a ``ValueError`` for a model without such layers (GPT-2's blocks use ``Conv1D``).
     """
     import copy
+    import warnings
 
     import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # the deprecation notices of torch.ao.quantization (see the docstring)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     q = copy.deepcopy(lm)
     head = q.get_output_embeddings()
@@ -192,7 +196,10 @@ def int8_copy(lm):
         raise ValueError(f"{type(lm).__name__} has no nn.Linear layer besides its output head (GPT-2's blocks use "
                          "Conv1D), so there is nothing to quantize to int8; measure a Llama-style model such as "
                          "smollm2-135m.")
-    return quantize_dynamic(q, spec, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated", category=UserWarning)
+        return quantize_dynamic(q, spec, dtype=torch.qint8)
 
 
 PRECISIONS = {"bfloat16": "a bf16 copy (every weight and activation)",
