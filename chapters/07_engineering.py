@@ -843,16 +843,16 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 # lower precision than they train in.
 #
 # The int8 copy is the one change that reached the goal's speed: 1.45–1.77× per round, median 1.52. But it samples
-# from **another policy**: a mean per-token KL of 2.26 nats from the float32 one (the bf16 copy's was 1 500 times
-# smaller), up to 11 nats, and one sampled token's log-probability moved by 11.3. Over a 24-token response that is
+# from **another policy**: a mean per-token KL of 2.26 nats from the float32 one (the bf16 copy's was about 1 500
+# times smaller), up to 11 nats, and one sampled token's log-probability moved by 11.3. Over a 24-token response that is
 # about 54 nats, while a whole run of the `sentiment` preset moves the policy by 5.6–6.5 nats (Section 4). PPO would
 # compute its ratios against the float32 `old_logprobs` on responses that π itself would rarely write: the samples
-# would be off-policy by far more than any clip range allows for. So the 1.5× exists
-# on this CPU, and it costs the correctness of the samples; we did not look for an int8 scheme that keeps the
-# policy (per-channel or mixed-precision activations, weight-only kernels). **The CPU goal of 1.5× is not met by
-# any change that leaves the policy unchanged.**
+# would be off-policy by far more than any clip range allows for. So the 1.5× exists on this CPU, and it costs the
+# correctness of the samples. We did not look for an int8 scheme that keeps the policy (finer-grained or
+# mixed-precision activations, weight-only kernels). **No change we measured that leaves the policy unchanged
+# reaches the CPU goal of 1.5×.**
 #
-# None of these is in the library, so on a CPU the sampler stays several times above its roofline (2.5× in the
+# The library's samplers use none of these, so on a CPU they stay several times above the roofline (2.5× in the
 # stored output).
 #
 # On an H200 the same step streams 540 MB of float32 (270 MB in bf16) at about 4.8 TB/s, about 0.06–0.1 ms, while the
