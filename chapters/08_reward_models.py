@@ -494,7 +494,7 @@ def gold_at(curve, kl):
 
 
 print("  β    seed  KL after 36 updates   gold gain at the end   highest gold gain   gold gain at KL = 10")
-ppo_runs = [(r.get("kl_coef", results["settings"]["kl_coef"]), r["seed"], r["curve"])
+ppo_runs = [(r["kl_coef"], r["seed"], r["curve"])
             for results in (run, *sweeps) for r in results["ppo"]]
 for beta, seed, c in sorted(ppo_runs, key=lambda x: x[:2]):
     print(f"{beta:5}  {seed:4d}  {c[-1]['kl']:19.1f}  {c[-1]['gold'] - c[0]['gold']:+21.2f}  "

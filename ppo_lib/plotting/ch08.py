@@ -21,8 +21,13 @@ RUN = "rm_full"
 
 
 def load_run(name: str = RUN) -> dict:
-    """``results.json`` of a committed run under ``figures/runs/``."""
-    return json.loads((figures_dir() / "runs" / name / "results.json").read_text())
+    """``results.json`` of a committed run under ``figures/runs/``. Every PPO row carries its KL
+    coefficient ``kl_coef`` (a run from before ``--kl-coef`` took several values has the one β of
+    its settings, filled in here)."""
+    results = json.loads((figures_dir() / "runs" / name / "results.json").read_text())
+    for run in results.get("ppo", []):
+        run.setdefault("kl_coef", results["settings"]["kl_coef"])
+    return results
 
 
 @figure("08_bradley_terry")
@@ -42,12 +47,11 @@ def bradley_terry():
 
 def _ppo_runs(results: dict):
     """``(run, color, name, first)`` for each PPO run: one color per KL coefficient β, in the order of
-    ``--kl-coef`` (a run from before it took several values has the one β of its settings);
-    ``first`` marks the first seed of each β, the one to label."""
-    betas = list(dict.fromkeys(run.get("kl_coef", results["settings"]["kl_coef"]) for run in results["ppo"]))
+    ``--kl-coef``; ``first`` marks the first seed of each β, the one to label."""
+    betas = list(dict.fromkeys(run["kl_coef"] for run in results["ppo"]))
     seen = set()
     for run in results["ppo"]:
-        beta = run.get("kl_coef", results["settings"]["kl_coef"])
+        beta = run["kl_coef"]
         color = ("C3", "C2", "C4", "C5", "C6")[betas.index(beta) % 5]
         yield run, color, "PPO" if len(betas) == 1 else f"PPO β = {beta}", beta not in seen
         seen.add(beta)
@@ -134,7 +138,7 @@ def kl_penalty_from_results(*runs: dict):
     by_beta: dict[float, list[dict]] = {}
     for results in runs:
         for run in results["ppo"]:
-            by_beta.setdefault(run.get("kl_coef", results["settings"]["kl_coef"]), []).append(run)
+            by_beta.setdefault(run["kl_coef"], []).append(run)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
     for k, beta in enumerate(sorted(by_beta)):
         for i, run in enumerate(by_beta[beta]):
