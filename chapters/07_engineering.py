@@ -59,8 +59,8 @@ from ppo_lib.plotting import figures_dir, render
 from ppo_lib.plotting.ch07 import PRESET_RUNS
 from ppo_lib.profiling import plot_time_breakdown, time_breakdown
 from ppo_lib.rewards import target_token_fraction
-from ppo_lib.rollout import (draw_tokens, forward_response, logprobs_from_logits, multinomial_tokens, sample,
-                             tokenize_prompts)
+from ppo_lib.rollout import (draw_tokens, forward_response, logprobs_from_logits, multinomial_tokens,
+                             packed_linears, sample, tokenize_prompts)
 from ppo_lib.sampling import sample_static
 from ppo_lib.schedules import adaptive_lr_scale, lr_factor
 from ppo_lib.trainer import PPOConfig, build_trainer
@@ -633,7 +633,9 @@ print("same tokens:", torch.equal(eager.response_ids, static.response_ids),
 # %% [markdown]
 # Speed on the CPU: SmolLM2, B = 16, 24 new tokens, full-length responses, timed interleaved (eager, static, eager,
 # static, ...) so that a machine slowing down hurts both alike. The same command also times the eager sampler as it
-# drew tokens before Section 11's change (`eager_multinomial`). Committed in `figures/runs/ch07_sampler/`:
+# was before Section 11's two changes: `eager_plain` with the plain matrix products instead of the packed ones, and
+# `eager_multinomial`, which also draws its tokens with `torch.multinomial`. Committed in
+# `figures/runs/ch07_sampler/`:
 
 # %%
 samp = json.loads((RUNS / "ch07_sampler" / "samplers.json").read_text())
@@ -645,9 +647,11 @@ for pair, r in samp["speedup"].items():
 print("eager and static agree on SmolLM2:", samp["agreement"])
 
 # %% [markdown]
-# Same tokens and the same generator state on SmolLM2 too, and log-probs equal to rounding. The timing: seven
-# interleaved rounds on an otherwise idle 2-core machine, 2 threads. Each sampling of 16 × 24 tokens took 2.1–2.5 s
-# with either sampler, and pair by pair eager / static ranged from 0.84 to 1.20, median 1.02.
+# Same tokens and the same generator state on SmolLM2 too, and log-probs equal to rounding (the 5.4e-4 of this run
+# comes from the first sampling of the process, a wobble of the packed products that Section 11 describes; without
+# it the two samplers differ by 2.5e-5). The timing: seven interleaved rounds on an otherwise idle 2-core machine,
+# 2 threads. Each sampling of 16 × 24 tokens took 2.2–2.8 s eager and 2.4–2.6 s static, and pair by pair eager /
+# static ranged from 0.86 to 1.11, median 0.99 (0.84–1.20, median 1.02, in the run before the packed products).
 # Nothing in the fixed-shape sampler removes arithmetic (it even computes the steps after every row has ended), so on a
 # CPU it is **equal to the eager one within the noise**, as measured: not slower, and not faster either. The library's
 # default stays `sampler="eager"`; `"static"` is the one to use on a GPU once its CUDA-graph path is measured
@@ -705,11 +709,12 @@ mm_bytes = sum(m.weight.numel() for m in linears) * 4
 ids16, m16 = tokenize_prompts(tok, ["The movie was", "I think", "A long story", "Great"] * 4)
 
 
-def step_time(draw):  # the eager sampler's time per decode step: (5 tokens − 1 token) / 4
+def step_time(draw, packed=False):  # the eager sampler's time per decode step: (5 tokens − 1 token) / 4
     timed = {}
     for steps in (1, 5):
         t0 = time.perf_counter()
-        sample(lm, tok, ids16, m16, steps, 0.7, stop_at_eos=False, generator=torch.Generator().manual_seed(0), draw=draw)
+        sample(lm, tok, ids16, m16, steps, 0.7, stop_at_eos=False, generator=torch.Generator().manual_seed(0), draw=draw,
+               packed=packed)
         timed[steps] = time.perf_counter() - t0
     return (timed[5] - timed[1]) / 4
 
@@ -755,7 +760,7 @@ from torch.profiler import ProfilerActivity, profile
 
 with profile(activities=[ProfilerActivity.CPU]) as prof:
     sample(lm, tok, ids16, m16, 5, 0.7, stop_at_eos=False, generator=torch.Generator().manual_seed(0),
-           draw=multinomial_tokens)
+           draw=multinomial_tokens, packed=False)
 ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
 total = sum(e.self_cpu_time_total for e in ops)
 for e in ops[:6]:
@@ -799,24 +804,109 @@ print("tokens of probability 0 drawn:", int(freq[p_check == 0].sum() * n_draws),
 
 # %% [markdown]
 # The committed measurement of Section 10 times whole samplings (16 × 24 tokens, prompt pass included) with the two
-# draws, interleaved: seven rounds gave `eager_multinomial / eager` from 1.10 to 1.36, median **1.18** (a median of
-# 2.73 s against 2.31 s per sampling). Per decode step, in the cell at the top of this section, 101 ms against
-# 63 ms; over the seven per-step measurements of this section (two executions of that cell and five repeats) the
-# step was 1.06–1.60× faster, a difference of two noisy timings being noisier still. The prompt's pass and the other
-# operations do not change, so a whole sampling gains less than a step.
+# draws, interleaved: seven rounds gave `eager_multinomial / eager_plain` from 1.13 to 1.34, median **1.22** (a median
+# of 3.42 s against 2.87 s per sampling; 1.10–1.36, median 1.18, in the run before). Per decode step, in the cell at
+# the top of this section, 101 ms against 63 ms; over the seven per-step measurements of this section (two
+# executions of that cell and five repeats) the step was 1.06–1.60× faster, a difference of two noisy timings being
+# noisier still. The prompt's pass and the other operations do not change, so a whole sampling gains less than a
+# step.
+#
+# ### Packed weights: the same products, read in the kernel's order
+#
+# The matrix products are half the step, and at 16 rows they stream the weights at half the bandwidth. Part of the
+# reason is inside the BLAS. A fast matrix product does not multiply the matrices as they lie in memory: it first
+# copies ("packs") blocks of each operand into small buffers laid out in the exact order its innermost kernel reads
+# them, so that the kernel walks memory in a straight line and stays in the caches (Goto & van de Geijn, 2008). For
+# a large product the copy is cheap next to the arithmetic. For a 16-row product it is not: the whole weight matrix is
+# read, written into the buffer and read again, **on every call**, to be used for 16 rows and thrown away.
+#
+# The weights do not change while we sample, so they can be packed once. MKL has an interface for exactly this
+# (`cblas_sgemm_pack`, then products that take the packed matrix), and PyTorch reaches it through two operators,
+# `torch.ops.mkl._mkl_reorder_linear_weight` and `torch.ops.mkl._mkl_linear` (the ones TorchInductor uses when it
+# compiles a model with frozen weights for a CPU). `ppo_lib.rollout.packed_linears(model, rows)` is a context
+# manager: on entry it packs the weight of every float32 `nn.Linear` on the CPU and points the layer at the packed
+# product for inputs of `rows` rows; on exit it frees the copies. Both samplers sample inside it, with `rows` the
+# batch size, so only the decode steps use it (the prompt's pass has $B \times P$ rows and keeps the plain product).
+# Because the copy is made on entry to each sampling, after the last optimizer step, it can never hold stale
+# weights: the next sampling packs the new ones. `packed=False` turns it off.
+#
+# Three things to check: that it samples the same tokens, how much faster the products and a step are, and what the
+# packing itself costs, paid once per sampling:
+
+# %%
+g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+plain = sample(lm, tok, ids8, m8, 8, 0.7, generator=g1, return_logprobs=True, packed=False)
+fast = sample(lm, tok, ids8, m8, 8, 0.7, generator=g2, return_logprobs=True)  # packed=True, the default
+print("same tokens:", torch.equal(plain.response_ids, fast.response_ids),
+      "| log-probs agree to < 1e-3:", bool((plain.old_logprobs - fast.old_logprobs).abs().max() < 1e-3))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+def all_layers():  # every linear layer once, through its module, at 16 rows: the packed product inside the block
+    for m in linears:
+        m(rows[m.in_features])
+
+
+def timed(f, repeats=3):  # seconds per call, after one call to warm up
+    f()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        f()
+    return (time.perf_counter() - t0) / repeats
+
+
+def step_ms(packed):  # ms per decode step: (9 tokens − 1 token) / 8, the median of 3
+    def one(steps):
+        return timed(lambda: sample(lm, tok, ids16, m16, steps, 0.7, stop_at_eos=False, packed=packed,
+                                    generator=torch.Generator().manual_seed(0)), repeats=1)
+    return statistics.median((one(9) - one(1)) / 8 for _ in range(3)) * 1e3
+
+
+with torch.no_grad():
+    t_plain_mm = timed(all_layers)
+    t0 = time.perf_counter()
+    with packed_linears(lm, rows=B_dec) as n_packed:
+        t_pack = time.perf_counter() - t0
+        t_packed_mm = timed(all_layers)
+print(f"packing {n_packed} linear layers ({mm_bytes / 1e6:.0f} MB): {t_pack * 1e3:.0f} ms, once per sampling")
+print(f"the model's matmuls at {B_dec} rows: plain {t_plain_mm * 1e3:.0f} ms, packed {t_packed_mm * 1e3:.0f} ms "
+      f"({mm_bytes / t_plain_mm / 1e9:.1f} and {mm_bytes / t_packed_mm / 1e9:.1f} GB/s of weights)")
+print(f"a decode step drawing with draw_tokens: plain {step_ms(False):.0f} ms, packed {step_ms(True):.0f} ms")
+
+# %% [markdown]
+# **The same tokens.** The products are the same, and on this machine their outputs were bitwise equal to the plain
+# ones in almost every comparison: a whole sampling of SmolLM2 with and without packing gave identical log-probs in
+# every fresh process we tried but three of 39. In those three, the first packed sampling of the
+# process differed from every later one, packed or plain, by up to 5.4e-4 in a log-prob, with the same tokens (the
+# committed run of Section 10 is one of them). By default MKL does not promise the same bits from run to run (its
+# Conditional Numerical Reproducibility mode exists for that), and we did not find out what made those first calls
+# differ. For sampling this is harmless: the tokens are drawn from the same distribution to within
+# rounding, and the update recomputes every log-probability with the plain products (`forward_old`). It does mean
+# that bitwise-identical reruns of a run across processes are not guaranteed.
+#
+# **The speed.** In the stored output above (one execution, timed on an idle machine), the packed products took
+# 51 ms against 68 ms for the plain ones, 1.33× faster, and packing the 538 MB of weights took 0.18 s, paid once per
+# sampling of 24 steps. A whole decode step gained less, 88 ms against 93 ms: the step also holds the attention,
+# the normalisations and the draw, and single steps time noisily (the cell takes the median of three). The number
+# to quote is the committed interleaved measurement of Section 10, over whole samplings: `eager_plain / eager` from
+# 0.99 to 1.18, median **1.14** (2.87 s against 2.48 s).
 #
 # **What is left, and the 1.5× it would take.** We set this chapter the goal of a CPU sampler 1.5× faster than the
-# eager loop as it was. Drawing with one uniform number per row gives 1.18× on a whole sampling (median of seven
-# rounds) and 1.06–1.60× per decode step; the fixed-shape sampler adds nothing on a CPU. That misses 1.5×, and the
-# measurements say where the rest would have to come from:
+# eager loop as it was. Both changes together, one uniform per row and packed products, give
+# `eager_multinomial / eager` from 1.16 to 1.46, median **1.38** on a whole sampling (seven interleaved rounds;
+# 3.42 s against 2.48 s); the fixed-shape sampler adds nothing on a CPU. That misses 1.5×, and the measurements say
+# where the rest would have to come from:
 #
 # * The matrix products alone take 50–75 ms at 16 rows, against 98–132 ms for a whole step drawing with
 #   `torch.multinomial`. Removing *every* other operation would make a step 1.3–2.0× faster (the last line of the
-#   cell above): the roofline neither rules 1.5× out nor promises it. Getting there means fusing the attention, the
-#   normalisations, the rotary embeddings and the cache writes into a few kernels, which is what `torch.compile` of
-#   the decode step does, at the price of minutes of compilation per shape on a 2-core CPU (Section 9).
-# * Going further needs faster products. One way is a kernel for thin (16-row) products that streams the weights
-#   near the memory bandwidth: the bound is 25–30 ms. The other is fewer bytes: bf16 or int8 weights. Fewer bytes
+#   roofline cell): the roofline neither rules 1.5× out nor promises it. Getting there means fusing the attention,
+#   the normalisations, the rotary embeddings and the cache writes into a few kernels, which is what `torch.compile`
+#   of the decode step does, at the price of minutes of compilation per shape on a 2-core CPU (Section 9). A
+#   compiled step that also packs its weights must pack them anew after every update, or it samples from an old
+#   policy.
+# * Going further needs faster products. The packed ones read the weights at 10.6 GB/s in the stored output, about
+#   half the measured copy bandwidth (which counts the bytes read and written), so the bound of 25–30 ms per step
+#   is still about twice as fast. The other way is fewer bytes: bf16 or int8 weights. Fewer bytes
 #   change the numbers the policy samples with, so the samples come from a slightly different policy than the
 #   float32 one whose log-probabilities the update computes (`forward_old`). Both sides of that trade are measured
 #   by `python -m ppo_lib.profiling bf16-sampling` and `int8-sampling` (five interleaved rounds each; the KL on
@@ -852,8 +942,10 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 # mixed-precision activations, weight-only kernels). **No change we measured that leaves the policy unchanged
 # reaches the CPU goal of 1.5×.**
 #
-# The library's samplers use none of these, so on a CPU they stay several times above the roofline (2.5× in the
-# stored output).
+# Both runs timed their float32 arm with the plain products (they predate the packing), so their ratios compare the
+# reduced copies with the eager sampler as it was before this section's last change. The library's samplers use
+# neither copy; on a CPU a packed decode step stays more than 3× above the roofline (88 ms against 25–27 ms in the
+# stored outputs).
 #
 # On an H200 the same step streams 540 MB of float32 (270 MB in bf16) at about 4.8 TB/s, about 0.06–0.1 ms, while the
 # measured eager step takes about 27 ms (`figures/runs/bench_gpu.md`): there the gap is launch overhead, and CUDA-graph
@@ -890,8 +982,10 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 # * The KV cache turns $O(T^2)$ recomputation into $O(T)$; a static cache with fixed shapes gives the same tokens and
 #   makes CUDA-graph capture possible. The roofline (7.9) tells when that can help: on a GPU, not on a CPU.
 # * `torch.multinomial` makes a random number per vocabulary entry; inverting the cumulative distribution (7.10)
-#   needs one per row and made CPU sampling 1.18× faster. What is left of a CPU decode step is mostly thin matrix
-#   products, which the BLAS runs at well under the machine's bandwidth; bf16 weights did not make them faster here.
+#   needs one per row and made CPU sampling 1.22× faster. What is left of a CPU decode step is mostly thin matrix
+#   products. Packing their weights once per sampling (MKL's packed GEMM) computes the same products and made
+#   sampling another 1.14× faster: 1.38× in all, short of the 1.5× we aimed for. bf16 weights did not make the
+#   products faster here, and int8 ones sample from another policy.
 #
 # **References.** Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR, arXiv:1412.6980.
 # Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization" (AdamW), ICLR, arXiv:1711.05101.
@@ -900,7 +994,9 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 # Chen, Xu, Zhang & Guestrin (2016), "Training Deep Nets with Sublinear Memory Cost", arXiv:1604.06174 (checkpointing).
 # Micikevicius et al. (2018), "Mixed Precision Training", ICLR, arXiv:1710.03740 (loss scaling for fp16).
 # Williams, Waterman & Patterson (2009), "Roofline: An Insightful Visual Performance Model for Multicore
-# Architectures", CACM 52(4). Schulman et al. (2017), arXiv:1707.06347. rl_games, `rl_games/common/schedulers.py`.
+# Architectures", CACM 52(4). Goto & van de Geijn (2008), "Anatomy of High-Performance Matrix Multiplication", ACM
+# Transactions on Mathematical Software 34(3) (packing). Schulman et al. (2017), arXiv:1707.06347. rl_games,
+# `rl_games/common/schedulers.py`.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

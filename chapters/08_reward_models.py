@@ -346,28 +346,34 @@ for r in run["reward_models"]:
 #
 # ### What limits the proxy: a probe of every layer
 #
-# Is the limit the features or the data? A **linear probe** answers the first half: the same head, trained the same
-# way, on the hidden states of *every* layer, read either at the last real token (the reward model's choice) or
-# averaged over the response's tokens. `python -m ppo_lib reward-probe` (`ppo_lib.reward_model.probe_layers`) fits
-# 2 × 31 × 3 of them on the committed pairs in 5 minutes on 2 CPU cores:
+# Is the limit the features, the labels or the number of texts? A **linear probe** answers the first question: the
+# same head, trained the same way, on the hidden states of *every* layer, read either at the last real token (the
+# reward model's choice) or averaged over the response's tokens. A second probe answers the second: each comparison
+# tells the model one noisy bit about two texts, but our pairs also carry the gold score of every text, so we can
+# fit the same features to the scores themselves (a ridge regression, `ppo_lib.reward_model.gold_regression`, its
+# penalty chosen on a fifth of the training texts). That is the best a linear read-out of these texts could do with
+# perfect labels. `python -m ppo_lib reward-probe` (`ppo_lib.reward_model.probe_layers`) fits 2 × 2 × 31 × 3 of them
+# on the committed pairs in 6 minutes on 2 CPU cores:
 
 # %%
 probe = load_probe()
 print("made by:", probe["command"])
 sizes = sorted({r["train_pairs"] for r in probe["rows"]})
 final_layer = max(r["layer"] for r in probe["rows"])
-print("pooling  pairs  best layer  its accuracy  final layer  mean over layers")
+print("                 trained on the comparisons            regressed on the gold scores")
+print("pooling  pairs  best layer  its accuracy  final layer   best layer  its accuracy")
 for pooling in ("last", "mean"):
     for k in sizes:
-        rows = [r for r in probe["rows"] if r["pooling"] == pooling and r["train_pairs"] == k]
-        best = max(rows, key=lambda r: r["accuracy"])
-        final = next(r for r in rows if r["layer"] == final_layer)
+        rows = {labels: [r for r in probe["rows"] if (r["labels"], r["pooling"], r["train_pairs"]) == (labels, pooling, k)]
+                for labels in ("pairs", "gold")}
+        best, gold = (max(rows[labels], key=lambda r: r["accuracy"]) for labels in ("pairs", "gold"))
+        final = next(r for r in rows["pairs"] if r["layer"] == final_layer)
         print(f"{pooling:7}  {k:5d}  {best['layer']:10d}  {best['accuracy']:12.3f}  {final['accuracy']:11.3f}  "
-              f"{sum(r['accuracy'] for r in rows) / len(rows):16.3f}")
+              f"{gold['layer']:11d}  {gold['accuracy']:12.3f}")
 # the final layer at the last token *is* the committed proxy: the same features, head and training
 for rm_row in run["reward_models"]:
-    probe_row = next(r for r in probe["rows"] if (r["pooling"], r["layer"], r["train_pairs"])
-                     == ("last", final_layer, rm_row["train_pairs"]))
+    probe_row = next(r for r in probe["rows"] if (r["labels"], r["pooling"], r["layer"], r["train_pairs"])
+                     == ("pairs", "last", final_layer, rm_row["train_pairs"]))
     assert probe_row["accuracy"] == rm_row["accuracy"]
 fig = render("08_probe")
 
@@ -382,10 +388,15 @@ fig = render("08_probe")
 #   predict the *next* token, and for a 135M model the sentiment of the words before it is a small part of that.
 # * **The best is still short of 90 %.** 0.701 is the best of 62 probes *picked on the held-out pairs*, so it flatters
 #   itself; the 90 % line is at 0.792, more than four standard errors (0.021) higher.
-# * **More pairs barely move it.** From 250 to 1 901 pairs (7.6 times as many) the best mean-pooled probe went from
-#   0.676 to 0.701, about 0.01 per doubling. At that rate 0.79 lies some ten doublings away, a thousand times as many
-#   pairs. A linear read-out of frozen 135M features does not learn a lexicon of thousands of words from a few
-#   thousand noisy comparisons.
+# * **More pairs barely move it, and perfect labels would not be enough.** From 250 to 1 901 pairs (7.6 times as
+#   many) the best mean-pooled probe went from 0.676 to 0.701, about 0.01 per doubling. Regressed on the gold score
+#   of every training text instead (dashed lines), the same features do better at every layer of the mean and at
+#   30 of 31 layers of the last token on 1 000 pairs or more, and the best of them
+#   (the mean of layer 1 again) reaches 0.716, 0.731 and **0.754** at the three sizes: 86 % of the ceiling, still
+#   short of 0.792, and gaining about 0.013 per doubling of the texts. So the labels cost about 0.05 of accuracy,
+#   and the rest is the texts and the features: at that rate even perfect labels would need some three more
+#   doublings, about 30 000 texts, to reach 90 %, and a linear read-out of frozen 135M features learns a lexicon of
+#   thousands of words only from as many texts as contain them.
 #
 # Gao et al. (2022) varied the number of comparisons too, with proxies whose every parameter was trained, and found
 # that below roughly 2 000 comparisons their proxies learned little (their section on the reward model's data size).
@@ -536,8 +547,9 @@ for beta, seed, c in sorted(ppo_runs, key=lambda x: x[:2]):
 #   that the runs without a KL penalty reached. Seeing it needs a longer run (more updates, or a larger learning rate), a pool of 64–128 for
 #   best-of-$n$ (bounds of 3.2 and 3.9 nats), and more held-out prompts, since the dips above are one to two
 #   standard errors.
-# * **A better proxy.** The frozen-feature heads reach 66–68 % of the noise ceiling at every size, and the best
-#   linear probe of any layer 80 %. A proxy at 90 % needs a trained backbone or far more pairs (above). Gao et al.
+# * **A better proxy.** The frozen-feature heads reach 66–68 % of the noise ceiling at every size, the best linear
+#   probe of any layer 80 %, and the same probe fitted to every text's gold score 86 %. A proxy at 90 % needs a
+#   trained backbone or many more texts (above). Gao et al.
 #   find that the coefficients of (8.8) change smoothly with the proxy's size and that larger proxies reach higher
 #   gold scores before the gold turns down.
 # * **The KL penalty at equal KL.** Three seeds per coefficient show where each run stops. They do not resolve whether

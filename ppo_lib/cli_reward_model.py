@@ -257,9 +257,11 @@ def run_reward_probe(args: argparse.Namespace) -> int:
     fig = probe_from_results(results)
     fig.savefig(out / "probe.png", bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
-    best = max(rows, key=lambda r: (r["train_pairs"], r["accuracy"]))
-    print(f"best probe at {best['train_pairs']} pairs: layer {best['layer']} ({best['pooling']}), held-out accuracy "
-          f"{best['accuracy']:.3f} (noise ceiling {results['noise_ceiling']:.3f}); wrote {out} in {results['seconds']:.0f} s")
+    for labels, how in (("pairs", "trained on the pairs"), ("gold", "regressed on the gold scores")):
+        best = max((r for r in rows if r["labels"] == labels), key=lambda r: (r["train_pairs"], r["accuracy"]))
+        print(f"best probe {how}, at {best['train_pairs']} pairs: layer {best['layer']} ({best['pooling']}), held-out "
+              f"accuracy {best['accuracy']:.3f} (noise ceiling {results['noise_ceiling']:.3f})")
+    print(f"wrote {out} in {results['seconds']:.0f} s")
     return 0
 
 

@@ -129,15 +129,19 @@ def interleaved_timing(fns: dict[str, Callable[[], object]], repeats: int = 3, w
 def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
                      repeats: int = 3, seed: int = 0) -> dict:
     """The eager and the static sampler on the same prompts: equal outputs, then timed interleaved,
-    with a third arm, ``eager_multinomial``: the eager sampler drawing its tokens with
-    ``torch.multinomial`` as it did before :func:`~ppo_lib.rollout.draw_tokens` (chapter 07, Section 11).
+    with two more arms of the eager sampler as it was before chapter 07's two changes (Section 11):
+    ``eager_plain``, with the plain products instead of MKL's packed ones
+    (:func:`~ppo_lib.rollout.packed_linears`), and ``eager_multinomial``, also drawing its tokens
+    with ``torch.multinomial`` instead of :func:`~ppo_lib.rollout.draw_tokens`: the loop as the
+    library first had it.
 
     Full-length responses (``stop_at_eos=False``), so all do the same number of decode steps.
 
     Returns:
-        agreement of eager and static, ``seconds``/``median`` per arm, and ``speedup``: per round,
-        ``eager_multinomial / eager`` (what drawing with one uniform per row saves) and
-        ``eager / static``.
+        agreement of eager and static and of packed and plain products, ``seconds``/``median`` per
+        arm, and ``speedup``, per round: ``eager_multinomial / eager`` (both changes),
+        ``eager_multinomial / eager_plain`` (one uniform per row), ``eager_plain / eager`` (packed
+        products) and ``eager / static``.
     """
     import torch
 
@@ -157,15 +161,22 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
     agreement = {"tokens_equal": bool(torch.equal(a.response_ids, b.response_ids)),
                  "generator_state_equal": bool(torch.equal(g1.get_state(), g2.get_state())),
                  "logprob_max_abs_diff": float((a.old_logprobs - b.old_logprobs).abs().max())}
+    c = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed), packed=False,
+               **kw)
+    agreement["plain_products"] = {"tokens_equal": bool(torch.equal(a.response_ids, c.response_ids)),
+                                   "logprobs_bitwise_equal": bool(torch.equal(a.old_logprobs, c.old_logprobs))}
+
     def run(sampler, **extra):
         return lambda: sampler(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1),
                                **kw, **extra)
 
-    timing = interleaved_timing({"eager_multinomial": run(sample, draw=multinomial_tokens), "eager": run(sample),
+    timing = interleaved_timing({"eager_multinomial": run(sample, draw=multinomial_tokens, packed=False),
+                                 "eager_plain": run(sample, packed=False), "eager": run(sample),
                                  "static": run(sample_static)}, repeats=repeats)
     sec = timing["seconds"]
-    timing["speedup"] = {"eager_multinomial/eager": [a / b for a, b in zip(sec["eager_multinomial"], sec["eager"])],
-                         "eager/static": [a / b for a, b in zip(sec["eager"], sec["static"])]}
+    timing["speedup"] = {f"{x}/{y}": [a / b for a, b in zip(sec[x], sec[y])]
+                         for x, y in (("eager_multinomial", "eager"), ("eager_multinomial", "eager_plain"),
+                                      ("eager_plain", "eager"), ("eager", "static"))}
     return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
             "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine(),
             "agreement": agreement, **timing}
@@ -331,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m ppo_lib.profiling", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sampling = {"samplers": ("eager against static sampler, and torch.multinomial against draw_tokens: agreement and "
-                             "interleaved timing", compare_samplers),
+    sampling = {"samplers": ("eager against static sampler, torch.multinomial against draw_tokens, plain against "
+                             "packed products: agreement and interleaved timing", compare_samplers),
                 **{f"{short}-sampling": (f"sampling from {PRECISIONS[precision]} of the policy: time against float32, "
                                          "and the KL between the two policies",
                                          functools.partial(reduced_precision_sampling, precision=precision))

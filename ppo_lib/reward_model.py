@@ -61,6 +61,7 @@ __all__ = [
     "RewardModelError",
     "pair_features",
     "layer_features",
+    "gold_regression",
     "probe_layers",
     "train_reward_model",
     "evaluate_reward_model",
@@ -359,6 +360,37 @@ def layer_features(rm: RewardModel, prompts: Sequence[str], responses: Sequence[
     return torch.cat(last), torch.cat(mean)
 
 
+RIDGE_GRID = (10.0, 100.0, 1000.0, 10000.0)  # λ of gold_regression, on standardised features
+
+
+def gold_regression(x: torch.Tensor, gold: torch.Tensor, grid: Sequence[float] = RIDGE_GRID) -> tuple[torch.Tensor, float]:
+    """Ridge regression of each text's gold score on its features ``x`` ``(N, H)``: the linear
+    read-out that *perfect* labels would allow, where a comparison gives one noisy bit per pair.
+    The features are standardised; λ from ``grid`` is the one with the least squared error on the
+    last fifth of the rows when fitted on the rest, and the fit is then redone on every row.
+
+    Returns ``(w, λ)``: ``x @ w`` orders texts as the fit does (the intercept is left out: it
+    cancels in every comparison).
+    """
+    x, gold = x.double(), gold.double()
+
+    def fit(xs, ys, lam):  # -> (w, b): predictions xs @ w + b
+        mu, sd = xs.mean(0), xs.std(0).clamp_min(1e-8)
+        z = (xs - mu) / sd
+        w = torch.linalg.solve(z.T @ z + lam * torch.eye(z.shape[1], dtype=z.dtype), z.T @ (ys - ys.mean())) / sd
+        return w, ys.mean() - mu @ w
+
+    n_fit = len(x) * 4 // 5
+    if n_fit < 2 or n_fit == len(x):
+        raise ValueError(f"gold_regression needs at least 3 texts, got {len(x)}.")
+    errors = {}
+    for lam in grid:
+        w, b = fit(x[:n_fit], gold[:n_fit], lam)
+        errors[lam] = float((x[n_fit:] @ w + b - gold[n_fit:]).square().mean())
+    lam = min(errors, key=errors.get)
+    return fit(x, gold, lam)[0], lam
+
+
 def probe_layers(lm: nn.Module, tokenizer, train_pairs: Sequence[dict], held_pairs: Sequence[dict],
                  sizes: Sequence[int], *, epochs: int = 30, lr: float = 3e-3, weight_decay: float = 0.1,
                  progress: bool = True) -> list[dict]:
@@ -368,8 +400,15 @@ def probe_layers(lm: nn.Module, tokenizer, train_pairs: Sequence[dict], held_pai
     k in ``sizes``. Which layer and which pooling carry the preference is what it measures; the last
     layer with ``"last"`` is exactly the reward model with ``trainable="head"``.
 
-    Returns one row per (pooling, layer, k): ``{"pooling", "layer", "train_pairs", "train_accuracy",
-    "accuracy"}``, the accuracy on ``held_pairs``' labels.
+    When the pairs carry their gold scores (``gold_chosen``, ``gold_rejected``), each (pooling,
+    layer, k) also gets a :func:`gold_regression` on the same 2k texts: what the same features give
+    when every text's gold score is known, instead of one noisy comparison per pair. The gap between
+    the two is what better labels could add; what stays short of the ceiling is the features and
+    the number of texts.
+
+    Returns one row per (labels, pooling, layer, k): ``{"labels", "pooling", "layer", "train_pairs",
+    "train_accuracy", "accuracy"}`` (``labels``: ``"pairs"`` or ``"gold"``, which also has ``"ridge"``,
+    its λ); the accuracies are on the pairs' labels, ``accuracy`` on ``held_pairs``.
     """
     from tqdm.auto import tqdm
 
@@ -382,6 +421,8 @@ def probe_layers(lm: nn.Module, tokenizer, train_pairs: Sequence[dict], held_pai
         feats[name] = {"last": (c_last, r_last), "mean": (c_mean, r_mean)}
     n_layers = feats["train"]["last"][0].shape[1]
     sizes = sorted({min(k, len(train_pairs)) for k in sizes})
+    gold = (torch.tensor([[p["gold_chosen"], p["gold_rejected"]] for p in train_pairs], dtype=torch.float64)
+            if all("gold_chosen" in p and "gold_rejected" in p for p in train_pairs) else None)  # (N, 2)
     rows = []
     jobs = [(pooling, layer, k) for pooling in ("last", "mean") for layer in range(n_layers) for k in sizes]
     for pooling, layer, k in tqdm(jobs, desc="probes", disable=not progress):
@@ -391,8 +432,13 @@ def probe_layers(lm: nn.Module, tokenizer, train_pairs: Sequence[dict], held_pai
                                      progress=False, features=(c, r))
         hc, hr = (f[:, layer] for f in feats["held"][pooling])
         accuracy = float((head.raw_reward(hc) > head.raw_reward(hr)).double().mean())
-        rows.append({"pooling": pooling, "layer": layer, "train_pairs": k,
+        rows.append({"labels": "pairs", "pooling": pooling, "layer": layer, "train_pairs": k,
                      "train_accuracy": history[-1]["accuracy"], "accuracy": accuracy})
+        if gold is not None:  # rows alternate chosen, rejected: the validation fifth is whole pairs
+            w, lam = gold_regression(torch.stack([c, r], 1).flatten(0, 1), gold[:k].flatten())
+            rows.append({"labels": "gold", "pooling": pooling, "layer": layer, "train_pairs": k, "ridge": lam,
+                         "train_accuracy": float(((c.double() @ w) > (r.double() @ w)).double().mean()),
+                         "accuracy": float(((hc.double() @ w) > (hr.double() @ w)).double().mean())})
     return rows
 
 

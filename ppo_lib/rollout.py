@@ -20,8 +20,9 @@ that is 1 only up to the rounding difference between cached and full-sequence at
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ __all__ = [
     "sample",
     "draw_tokens",
     "multinomial_tokens",
+    "packed_linears",
     "truncate_after_eos",
     "forward_response",
     "critic_values",
@@ -167,6 +169,45 @@ def multinomial_tokens(probs: torch.Tensor, generator: torch.Generator | None = 
     return torch.multinomial(probs, 1, generator=generator)
 
 
+def _packed_forward(linear: nn.Linear, packed: torch.Tensor, rows: int, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.float32 or x.shape[:-1].numel() != rows:  # another shape: the plain product
+        return F.linear(x, linear.weight, linear.bias)
+    return torch.ops.mkl._mkl_linear(x, packed, linear.weight, linear.bias, rows)
+
+
+@contextlib.contextmanager
+def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterator[int]:
+    """Inside the block, every float32 ``nn.Linear`` of ``model`` on a CPU multiplies inputs of
+    ``rows`` rows with MKL's *packed* GEMM (chapter 07, Section 11): its weight is copied once, on
+    entry, into the layout MKL's kernel reads (``cblas_sgemm_pack``), and the copy is freed on exit.
+
+    The products are the same ones. On the 2-core CPU measured (chapter 07), a whole SmolLM2 sampling
+    gave log-probs bitwise equal to the plain products' in 36 of 39 fresh processes; in the other
+    three the first packed sampling of the process differed by up to 5.4e-4, with the same tokens
+    (MKL does not promise bitwise-identical results from run to run). The thin (B-row) products
+    of a decode step ran 1.3–2.9× faster and a whole sampling 1.14× (median of 7 interleaved rounds).
+    Other input shapes, another dtype, autocast, gradients, a GPU, or a torch without MKL fall back
+    to the plain product; GPT-2's blocks use ``Conv1D``, not ``nn.Linear``, so there only the LM
+    head is packed. The copy is made on entry, after the last optimizer step, so it is
+    never stale; do not change the weights inside the block. It costs one pass over the weights
+    (≈ 0.2 s for SmolLM2 on 2 cores) and their size in memory while the block runs.
+
+    Yields the number of layers packed (0 when nothing applies).
+    """
+    usable = (enabled and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+              and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"))
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.device.type == "cpu"
+               and m.weight.dtype == torch.float32 and "forward" not in vars(m)] if usable else []
+    for m in linears:  # an instance attribute shadows nn.Linear.forward for this module only
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), rows)
+        m.forward = lambda x, m=m, packed=packed: _packed_forward(m, packed, rows, x)
+    try:
+        yield len(linears)
+    finally:
+        for m in linears:
+            del m.forward
+
+
 def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int):
     """Cut each row after its first EOS: returns ``(response_ids, response_mask)``, ``(B, T)``.
 
@@ -203,6 +244,7 @@ def sample(
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
     draw: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = draw_tokens,
+    packed: bool = True,
 ) -> Rollout:
     """Sample responses token by token with a KV cache.
 
@@ -221,6 +263,8 @@ def sample(
             is an ActorCritic with a shared value head, V(s_t) in ``Rollout.old_values``.
         draw: ``(probs (B, V), generator) -> tokens (B, 1)``; :func:`draw_tokens` (one uniform
             number per row) or :func:`multinomial_tokens`.
+        packed: on a CPU, run the linear layers through MKL's packed GEMM
+            (:func:`packed_linears`): the same products, faster; False for the plain ones.
 
     Returns:
         A :class:`Rollout`. T shrinks to the longest response when every row stopped early.
@@ -236,24 +280,25 @@ def sample(
     shared_head = return_logprobs and isinstance(model, ActorCritic) and model.critic is None
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     tokens, logprobs, values = [], [], []
-    for _ in range(max_new_tokens):
-        # logits_to_keep=1: the prompt's pass computes logits for its last column only
-        out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1,
-                 use_cache=True, output_hidden_states=shared_head, **{cache_kwarg: cache})
-        scaled = out.logits[:, -1, :].float() / temperature  # (B, V)
-        next_token = draw(_filter_logits(scaled, top_k, top_p).softmax(-1), generator)  # (B, 1)
-        tokens.append(next_token)
-        if return_logprobs:
-            logprobs.append(scaled.log_softmax(-1).gather(-1, next_token))  # (B, 1)
-        if shared_head:
-            values.append(model.value_head(out.hidden_states[-1][:, -1:]))  # (B, 1): V(s_t), before token t
-        if stop_at_eos:
-            done |= next_token.squeeze(1) == eos
-            if bool(done.all()):  # CPU-GPU sync once per token: stop when every row has ended
-                break
-        input_ids = next_token
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
-        position_ids = position_ids[:, -1:] + 1
+    with packed_linears(lm, prompt_ids.shape[0], enabled=packed):  # the same products, faster on a CPU
+        for _ in range(max_new_tokens):
+            # logits_to_keep=1: the prompt's pass computes logits for its last column only
+            out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1,
+                     use_cache=True, output_hidden_states=shared_head, **{cache_kwarg: cache})
+            scaled = out.logits[:, -1, :].float() / temperature  # (B, V)
+            next_token = draw(_filter_logits(scaled, top_k, top_p).softmax(-1), generator)  # (B, 1)
+            tokens.append(next_token)
+            if return_logprobs:
+                logprobs.append(scaled.log_softmax(-1).gather(-1, next_token))  # (B, 1)
+            if shared_head:
+                values.append(model.value_head(out.hidden_states[-1][:, -1:]))  # (B, 1): V(s_t), before token t
+            if stop_at_eos:
+                done |= next_token.squeeze(1) == eos
+                if bool(done.all()):  # CPU-GPU sync once per token: stop when every row has ended
+                    break
+            input_ids = next_token
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+            position_ids = position_ids[:, -1:] + 1
     response_ids = torch.cat(tokens, dim=1)  # (B, T)
     if stop_at_eos:
         response_ids, response_mask = truncate_after_eos(response_ids, eos, pad)

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from .models import ActorCritic
-from .rollout import Rollout, _filter_logits, _kv_cache, draw_tokens, position_ids_from_mask, sample, truncate_after_eos
+from .rollout import (Rollout, _filter_logits, _kv_cache, draw_tokens, packed_linears, position_ids_from_mask, sample,
+                      truncate_after_eos)
 
 __all__ = ["SAMPLERS", "sample_static", "get_sampler"]
 
@@ -102,6 +103,7 @@ def sample_static(
     return_logprobs: bool = False,
     cuda_graph: bool = False,
     draw: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = draw_tokens,
+    packed: bool = True,
 ) -> Rollout:
     """:func:`ppo_lib.rollout.sample` with a preallocated cache and fixed shapes: same arguments,
     same :class:`~ppo_lib.rollout.Rollout`, same tokens for the same generator.
@@ -112,6 +114,7 @@ def sample_static(
             afterwards). The first call pays the compilation (tens of seconds). Ignored on a CPU,
             where there is no launch overhead to remove.
         draw: how each step's token is drawn, as in :func:`~ppo_lib.rollout.sample`.
+        packed: MKL's packed products on a CPU, as in :func:`~ppo_lib.rollout.sample`.
 
     Shapes: ``prompt_ids``/``prompt_mask`` ``(B, P)``; every decode step sees ``input_ids`` and
     ``position_ids`` ``(B, 1)``, an attention mask ``(B, P + T)`` and a cache of ``P + T`` slots.
@@ -141,29 +144,30 @@ def sample_static(
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     ended_at = torch.full((B,), T, dtype=torch.long, device=prompt_ids.device)  # step of each row's first EOS
     # The prompt's pass (the prefill) has its own shape and runs uncompiled.
-    logits, hidden = forward(ids, position_ids, attention_mask[:, :P])
-    for t in range(T):
-        scaled = logits / temperature  # (B, V)
-        next_token = draw(_filter_logits(scaled, top_k, top_p).softmax(-1), generator)
-        if generator is not None:
-            states.append(generator.get_state())  # host-side copy; lets us rewind to the eager sampler's stop
-        tokens.append(next_token)
-        if return_logprobs:
-            logprobs.append(scaled.log_softmax(-1).gather(-1, next_token))
-        if shared_head:
-            values.append(model.value_head(hidden))
-        if stop_at_eos:  # no branch on it: rows keep sampling, the mask cuts them afterwards
-            newly = (next_token.squeeze(1) == eos) & ~done
-            ended_at = torch.where(newly, torch.full_like(ended_at, t), ended_at)
-            done |= newly
-        if t == T - 1:
-            break
-        attention_mask[:, P + t] = 1
-        position_ids = position_ids[:, -1:] + 1
-        logits, hidden = step(next_token, position_ids, attention_mask)
-        if graphed:  # outputs of a replayed graph are overwritten by the next replay
-            logits = logits.clone()
-            hidden = hidden.clone() if hidden is not None else None
+    with packed_linears(lm, B, enabled=packed and not graphed):
+        logits, hidden = forward(ids, position_ids, attention_mask[:, :P])
+        for t in range(T):
+            scaled = logits / temperature  # (B, V)
+            next_token = draw(_filter_logits(scaled, top_k, top_p).softmax(-1), generator)
+            if generator is not None:
+                states.append(generator.get_state())  # host-side copy; lets us rewind to the eager sampler's stop
+            tokens.append(next_token)
+            if return_logprobs:
+                logprobs.append(scaled.log_softmax(-1).gather(-1, next_token))
+            if shared_head:
+                values.append(model.value_head(hidden))
+            if stop_at_eos:  # no branch on it: rows keep sampling, the mask cuts them afterwards
+                newly = (next_token.squeeze(1) == eos) & ~done
+                ended_at = torch.where(newly, torch.full_like(ended_at, t), ended_at)
+                done |= newly
+            if t == T - 1:
+                break
+            attention_mask[:, P + t] = 1
+            position_ids = position_ids[:, -1:] + 1
+            logits, hidden = step(next_token, position_ids, attention_mask)
+            if graphed:  # outputs of a replayed graph are overwritten by the next replay
+                logits = logits.clone()
+                hidden = hidden.clone() if hidden is not None else None
 
     response_ids = torch.cat(tokens, dim=1)  # (B, T)
     keep = T

@@ -10,9 +10,9 @@ import torch
 
 from ppo_lib.models import tiny_gpt2
 from ppo_lib.preferences import PreferenceDataError
-from ppo_lib.reward_model import (RewardModel, RewardModelError, best_of_n_estimate, best_of_n_kl_bound,
-                                  bradley_terry_loss, evaluate_reward_model, fit_gao, layer_features, probe_layers,
-                                  train_reward_model)
+from ppo_lib.reward_model import (RIDGE_GRID, RewardModel, RewardModelError, best_of_n_estimate, best_of_n_kl_bound,
+                                  bradley_terry_loss, evaluate_reward_model, fit_gao, gold_regression, layer_features,
+                                  probe_layers, train_reward_model)
 from ppo_lib.rewards import score
 
 
@@ -132,13 +132,31 @@ def test_probe_layers_last_layer_is_the_head_only_reward_model_and_finds_the_pre
     train, held = synthetic_pairs(120, seed=0), synthetic_pairs(80, seed=1)
     rows = probe_layers(lm, tok, train, held, [40, 120], epochs=5, lr=1e-2, weight_decay=0.0, progress=False)
     n_layers = lm.config.n_layer + 1
-    assert len(rows) == 2 * n_layers * 2  # (pooling, layer, size)
+    assert len(rows) == 2 * 2 * n_layers * 2  # (labels, pooling, layer, size): the pairs carry their gold scores
     rm = RewardModel(lm, tok, trainable="head")
     train_reward_model(rm, train, epochs=5, lr=1e-2, weight_decay=0.0, seed=0, progress=False)
-    top = next(r for r in rows if (r["pooling"], r["layer"], r["train_pairs"]) == ("last", n_layers - 1, 120))
+    top = next(r for r in rows if (r["labels"], r["pooling"], r["layer"], r["train_pairs"])
+               == ("pairs", "last", n_layers - 1, 120))
     assert top["accuracy"] == pytest.approx(evaluate_reward_model(rm, held)["accuracy"], abs=1e-9)
-    best = max(r["accuracy"] for r in rows if r["train_pairs"] == 120)
+    best = max(r["accuracy"] for r in rows if r["train_pairs"] == 120 and r["labels"] == "pairs")
     assert best >= 0.9  # "more a's" is linearly readable from some layer
+    gold = [r for r in rows if r["labels"] == "gold"]
+    assert {r["ridge"] for r in gold} <= set(RIDGE_GRID)
+    assert max(r["accuracy"] for r in gold if r["train_pairs"] == 120) >= 0.9  # the count of a's, regressed
+
+
+def test_gold_regression_recovers_a_linear_score_and_picks_less_ridge_for_cleaner_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g) * torch.tensor([1.0, 5.0, 0.2, 1.0, 3.0, 1.0])  # unequal scales
+    w_true = torch.tensor([1.0, -0.4, 3.0, 0.0, 0.5, -1.0])
+    clean = x @ w_true + 0.01 * torch.randn(300, generator=g)
+    w, lam = gold_regression(x, clean)
+    assert torch.nn.functional.cosine_similarity(w, w_true.double(), dim=0) > 0.999
+    assert lam == min(RIDGE_GRID)  # almost no noise: the least shrinkage predicts best
+    noisy = torch.randn(300, generator=g) * 10  # nothing to learn: the most shrinkage predicts best
+    assert gold_regression(x, noisy)[1] == max(RIDGE_GRID)
+    with pytest.raises(ValueError, match="at least 3 texts"):
+        gold_regression(x[:2], clean[:2])
 
 
 def test_normalize_gives_mean_0_std_1_and_shifts_no_preference(trained):
@@ -282,7 +300,7 @@ def test_reward_model_command_writes_a_run_folder(tmp_path):
     assert probed["command"] == (f"python -m ppo_lib reward-probe --out {probe} --pairs-from {out} --model tiny-gpt2 "
                                  "--train-sizes 20 79 --rm-epochs 2")
     assert probed["noise_ceiling"] == pytest.approx(results["pairs"]["noise_ceiling"])  # same held-out pairs, same τ
-    assert len(probed["rows"]) == 2 * 3 * 2 and (probe / "probe.png").exists()  # (pooling, 3 layers, 2 sizes)
+    assert len(probed["rows"]) == 2 * 2 * 3 * 2 and (probe / "probe.png").exists()  # (labels, pooling, 3 layers, 2 sizes)
 
 
 def test_an_interrupted_reward_model_run_keeps_what_it_measured(tmp_path, monkeypatch):

@@ -5,13 +5,17 @@ bitwise equal; the log-probs agree to 1e-5 (absolute). They cannot be bitwise eq
 general: the static sampler's attention runs over P + T key slots, the unused ones masked,
 the eager one's over the P + t filled ones, and the float32 sums run in another order
 (measured: 5e-7 on tiny-gpt2, 2e-5 on SmolLM2, whose log-probs are ≈ -5; see
-figures/runs/ch07_sampler/)."""
+figures/runs/ch07_sampler/).
+
+The packed products (ppo_lib.rollout.packed_linears, MKL's packed GEMM on a CPU) are checked on a
+tiny Llama, whose layers are all nn.Linear: same tokens as the plain products, fresh weights at
+every entry, the layers restored on exit."""
 
 import pytest
 import torch
 
 from ppo_lib.models import load_policy
-from ppo_lib.rollout import draw_tokens, multinomial_tokens, sample, tokenize_prompts
+from ppo_lib.rollout import draw_tokens, multinomial_tokens, packed_linears, sample, tokenize_prompts
 from ppo_lib.sampling import get_sampler, sample_static
 from tiny import PROMPTS
 
@@ -114,3 +118,93 @@ def test_draw_tokens_and_multinomial_draw_the_same_distribution_from_logits():
     fa, fb = (torch.bincount(x, minlength=50).double() / 1e5 for x in (a, b))
     assert 0.5 * (fa - fb).abs().sum() <= 0.015  # measured 0.006–0.008 over 5 seeds
     assert not torch.equal(a, b)  # the same law, other random numbers
+
+
+# ----------------------------------------------------------------------------- packed products
+
+needs_mkl = pytest.mark.skipif(not (torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")),
+                               reason="MKL's packed GEMM needs a torch built with MKL (x86)")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny):
+    """A 2-layer Llama (every projection an nn.Linear, as in SmolLM2) on tiny-gpt2's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer, ids, mask = tiny
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).eval(), tokenizer, ids, mask
+
+
+def linears(lm):
+    return [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@needs_mkl
+@pytest.mark.parametrize("sampler", [sample, sample_static], ids=["eager", "static"])
+def test_packed_products_sample_the_same_tokens_as_the_plain_ones(tiny_llama, sampler):
+    lm, tokenizer, ids, mask = tiny_llama
+    runs = [sampler(lm, tokenizer, ids, mask, 12, 1.0, generator=torch.Generator().manual_seed(0),
+                    return_logprobs=True, packed=packed) for packed in (False, True)]
+    assert torch.equal(runs[0].response_ids, runs[1].response_ids)
+    assert torch.equal(runs[0].response_mask, runs[1].response_mask)
+    torch.testing.assert_close(runs[1].old_logprobs, runs[0].old_logprobs, rtol=0, atol=1e-6)  # measured: 0
+
+
+@needs_mkl
+def test_packed_linears_packs_every_linear_computes_the_same_products_and_restores_the_layers(tiny_llama):
+    lm = tiny_llama[0]
+    layer = lm.model.layers[0].mlp.up_proj
+    x4, x3 = torch.randn(4, 1, 64), torch.randn(3, 64)
+    with torch.no_grad():
+        plain4, plain3 = layer(x4), layer(x3)
+        with packed_linears(lm, rows=4) as n:
+            assert n == len(linears(lm)) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer, and the LM head
+            assert all("forward" in vars(m) for m in linears(lm))
+            torch.testing.assert_close(layer(x4), plain4, rtol=0, atol=1e-6)  # 4 rows: the packed kernel
+            assert torch.equal(layer(x3), plain3)  # another shape: the plain product itself
+        assert not any("forward" in vars(m) for m in linears(lm))
+        with pytest.raises(RuntimeError, match="inside"):
+            with packed_linears(lm, rows=4):
+                raise RuntimeError("an error inside the block")
+        assert not any("forward" in vars(m) for m in linears(lm))  # restored on the way out of an error too
+
+
+@needs_mkl
+def test_packed_linears_packs_the_weights_as_they_are_at_each_entry(tiny_llama):
+    """The packed copy is made when the block is entered, so sampling after an optimizer step
+    uses the new weights (a stale copy would sample from the previous policy)."""
+    import copy
+
+    lm, tokenizer, ids, mask = tiny_llama
+    lm = copy.deepcopy(lm)
+    x = torch.randn(4, 1, 64)
+    with torch.no_grad():
+        with packed_linears(lm, rows=4):
+            before = lm.model.layers[0].mlp.up_proj(x)
+        opt = torch.optim.AdamW(lm.parameters(), lr=0.1, fused=True)  # the trainer's optimizer
+    lm.train()
+    lm(ids, attention_mask=mask).logits.square().mean().backward()
+    opt.step()
+    lm.eval()
+    with torch.no_grad():
+        plain = lm.model.layers[0].mlp.up_proj(x)
+        with packed_linears(lm, rows=4):
+            after = lm.model.layers[0].mlp.up_proj(x)
+    assert (plain - before).abs().max() > 0.1  # the step changed the layer
+    torch.testing.assert_close(after, plain, rtol=0, atol=1e-6)
+    a, b = (sample(lm, tokenizer, ids, mask, 10, 1.0, generator=torch.Generator().manual_seed(1), packed=packed)
+            for packed in (False, True))
+    assert torch.equal(a.response_ids, b.response_ids)
+
+
+def test_packed_linears_leaves_the_model_alone_with_gradients_or_when_disabled(tiny_llama):
+    lm = tiny_llama[0]
+    with torch.enable_grad(), packed_linears(lm, rows=4) as n:  # training: autograd needs the plain product
+        assert n == 0
+    with torch.no_grad(), packed_linears(lm, rows=4, enabled=False) as n:
+        assert n == 0
+    assert not any("forward" in vars(m) for m in linears(lm))

@@ -101,22 +101,26 @@ def overview_from_results(results: dict):
 
 def probe_from_results(results: dict):
     """Held-out accuracy of a linear probe on each layer's hidden states (``reward-probe``), at the
-    last real token and averaged over the response, at the largest training size; the noise
-    ceiling and 90 % of it for scale."""
+    last real token and averaged over the response, at the largest training size: trained on the
+    comparisons (solid) and regressed on every text's gold score (dashed); the noise ceiling and
+    90 % of it for scale."""
     k = max(r["train_pairs"] for r in results["rows"])
     ceiling = results["noise_ceiling"]
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    for pooling, style in (("last", "o-"), ("mean", "s-")):
-        rows = sorted((r for r in results["rows"] if r["pooling"] == pooling and r["train_pairs"] == k),
-                      key=lambda r: r["layer"])
-        label = "last real token (the reward model's head)" if pooling == "last" else "mean over the response"
-        ax.plot([r["layer"] for r in rows], [r["accuracy"] for r in rows], style, ms=3, label=label)
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for pooling, marker, color in (("last", "o", "C0"), ("mean", "s", "C1")):
+        for labels, ls in (("pairs", "-"), ("gold", "--")):
+            rows = sorted((r for r in results["rows"] if (r["labels"], r["pooling"], r["train_pairs"])
+                           == (labels, pooling, k)), key=lambda r: r["layer"])
+            label = "last real token (the reward model's)" if pooling == "last" else "mean over the response"
+            label += ", trained on the pairs" if labels == "pairs" else ", regressed on the gold scores"
+            ax.plot([r["layer"] for r in rows], [r["accuracy"] for r in rows], marker=marker, ls=ls, color=color, ms=3,
+                    label=label)
     ax.axhline(ceiling, color="k", ls=":", label=f"noise ceiling {ceiling:.2f}")
     ax.axhline(0.9 * ceiling, color="gray", ls="--", lw=0.8, label=f"90 % of it, {0.9 * ceiling:.2f}")
     ax.axhline(0.5, color="gray", lw=0.8)
     ax.set(xlabel="layer (0: embeddings; last: after the final norm)", ylabel="held-out accuracy",
-           title=f"linear probes on {k} pairs", ylim=(0.45, 0.92))
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+           title=f"linear probes on the features of {k} pairs", ylim=(0.45, 0.92))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     return fig
 
