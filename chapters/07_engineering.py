@@ -669,7 +669,8 @@ print("eager and static agree on SmolLM2:", samp["agreement"])
 # We measure $W$ with a copy of a 256 MB tensor (it reads and writes each byte) and $F$ with a float32 matmul. Then
 # three times for the real step: the model's own matrix products alone (every `nn.Linear` of SmolLM2, the tied output
 # layer included, applied once to 16 rows), and a whole decode step of the eager sampler, drawing its tokens in two
-# ways that this section explains (`multinomial_tokens`, then `draw_tokens`):
+# ways that this section explains (`multinomial_tokens`, then `draw_tokens`). All of them use the plain matrix
+# products (`packed=False`); the packed ones, the section's last change, come at its end.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -817,8 +818,9 @@ print("tokens of probability 0 drawn:", int(freq[p_check == 0].sum() * n_draws),
 # reason is inside the BLAS. A fast matrix product does not multiply the matrices as they lie in memory: it first
 # copies ("packs") blocks of each operand into small buffers laid out in the exact order its innermost kernel reads
 # them, so that the kernel walks memory in a straight line and stays in the caches (Goto & van de Geijn, 2008). For
-# a large product the copy is cheap next to the arithmetic. For a 16-row product it is not: the whole weight matrix is
-# read, written into the buffer and read again, **on every call**, to be used for 16 rows and thrown away.
+# a large product the copy is cheap next to the arithmetic. For a 16-row product it is not: in that design the whole
+# weight matrix is read, written into the buffer and read again, **on every call**, to be used for 16 rows and thrown
+# away.
 #
 # The weights do not change while we sample, so they can be packed once. MKL has an interface for exactly this
 # (`cblas_sgemm_pack`, then products that take the packed matrix), and PyTorch reaches it through two operators,

@@ -86,6 +86,25 @@ def test_bf16_sampling_times_both_arms_and_measures_a_small_positive_kl(tmp_path
     assert 0 < mismatch["max_abs_logprob_diff"] < 1.0
 
 
+def test_samplers_command_times_four_arms_interleaved_and_checks_they_agree(tmp_path):
+    import json
+
+    from ppo_lib.profiling import main
+
+    main(["samplers", "--model", "tiny-gpt2", "--batch-size", "2", "--max-new-tokens", "4", "--repeats", "2",
+          "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "samplers.json").read_text())
+    arms = {"eager_multinomial", "eager_plain", "eager", "static"}
+    assert set(out["seconds"]) == arms and all(len(v) == 2 for v in out["seconds"].values())
+    assert set(out["speedup"]) == {"eager_multinomial/eager", "eager_multinomial/eager_plain", "eager_plain/eager",
+                                   "eager/static"}
+    pair = out["speedup"]["eager_plain/eager"]  # each ratio is taken round by round
+    assert pair == pytest.approx([a / b for a, b in zip(out["seconds"]["eager_plain"], out["seconds"]["eager"])])
+    agreement = out["agreement"]
+    assert agreement["tokens_equal"] and agreement["generator_state_equal"] and agreement["plain_products"]["tokens_equal"]
+    assert agreement["logprob_max_abs_diff"] < 1e-4
+
+
 def _tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
