@@ -391,8 +391,8 @@ fig = render("08_probe")
 # * **More pairs barely move it, and perfect labels would not be enough.** From 250 to 1 901 pairs (7.6 times as
 #   many) the best mean-pooled probe went from 0.676 to 0.701, about 0.01 per doubling. Regressed on the gold score
 #   of every training text instead (dashed lines), the same features do better at every layer of the mean and at
-#   30 of 31 layers of the last token on 1 000 pairs or more, and the best of them
-#   (the mean of layer 1 again) reaches 0.716, 0.731 and **0.754** at the three sizes: 86 % of the ceiling, still
+#   30 of 31 layers of the last token on 1 000 pairs or more. The best of them (the mean of layer 1 again, also
+#   picked on the held-out pairs) reaches 0.716, 0.731 and **0.754** at the three sizes: 86 % of the ceiling, still
 #   short of 0.792, and gaining about 0.013 per doubling of the texts. So the labels cost about 0.05 of accuracy,
 #   and the rest is the texts and the features: at that rate even perfect labels would need some three more
 #   doublings, about 30 000 texts, to reach 90 %, and a linear read-out of frozen 135M features learns a lexicon of
