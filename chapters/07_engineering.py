@@ -878,11 +878,11 @@ print(f"a decode step drawing with draw_tokens: plain {step_ms(False):.0f} ms, p
 # %% [markdown]
 # **The same tokens.** The products are the same, and on this machine their outputs were bitwise equal to the plain
 # ones in almost every comparison: a whole sampling of SmolLM2 with and without packing gave identical log-probs in
-# every fresh process we tried but three of 39. In those three, the first packed sampling of the
-# process differed from every later one, packed or plain, by up to 5.4e-4 in a log-prob, with the same tokens (the
-# committed run of Section 10 is one of them). By default MKL does not promise the same bits from run to run (its
-# Conditional Numerical Reproducibility mode exists for that), and we did not find out what made those first calls
-# differ. For sampling this is harmless: the tokens are drawn from the same distribution to within
+# 52 of the 55 fresh processes we tried. In the other three, all within the same ten minutes, the first packed
+# sampling of the process differed from every later one, packed or plain, by up to 5.4e-4 in a log-prob, with the
+# same tokens (the committed run of Section 10 is one of them). By default MKL does not promise the same bits from
+# run to run (its Conditional Numerical Reproducibility mode exists for that), and we did not find out what made
+# those first calls differ. For sampling this is harmless: the tokens are drawn from the same distribution to within
 # rounding, and the update recomputes every log-probability with the plain products (`forward_old`). It does mean
 # that bitwise-identical reruns of a run across processes are not guaranteed.
 #

@@ -182,7 +182,7 @@ def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterato
     entry, into the layout MKL's kernel reads (``cblas_sgemm_pack``), and the copy is freed on exit.
 
     The products are the same ones. On the 2-core CPU measured (chapter 07), a whole SmolLM2 sampling
-    gave log-probs bitwise equal to the plain products' in 36 of 39 fresh processes; in the other
+    gave log-probs bitwise equal to the plain products' in 52 of 55 fresh processes; in the other
     three the first packed sampling of the process differed by up to 5.4e-4, with the same tokens
     (MKL does not promise bitwise-identical results from run to run). The thin (B-row) products
     of a decode step ran 1.3–2.9× faster and a whole sampling 1.14× (median of 7 interleaved rounds).
