@@ -944,9 +944,9 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 # mixed-precision activations, weight-only kernels). **No change we measured that leaves the policy unchanged
 # reaches the CPU goal of 1.5×.**
 #
-# Both runs timed their float32 arm with the plain products (they predate the packing), so their ratios compare the
-# reduced copies with the eager sampler as it was before this section's last change. The library's samplers use
-# neither copy; on a CPU a packed decode step stays more than 3× above the roofline (88 ms against 25–27 ms in the
+# Both arms of both commands sample with the plain products (`packed=False`), so their ratios measure the precision
+# alone, with the eager sampler as it was before this section's last change. The library's samplers use neither
+# copy; on a CPU a packed decode step stays more than 3× above the roofline (88 ms against 25–27 ms in the
 # stored outputs).
 #
 # On an H200 the same step streams 540 MB of float32 (270 MB in bf16) at about 4.8 TB/s, about 0.06–0.1 ms, while the

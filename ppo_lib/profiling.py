@@ -248,7 +248,7 @@ def reduced_precision_sampling(model_name: str = "smollm2-135m", batch_size: int
     lm32, tokenizer = load_model(model_name)
     lm_q = copy.deepcopy(lm32).to(torch.bfloat16) if precision == "bfloat16" else int8_copy(lm32)
     ids, mask = tokenize_prompts(tokenizer, review_prompts("train")[:batch_size])
-    kw = dict(temperature=0.7, stop_at_eos=False)
+    kw = dict(temperature=0.7, stop_at_eos=False, packed=False)  # plain products on both arms: the precision alone
 
     def run(lm):
         return lambda: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1), **kw)

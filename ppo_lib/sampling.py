@@ -144,7 +144,7 @@ def sample_static(
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     ended_at = torch.full((B,), T, dtype=torch.long, device=prompt_ids.device)  # step of each row's first EOS
     # The prompt's pass (the prefill) has its own shape and runs uncompiled.
-    with packed_linears(lm, B, enabled=packed and not graphed):
+    with packed_linears(lm, B, enabled=packed):  # a CPU only: a CUDA graph's weights are left alone
         logits, hidden = forward(ids, position_ids, attention_mask[:, :P])
         for t in range(T):
             scaled = logits / temperature  # (B, V)
