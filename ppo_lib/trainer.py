@@ -717,8 +717,9 @@ class PPOTrainer:
         is faster per prompt, and the result depends on it through the sampling RNG stream.
 
         Returns:
-            ``{"score_mean", "kl_mean", "length_mean", "samples": [(prompt, response, score, kl)]}``,
-            KL in nats per sequence (sum of per-token k1 over the response).
+            ``{"score_mean", "score_se", "kl_mean", "kl_se", "length_mean", "samples": [(prompt, response,
+            score, kl)]}``, KL in nats per sequence (sum of per-token k1 over the response); ``*_se`` is
+            the standard error of the mean over the prompts (sample standard deviation / √n).
         """
         c = self.config
         if isinstance(prompts, str) or not len(prompts):
@@ -738,8 +739,14 @@ class PPOTrainer:
             scores, responses = self.score(chunk, batch)
             samples += list(zip(chunk, responses, scores.tolist(), kl.tolist()))
         n = len(samples)
-        return {"score_mean": sum(s[2] for s in samples) / n, "kl_mean": sum(s[3] for s in samples) / n,
-                "length_mean": sum(len(self.tokenizer(s[1])["input_ids"]) for s in samples) / n, "samples": samples}
+        score_t, kl_t = (torch.tensor([s[i] for s in samples], dtype=torch.float64) for i in (2, 3))
+
+        def se(x):  # standard error of the mean over the prompts
+            return (x.std() / n**0.5).item() if n > 1 else None  # undefined for one prompt
+
+        return {"score_mean": score_t.mean().item(), "score_se": se(score_t), "kl_mean": kl_t.mean().item(),
+                "kl_se": se(kl_t), "length_mean": sum(len(self.tokenizer(s[1])["input_ids"]) for s in samples) / n,
+                "samples": samples}
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, folder: str | Path) -> Path:

@@ -109,3 +109,29 @@ def test_each_kl_sweep_of_chapter_08_ran_the_committed_run_on_its_pairs_but_for_
     results = read(f"runs/{sweep}", "results.json")
     assert "incomplete" not in results
     assert {(r["kl_coef"], r["seed"]) for r in results["ppo"]} == {(b, s) for b in swept["kl_coef"] for s in swept["seeds"]}
+
+
+def frontier_folders() -> list[str]:
+    from ppo_lib.plotting.ch07 import FRONTIER_RUNS
+
+    return sorted(f"{FRONTIER_RUNS}/{p.name}" for p in (FIGURES / FRONTIER_RUNS).iterdir() if p.is_dir())
+
+
+def test_each_preset_variant_of_chapter_07_changed_only_the_settings_it_names():
+    from ppo_lib.plotting.ch07 import _SETTING_NAMES, preset_frontier_points
+
+    folders = frontier_folders()
+    assert len(folders) >= 6
+    for folder in folders:
+        saved = read(folder, "config.json")
+        assert saved["preset"] == "sentiment" and saved["model"] == PRESET["model"] and saved["reward"] == PRESET["reward"]
+        ran = {**PPOConfig.from_dict(saved["config"]).to_dict(), "updates": saved["updates"]}
+        preset = {**PPOConfig.from_dict(PRESET["config"]).to_dict(), "updates": PRESET["updates"]}
+        changed = {k for k in preset if ran[k] != preset[k]} - {"seed"}
+        assert changed and changed <= set(_SETTING_NAMES), (folder, changed)
+        history = (FIGURES / folder / "history.jsonl").read_text().splitlines()
+        assert [json.loads(line)["update"] for line in history] == list(range(1, saved["updates"] + 1))
+        ev = read(folder, "eval.json")
+        assert ev["score_gain"] == pytest.approx(ev["after"]["score_mean"] - ev["before"]["score_mean"], abs=1e-12)
+    points = {p["folder"]: p for p in preset_frontier_points()}
+    assert set(folders) | set(PRESET_RUNS.values()) | set(PPO_RUNS.values()) == set(points)

@@ -114,3 +114,18 @@ def test_all_chapter_figures_are_up_to_date(tmp_path):
     assert cli.main(["figures", "--out", str(tmp_path), *names]) == 0  # figures made from committed runs read them
     stale = [n for n in names if not same_image(tmp_path / f"{n}.png", FIGURES / f"{n}.png")]
     assert not stale, f"out of date: run `python -m ppo_lib figures {' '.join(stale)}`"
+
+
+def test_sqrt_kl_fit_recovers_a_hand_made_frontier():
+    from ppo_lib.plotting.ch07 import sqrt_kl_fit
+
+    exact = [{"kl": kl, "gain": 0.2 * kl**0.5} for kl in (1.0, 4.0, 9.0)]
+    fit = sqrt_kl_fit(exact, kl=16.0)
+    assert fit["alpha"] == pytest.approx(0.2) and fit["n"] == 3
+    assert fit["low"] == pytest.approx(0.8) == fit["high"] and fit["gain_at"] == pytest.approx(0.8)  # no scatter
+    noisy = [{"kl": 1.0, "gain": 0.1}, {"kl": 4.0, "gain": 0.5}, {"kl": 9.0, "gain": 0.5}]
+    fit = sqrt_kl_fit(noisy, kl=4.0)
+    assert fit["alpha"] == pytest.approx((1 * 0.1 + 2 * 0.5 + 3 * 0.5) / (1 + 4 + 9))  # Σ d g / Σ d²
+    assert fit["low"] < fit["gain_at"] < fit["high"]
+    with pytest.raises(ValueError, match="at least 3 runs"):
+        sqrt_kl_fit(noisy[:2])

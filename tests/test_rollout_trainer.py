@@ -210,6 +210,20 @@ def test_train_and_evaluate_refuse_empty_work():
         t.evaluate([])
 
 
+def test_evaluate_reports_means_and_their_standard_errors():
+    t = tiny_trainer()
+    out = t.evaluate(PROMPTS)
+    scores, kls = [s[2] for s in out["samples"]], [s[3] for s in out["samples"]]
+    n = len(PROMPTS)
+    for key, xs in (("score", scores), ("kl", kls)):
+        mean = sum(xs) / n
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))  # sample standard deviation, by hand
+        assert out[f"{key}_mean"] == pytest.approx(mean, abs=1e-12)
+        assert out[f"{key}_se"] == pytest.approx(sd / math.sqrt(n), abs=1e-12)
+    assert max(kls) == pytest.approx(0.0, abs=1e-5)  # untrained: the policy is π_ref
+    assert t.evaluate(PROMPTS[:1])["score_se"] is None  # one prompt has no spread to measure
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("batch_size", True, "batch_size must be an integer, got True"),
     ("ppo_epochs", True, "ppo_epochs must be an integer"),

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 from ..profiling import plot_time_breakdown, time_breakdown
 from ..schedules import adaptive_lr_scale, lr_factor
 from . import figure, figures_dir
+from .ch09 import PPO_RUNS
 
 PRESET_RUNS = {0: "runs/sentiment_cpu", 1: "runs/sentiment_cpu_seed1", 2: "runs/sentiment_cpu_seed2"}
 """The ``sentiment`` preset's committed seeds, relative to ``figures/``
@@ -62,5 +63,96 @@ def lr_schedules(warmup: int = 5, total: int = 36, kl_target: float = 0.01, seed
     b.axhspan(0.5, 2.0, color="green", alpha=0.1, label="kept band")
     b.set(xlabel="update", title="KL-driven η multiplier (a synthetic KL, open loop)")
     b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+FRONTIER_RUNS = "runs/ch07_preset_frontier"
+"""Variants of the ``sentiment`` preset (one setting changed, one run each), relative to
+``figures/``; how they were made is in the folder's README.md."""
+
+_SETTING_NAMES = {"learning_rate": "η", "lr_warmup_updates": "W", "lam": "λ", "batch_size": "B", "kl_coef": "β",
+                  "updates": "updates"}
+
+
+def _setting(run: dict) -> str:
+    """How a run's settings differ from the ``sentiment`` preset's, e.g. ``"η = 4e-05, λ = 1.0"``."""
+    from ..cli_train import PRESETS
+
+    preset = {**PRESETS["sentiment"]["config"], "updates": PRESETS["sentiment"]["updates"]}
+    ran = {**run["config"], "updates": run["updates"]}
+    changed = [f"{_SETTING_NAMES.get(k, k)} = {ran[k]:g}" for k in preset if k != "seed" and ran[k] != preset[k]]
+    return ", ".join(changed) or "the preset"
+
+
+def preset_frontier_points() -> list[dict]:
+    """One point per committed run of the ``sentiment`` preset or a variant of it: ``{"folder",
+    "setting", "seed", "kl", "gain"}``, the held-out KL (nats per sequence) and score gain over the
+    run's own evaluation of π_ref. The preset's earlier settings (chapter 09's PPO arm) come first."""
+    root = figures_dir()
+    folders = [*PPO_RUNS.values(), *PRESET_RUNS.values()]
+    if (root / FRONTIER_RUNS).is_dir():
+        folders += sorted(f"{FRONTIER_RUNS}/{p.name}" for p in (root / FRONTIER_RUNS).iterdir() if p.is_dir())
+    points = []
+    for folder in folders:
+        path = root / folder
+        if not (path / "eval.json").exists():
+            continue
+        run, ev = json.loads((path / "config.json").read_text()), json.loads((path / "eval.json").read_text())
+        points.append({"folder": folder, "setting": _setting(run), "seed": run["config"]["seed"],
+                       "kl": ev["after"]["kl_mean"], "gain": ev["score_gain"]})
+    return points
+
+
+def sqrt_kl_fit(points: list[dict], kl: float = 8.0, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Least-squares fit of gain = α √KL through the origin, the leading term of Gao et al.'s (2022)
+    RL form d (α − β log d) with d = √KL, and the gain it predicts at ``kl`` nats. The interval is
+    the 2.5–97.5 % percentile of ``n_boot`` bootstrap resamples of the runs.
+
+    Returns ``{"alpha", "gain_at", "low", "high", "kl", "n"}``."""
+    import numpy as np
+
+    kls, g = np.array([p["kl"] for p in points], dtype=float), np.array([p["gain"] for p in points], dtype=float)
+    if len(kls) < 3 or not (kls > 0).all():
+        raise ValueError(f"sqrt_kl_fit needs at least 3 runs, all with KL > 0; got KLs {kls.round(3).tolist()}.")
+    d = np.sqrt(kls)
+    alpha = float(d @ g / (d @ d))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+    boot = (d[idx] * g[idx]).sum(1) / (d[idx] ** 2).sum(1) * np.sqrt(kl)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"alpha": alpha, "gain_at": alpha * float(np.sqrt(kl)), "low": float(low), "high": float(high), "kl": kl,
+            "n": len(d)}
+
+
+@figure("07_preset_frontier")
+def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, ref_score: float = 0.182):
+    """Held-out score gain against KL for every committed run of the ``sentiment`` preset and its
+    variants, a marker per setting, with the fit gain = α √KL (:func:`sqrt_kl_fit`) and its
+    bootstrap band. Dotted guides: the KL budget and the gain that reaches ``target_score`` from
+    π_ref's ``ref_score`` (the preset's committed seeds; None: no guide)."""
+    import numpy as np
+
+    points = preset_frontier_points()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    markers = "osD^v<>pXh"
+    for i, setting in enumerate(dict.fromkeys(p["setting"] for p in points)):
+        mine = [p for p in points if p["setting"] == setting]
+        ax.plot([p["kl"] for p in mine], [p["gain"] for p in mine], markers[i % len(markers)], markersize=7,
+                alpha=0.8, label=f"{setting} ({len(mine)})")
+    fit = sqrt_kl_fit(points, kl=kl_budget)
+    kl = np.linspace(0, max(p["kl"] for p in points) * 1.05, 200)
+    ax.plot(kl, fit["alpha"] * np.sqrt(kl), "k-", lw=1, label=f"fit: gain = {fit['alpha']:.3f} √KL")
+    lo, hi = fit["low"] / np.sqrt(kl_budget), fit["high"] / np.sqrt(kl_budget)  # the bootstrap band of α
+    ax.fill_between(kl, lo * np.sqrt(kl), hi * np.sqrt(kl), color="k", alpha=0.1, lw=0)
+    ax.axvline(kl_budget, color="0.5", ls=":", lw=1)
+    ax.text(kl_budget + 0.1, 0.02, f"KL budget, {kl_budget:g} nats", fontsize=8, color="0.35")
+    if target_score is not None:
+        ax.axhline(target_score - ref_score, color="0.5", ls=":", lw=1)
+        ax.text(0.2, target_score - ref_score + 0.008, f"the gain from {ref_score:g} to a score of {target_score:g}",
+                fontsize=8, color="0.35")
+    ax.set(xlabel="KL(π ‖ π_ref), nats per sequence (held-out)", ylabel="gain in mean VADER score over π_ref (held-out)",
+           title="the sentiment preset and its variants: one frontier", ylim=(0, None), xlim=(0, None))
+    ax.legend(fontsize=7.5, loc="lower right")
     fig.tight_layout()
     return fig
