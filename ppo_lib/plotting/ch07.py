@@ -134,7 +134,7 @@ def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, r
     import numpy as np
 
     points = preset_frontier_points()
-    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    fig, ax = plt.subplots(figsize=(9.6, 4.4))
     markers = "osD^v<>pXh"
     for i, setting in enumerate(dict.fromkeys(p["setting"] for p in points)):
         mine = [p for p in points if p["setting"] == setting]
@@ -144,7 +144,7 @@ def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, r
     kl = np.linspace(0, max(p["kl"] for p in points) * 1.05, 200)
     ax.plot(kl, fit["alpha"] * np.sqrt(kl), "k-", lw=1, label=f"fit: gain = {fit['alpha']:.3f} √KL")
     lo, hi = fit["low"] / np.sqrt(kl_budget), fit["high"] / np.sqrt(kl_budget)  # the bootstrap band of α
-    ax.fill_between(kl, lo * np.sqrt(kl), hi * np.sqrt(kl), color="k", alpha=0.1, lw=0)
+    ax.fill_between(kl, lo * np.sqrt(kl), hi * np.sqrt(kl), color="k", alpha=0.1, lw=0, label="95 % bootstrap band")
     ax.axvline(kl_budget, color="0.5", ls=":", lw=1)
     ax.text(kl_budget + 0.1, 0.02, f"KL budget, {kl_budget:g} nats", fontsize=8, color="0.35")
     if target_score is not None:
@@ -153,6 +153,6 @@ def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, r
                 fontsize=8, color="0.35")
     ax.set(xlabel="KL(π ‖ π_ref), nats per sequence (held-out)", ylabel="gain in mean VADER score over π_ref (held-out)",
            title="the sentiment preset and its variants: one frontier", ylim=(0, None), xlim=(0, None))
-    ax.legend(fontsize=7.5, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="setting (runs)", title_fontsize=8)
     fig.tight_layout()
     return fig
