@@ -76,12 +76,16 @@ _SETTING_NAMES = {"learning_rate": "η", "lr_warmup_updates": "W", "lam": "λ", 
 
 
 def _setting(run: dict) -> str:
-    """How a run's settings differ from the ``sentiment`` preset's, e.g. ``"η = 4e-05, λ = 1.0"``."""
+    """How a run's settings differ from the ``sentiment`` preset's, e.g. ``"η = 4e-05, λ = 1"``."""
     from ..cli_train import PRESETS
 
     preset = {**PRESETS["sentiment"]["config"], "updates": PRESETS["sentiment"]["updates"]}
     ran = {**run["config"], "updates": run["updates"]}
-    changed = [f"{_SETTING_NAMES.get(k, k)} = {ran[k]:g}" for k in preset if k != "seed" and ran[k] != preset[k]]
+
+    def show(v):
+        return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+    changed = [f"{_SETTING_NAMES.get(k, k)} = {show(ran[k])}" for k in preset if k != "seed" and ran[k] != preset[k]]
     return ", ".join(changed) or "the preset"
 
 
