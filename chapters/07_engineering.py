@@ -115,7 +115,7 @@ fig = plot_time_breakdown({"tiny-gpt2 (live)": live}, share=True)
 # (SmolLM2-135M, B = 16, T = 24) on a 2-core CPU and on an H200:
 
 # %%
-render("07_time_breakdown")
+fig = render("07_time_breakdown")
 
 # %% [markdown]
 # On the CPU the update is **arithmetic**: the backward pass (about twice the forward's FLOPs) and the training
@@ -283,7 +283,7 @@ for k in (0, 4, 29):
 # \qquad s \in [0.01, 10]. \tag{7.7}$$
 
 # %%
-render("07_lr_schedules")
+fig = render("07_lr_schedules")
 
 # %%
 print("f(u), W = 5, U = 36:", [round(lr_factor(u, "cosine", 5, 36), 3) for u in (0, 1, 4, 5, 20, 36)])
@@ -400,7 +400,7 @@ print(f"\n{fit['n']} runs: gain ≈ {fit['alpha']:.3f} √KL; at KL = 8 nats: {f
       f"(95 % bootstrap interval {fit['low']:+.3f} to {fit['high']:+.3f})")
 for before in (0.182, 0.191):
     print(f"  from a π_ref score of {before}: {before + fit['gain_at']:.3f} ({before + fit['low']:.3f}–{before + fit['high']:.3f})")
-render("07_preset_frontier")
+fig = render("07_preset_frontier")
 
 # %% [markdown]
 # Read the table and the plot together. A gain measured on 64 prompts has a standard error of about 0.07 (chapter 09).
