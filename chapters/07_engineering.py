@@ -383,8 +383,9 @@ for seed, folder in SEED_RUNS.items():
 # and a larger $\beta$. Each variant is one `train` run with one setting changed, committed in
 # `figures/runs/ch07_preset_frontier/` (its README lists the commands). Below, every run of the preset and its
 # variants, the three committed seeds and chapter 09's runs at the earlier settings included: the held-out gain over
-# the run's own score of $\pi_{ref}$ (the before-score moves with floating-point rounding, by 0.009 between these
-# folders) against the held-out KL. The line is the leading term of Gao et al.'s (2022) RL form, $R = d\,(\alpha -
+# the run's own score of $\pi_{ref}$ against the held-out KL. (That score differs between folders: 0.201 in chapter
+# 09's runs, which drew with `torch.multinomial`, and 0.182 or 0.191 in the others, through floating-point rounding;
+# the gain removes it.) The line is the leading term of Gao et al.'s (2022) RL form, $R = d\,(\alpha -
 # \beta_G \log d)$ with $d = \sqrt{\mathrm{KL}}$, fitted through the origin: $R = \alpha\sqrt{\mathrm{KL}}$. The band and
 # the interval are a bootstrap over the runs.
 
@@ -419,8 +420,9 @@ fig = render("07_preset_frontier")
 #   nats), seed 2 of the earlier settings (0.611 at 5.60) and seed 2 with $\lambda = 1$ (0.600 at 7.66). That is the
 #   spread of seeds, not a better setting: their siblings scored 0.51–0.57, or went past 9 nats (the other two
 #   $\lambda = 1$ runs, at 9.10 and 9.25).
-# * **So the preset stays as it is, and the target is not met.** A setting whose average run reaches 0.60 sends about
-#   half of its seeds past 8 nats. The preset stops at 5.6–6.5 nats and keeps the quietest first update (above).
+# * **So the preset stays as it is, and the target is not met.** A setting whose average run reaches 0.60 runs at
+#   about 9.2 nats on average, so most of its seeds end past 8. The preset stops at 5.6–6.5 nats and keeps the
+#   quietest first update (above).
 #
 # What would move the frontier itself? None of the hyperparameters above did. Chapter 08 measured one method that is
 # more KL-efficient than PPO, on its own task: best-of-$n$, as Gao et al. found at scale.
