@@ -380,7 +380,7 @@ for seed, folder in SEED_RUNS.items():
 # **Is 0.60 within 8 nats? One frontier for every setting.** We aimed for a held-out score of at least 0.60 at a KL
 # of at most 8 nats, and tried to get there with the knobs a practitioner reaches for first: a larger learning rate,
 # $\lambda = 1$ (Monte-Carlo returns, no bootstrapping from a young critic), twice the batch, more or fewer updates,
-# and a larger $\beta$. Each variant is one `train` run with one setting changed, committed in
+# and a larger $\beta$. Each run is one `train` command with the settings its label names changed, committed in
 # `figures/runs/ch07_preset_frontier/` (its README lists the commands). Below, every run of the preset and its
 # variants, the three committed seeds and chapter 09's runs at the earlier settings included: the held-out gain over
 # the run's own score of $\pi_{ref}$ against the held-out KL. (That score differs between folders: 0.201 in chapter
