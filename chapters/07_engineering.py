@@ -954,9 +954,35 @@ print(f"a decode step drawing with draw_tokens: plain {step_ms(False):.0f} ms, p
 #   `torch.multinomial`. Removing *every* other operation would make a step 1.3–2.0× faster (the last line of the
 #   roofline cell): the roofline neither rules 1.5× out nor promises it. Getting there means fusing the attention,
 #   the normalisations, the rotary embeddings and the cache writes into a few kernels, which is what `torch.compile`
-#   of the decode step does, at the price of minutes of compilation per shape on a 2-core CPU (Section 9). A
-#   compiled step that also packs its weights must pack them anew after every update, or it samples from an old
-#   policy.
+#   of the decode step does. `sample_static(..., compile_cpu=True)` compiles the fixed-shape step with Inductor's
+#   default mode and keeps the packed products inside it (as an opaque operator, `ppo_lib::mkl_packed_linear`,
+#   since Inductor cannot lower MKL's): the parameters stay inputs of the compiled graph, so it samples from the
+#   weights of the moment, and they are packed anew at every sampling, as in the eager loop. Measured with
+#   `python -m ppo_lib.profiling compiled-sampling` (the compilation timed alone, then seven interleaved rounds):
+
+# %%
+cs = json.loads((RUNS / "ch07_compiled_sampling" / "compiled-sampling.json").read_text())
+print("command:", cs["command"])
+print(f"  compilation (first sampling): {cs['compile_s']:.0f} s;  agreement with eager:", cs["agreement"])
+for arm, secs in cs["seconds"].items():
+    print(f"{arm:>17}: {' '.join(f'{x:.2f}' for x in secs)} s   (median {cs['median'][arm]:.2f} s)")
+for pair, r in cs["speedup"].items():
+    print(f"{pair:>34}, round by round: {min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f})")
+print(f"the compilation is won back after {cs['payback_samplings']:.0f} samplings at this shape")
+
+# %% [markdown]
+# The compiled step samples the same tokens, leaves the generator in the same state, and agrees on log-probs to
+# 5e-4 (the first packed sampling's wobble again; the library's test finds ≤ 1e-4 on a tiny model). It is
+# **1.07× faster than today's eager loop** (0.98–1.13 per round) and 1.44× faster than the loop as it was (1.29–1.58),
+# after a compilation of 43 s. That again misses 1.5×, and it is not worth its price in training: a new prompt length
+# means a new compilation (prompts are left-padded to a multiple of 16 to limit them), and each one is won back only
+# after about 200 samplings at its shape, five times the 40 of a whole run of the preset. The trainer does not use it.
+# A profile of one compiled sampling (`torch.profiler`, run once while writing this section; timings under the
+# profiler, so approximate) shows where a step of about 90 ms still goes: the packed products about 50 ms, Inductor's
+# fused loops about 13 ms, the Python call into each of the 211 packed products about 12 ms, attention about 6 ms
+# and the compiled graph's guard checks about 3 ms. Fusion removed the small operations; the products, and calling
+# them one by one, are what is left.
+#
 # * Going further needs faster products. The packed ones read the weights at 10.6 GB/s in the stored output, about
 #   half the measured copy bandwidth (which counts the bytes read and written), so the bound of 25–30 ms per step
 #   is still about twice as fast. The other way is fewer bytes: bf16 or int8 weights. Fewer bytes
@@ -1038,8 +1064,9 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 # * `torch.multinomial` makes a random number per vocabulary entry; inverting the cumulative distribution (7.10)
 #   needs one per row and made CPU sampling 1.22× faster. What is left of a CPU decode step is mostly thin matrix
 #   products. Packing their weights once per sampling (MKL's packed GEMM) computes the same products and made
-#   sampling another 1.14× faster: 1.38× in all, short of the 1.5× we aimed for. bf16 weights did not make the
-#   products faster here, and int8 ones sample from another policy.
+#   sampling another 1.14× faster: 1.38× in all, short of the 1.5× we aimed for. Compiling the fixed-shape decode step
+#   (Inductor) added 1.07× for 43 s of compilation per prompt length, which a run does not win back. bf16 weights
+#   did not make the products faster here, and int8 ones sample from another policy.
 #
 # **References.** Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR, arXiv:1412.6980.
 # Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization" (AdamW), ICLR, arXiv:1711.05101.

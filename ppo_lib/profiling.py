@@ -18,6 +18,7 @@ Command line (the committed sampler measurement of chapter 07)::
     python -m ppo_lib.profiling first-update --out figures/runs/ch07_first_update   # ≈ 4 min: 2 warm-ups × 6 seeds
     python -m ppo_lib.profiling bf16-sampling --out figures/runs/ch07_bf16_sampling  # ≈ 1 min
     python -m ppo_lib.profiling int8-sampling --out figures/runs/ch07_int8_sampling  # ≈ 1 min
+    python -m ppo_lib.profiling compiled-sampling --repeats 7 --out figures/runs/ch07_compiled_sampling  # ≈ 3 min
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["PHASES", "machine", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers",
-           "int8_copy", "reduced_precision_sampling", "compile_speedup", "first_updates"]
+           "compiled_sampling", "int8_copy", "reduced_precision_sampling", "compile_speedup", "first_updates"]
 
 PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "backward", "optimizer")
 
@@ -180,6 +181,60 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
     return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
             "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": machine(),
             "agreement": agreement, **timing}
+
+
+def compiled_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
+                      repeats: int = 3, seed: int = 0) -> dict:
+    """The static sampler with its decode step compiled on a CPU (``compile_cpu=True``: Inductor's
+    fused loops around MKL's packed products) against the eager sampler as it is and as it was
+    (``eager_multinomial``, as in :func:`compare_samplers`): chapter 07, Section 11.
+
+    The first compiled sampling pays the compilation; it is timed alone (``compile_s``) and the
+    arms are then timed interleaved. ``payback_samplings`` is the compilation divided by the time
+    one sampling saves against ``eager`` (medians): how many samplings at this shape it takes to
+    win the compilation back.
+
+    Returns:
+        ``agreement`` (tokens, generator state and log-probs of the compiled against the eager
+        sampler), ``compile_s``, ``seconds``/``median`` per arm, ``speedup`` per round
+        (``eager_multinomial / static_compiled`` and ``eager / static_compiled``) and
+        ``payback_samplings``.
+    """
+    import torch
+
+    from .models import load_policy
+    from .rewards import review_prompts
+    from .rollout import multinomial_tokens, sample, tokenize_prompts
+    from .sampling import sample_static
+
+    policy, tokenizer = load_policy(model_name)
+    policy.eval()
+    ids, mask = tokenize_prompts(tokenizer, review_prompts("train")[:batch_size])
+    kw = dict(temperature=0.7, stop_at_eos=False, return_logprobs=True)
+    g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    b = sample_static(policy, tokenizer, ids, mask, max_new_tokens, generator=g2, compile_cpu=True, **kw)
+    compile_s = time.perf_counter() - t0
+    a = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=g1, **kw)
+    agreement = {"tokens_equal": bool(torch.equal(a.response_ids, b.response_ids)),
+                 "generator_state_equal": bool(torch.equal(g1.get_state(), g2.get_state())),
+                 "logprob_max_abs_diff": float((a.old_logprobs - b.old_logprobs).abs().max())}
+
+    def run(sampler, **extra):
+        return lambda: sampler(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1),
+                               **kw, **extra)
+
+    timing = interleaved_timing({"eager_multinomial": run(sample, draw=multinomial_tokens, packed=False),
+                                 "eager": run(sample), "static_compiled": run(sample_static, compile_cpu=True)},
+                                repeats=repeats)
+    sec, med = timing["seconds"], timing["median"]
+    timing["speedup"] = {f"{x}/static_compiled": [p / q for p, q in zip(sec[x], sec["static_compiled"])]
+                         for x in ("eager_multinomial", "eager")}
+    saved = med["eager"] - med["static_compiled"]
+    return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+            "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": machine(), "agreement": agreement, "compile_s": compile_s, **timing,
+            "payback_samplings": compile_s / saved if saved > 0 else None}
 
 
 def int8_copy(lm):
@@ -344,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sampling = {"samplers": ("eager against static sampler, torch.multinomial against draw_tokens, plain against "
                              "packed products: agreement and interleaved timing", compare_samplers),
+                "compiled-sampling": ("the static sampler with its decode step compiled on a CPU against the eager "
+                                      "sampler: compilation time, agreement and interleaved timing", compiled_sampling),
                 **{f"{short}-sampling": (f"sampling from {PRECISIONS[precision]} of the policy: time against float32, "
                                          "and the KL between the two policies",
                                          functools.partial(reduced_precision_sampling, precision=precision))

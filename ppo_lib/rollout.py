@@ -169,9 +169,25 @@ def multinomial_tokens(probs: torch.Tensor, generator: torch.Generator | None = 
     return torch.multinomial(probs, 1, generator=generator)
 
 
+@torch.library.custom_op("ppo_lib::mkl_packed_linear", mutates_args=())
+def _mkl_packed_linear(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       rows: int) -> torch.Tensor:
+    """MKL's packed product as an opaque operator: what ``torch.compile`` calls inside a compiled
+    decode step, since Inductor cannot lower ``mkl::_mkl_linear`` with a packed weight it did not
+    make itself. Eager code calls the MKL operator directly (this wrapper costs ≈ 50 µs a call)."""
+    return torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+
+
+@_mkl_packed_linear.register_fake
+def _(x, packed, weight, bias, rows):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
 def _packed_forward(linear: nn.Linear, packed: torch.Tensor, rows: int, x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.float32 or x.shape[:-1].numel() != rows:  # another shape: the plain product
         return F.linear(x, linear.weight, linear.bias)
+    if torch.compiler.is_compiling():
+        return _mkl_packed_linear(x, packed, linear.weight, linear.bias, rows)
     return torch.ops.mkl._mkl_linear(x, packed, linear.weight, linear.bias, rows)
 
 

@@ -19,7 +19,10 @@ shapes change every time cannot be captured once in a CUDA graph and replayed, a
 
 So the decode step is the same computation every time: with ``cuda_graph=True`` on a GPU it is
 compiled with ``torch.compile(mode="reduce-overhead")``, which captures it in a CUDA graph and
-replays it. Sampling itself (:func:`~ppo_lib.rollout.draw_tokens` with the caller's generator) stays outside
+replays it. With ``compile_cpu=True`` on a CPU it is compiled with Inductor's default mode, which
+fuses the normalisations, rotary embeddings and attention glue into generated C++ loops and leaves
+the matrix products to MKL (chapter 07, Section 11 measures what that buys and what it costs: a
+compilation of about a minute per prompt length on 2 cores). Sampling itself (:func:`~ppo_lib.rollout.draw_tokens` with the caller's generator) stays outside
 the captured region, so the random stream is the eager sampler's.
 
 **Same tokens, same log-probs, same generator state.** For the same seeded generator the static
@@ -51,8 +54,8 @@ __all__ = ["SAMPLERS", "sample_static", "get_sampler"]
 SAMPLERS = ("eager", "static")
 
 
-GRAPH_PAD = 16  # on the CUDA-graph path prompts are left-padded to a multiple of this: fewer shapes, fewer captures
-_GRAPHED: dict = {}  # (model, B, P + T, shared head) -> (cache, compiled decode step), reused across calls
+GRAPH_PAD = 16  # on a compiled path prompts are left-padded to a multiple of this: fewer shapes, fewer compilations
+_COMPILED: dict = {}  # (model, device, B, P + T, shared head) -> (cache, compiled decode step), reused across calls
 
 
 def _static_cache(lm: nn.Module, max_len: int):
@@ -74,16 +77,18 @@ def _decode_step(lm: nn.Module, cache_kwarg: str, cache, shared_head: bool):
     return forward
 
 
-def _graphed_step(lm: nn.Module, B: int, L: int, shared_head: bool):
-    """A preallocated cache and its decode step compiled with mode="reduce-overhead" (a CUDA
-    graph), built once per model and shape and reset before each use. GPU only; not run by the
-    CPU tests."""
-    key = (id(lm), B, L, shared_head)
-    if key not in _GRAPHED:
+def _compiled_step(lm: nn.Module, device: torch.device, B: int, L: int, shared_head: bool):
+    """A preallocated cache and its decode step compiled, built once per model, device and shape
+    and reset before each use: mode="reduce-overhead" (a CUDA graph) on a GPU, Inductor's default
+    mode on a CPU. The compiled step reads the model's parameters at every call (they are inputs
+    of the graph, not constants folded into it), so it samples from the weights of the moment."""
+    key = (id(lm), device.type, B, L, shared_head)
+    if key not in _COMPILED:
         cache_kwarg, cache = _static_cache(lm, L)
         forward = _decode_step(lm, cache_kwarg, cache, shared_head)
-        _GRAPHED[key] = (cache_kwarg, cache, forward, torch.compile(forward, mode="reduce-overhead"))
-    cache_kwarg, cache, forward, compiled = _GRAPHED[key]
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+        _COMPILED[key] = (cache_kwarg, cache, forward, torch.compile(forward, mode=mode))
+    cache_kwarg, cache, forward, compiled = _COMPILED[key]
     cache.reset()
     return forward, compiled
 
@@ -102,6 +107,7 @@ def sample_static(
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
     cuda_graph: bool = False,
+    compile_cpu: bool = False,
     draw: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = draw_tokens,
     packed: bool = True,
 ) -> Rollout:
@@ -113,6 +119,9 @@ def sample_static(
             ``torch.compile(mode="reduce-overhead")`` (captured once in a CUDA graph, replayed
             afterwards). The first call pays the compilation (tens of seconds). Ignored on a CPU,
             where there is no launch overhead to remove.
+        compile_cpu: on a CPU, run each decode step through ``torch.compile`` (Inductor, default
+            mode; needs a C++ compiler). The first call at each prompt length pays the
+            compilation (about a minute for SmolLM2 on 2 cores); the trainer does not use it.
         draw: how each step's token is drawn, as in :func:`~ppo_lib.rollout.sample`.
         packed: MKL's packed products on a CPU, as in :func:`~ppo_lib.rollout.sample`.
 
@@ -125,15 +134,16 @@ def sample_static(
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     shared_head = return_logprobs and isinstance(model, ActorCritic) and model.critic is None
     graphed = cuda_graph and prompt_ids.device.type == "cuda"
+    compiled = graphed or (compile_cpu and prompt_ids.device.type == "cpu")
     ids, mask = prompt_ids, prompt_mask.long()
-    if graphed:  # left-pad to a multiple of GRAPH_PAD: one capture serves many prompt lengths
+    if compiled:  # left-pad to a multiple of GRAPH_PAD: one compilation serves many prompt lengths
         extra = -ids.shape[1] % GRAPH_PAD
         ids = torch.cat([ids.new_full((ids.shape[0], extra), pad), ids], dim=1)
         mask = torch.cat([mask.new_zeros(mask.shape[0], extra), mask], dim=1)
     B, P = ids.shape
     T = max_new_tokens
-    if graphed:
-        forward, step = _graphed_step(lm, B, P + T, shared_head)
+    if compiled:
+        forward, step = _compiled_step(lm, ids.device, B, P + T, shared_head)
     else:
         forward = step = _decode_step(lm, *_static_cache(lm, P + T), shared_head)
     attention_mask = torch.zeros(B, P + T, dtype=torch.long, device=ids.device)  # fixed shape, filled in place
@@ -144,7 +154,7 @@ def sample_static(
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     ended_at = torch.full((B,), T, dtype=torch.long, device=prompt_ids.device)  # step of each row's first EOS
     # The prompt's pass (the prefill) has its own shape and runs uncompiled.
-    with packed_linears(lm, B, enabled=packed):  # a CPU only: a CUDA graph's weights are left alone
+    with packed_linears(lm, B, enabled=packed):  # a CPU only (a compiled step calls the packed product too)
         logits, hidden = forward(ids, position_ids, attention_mask[:, :P])
         for t in range(T):
             scaled = logits / temperature  # (B, V)

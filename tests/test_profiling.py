@@ -2,6 +2,7 @@
 the chapter 07 figures (cheap: committed files and pure functions)."""
 
 import os
+import shutil
 
 import matplotlib
 
@@ -103,6 +104,28 @@ def test_samplers_command_times_four_arms_interleaved_and_checks_they_agree(tmp_
     agreement = out["agreement"]
     assert agreement["tokens_equal"] and agreement["generator_state_equal"] and agreement["plain_products"]["tokens_equal"]
     assert agreement["logprob_max_abs_diff"] < 1e-4
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile on a CPU (Inductor) needs a C++ compiler")
+def test_compiled_sampling_command_times_the_compilation_apart_and_three_arms_interleaved(tmp_path):
+    import json
+
+    from ppo_lib.profiling import main
+
+    main(["compiled-sampling", "--model", "tiny-gpt2", "--batch-size", "2", "--max-new-tokens", "4", "--repeats", "2",
+          "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "compiled-sampling.json").read_text())
+    assert set(out["seconds"]) == {"eager_multinomial", "eager", "static_compiled"}
+    assert all(len(v) == 2 for v in out["seconds"].values())
+    sec, med = out["seconds"], out["median"]
+    assert out["speedup"]["eager/static_compiled"] == pytest.approx([a / b for a, b in zip(sec["eager"],
+                                                                                            sec["static_compiled"])])
+    assert out["compile_s"] > max(sec["static_compiled"])  # the first call compiled; the timed ones did not
+    saved = med["eager"] - med["static_compiled"]
+    assert out["payback_samplings"] == (pytest.approx(out["compile_s"] / saved) if saved > 0 else None)
+    agreement = out["agreement"]
+    assert agreement["tokens_equal"] and agreement["generator_state_equal"] and agreement["logprob_max_abs_diff"] < 1e-4
 
 
 def _tiny_llama():
