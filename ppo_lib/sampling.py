@@ -21,9 +21,10 @@ So the decode step is the same computation every time: with ``cuda_graph=True`` 
 compiled with ``torch.compile(mode="reduce-overhead")``, which captures it in a CUDA graph and
 replays it. With ``compile_cpu=True`` on a CPU it is compiled with Inductor's default mode, which
 fuses the normalisations, rotary embeddings and attention glue into generated C++ loops and leaves
-the matrix products to MKL (chapter 07, Section 11 measures what that buys and what it costs: a
-compilation of about a minute per prompt length on 2 cores). Sampling itself (:func:`~ppo_lib.rollout.draw_tokens` with the caller's generator) stays outside
-the captured region, so the random stream is the eager sampler's.
+the matrix products to MKL (chapter 07, Section 11 measures what that buys, 1.07× on SmolLM2, and
+what it costs: 43 s of compilation per prompt length on 2 cores). Sampling itself
+(:func:`~ppo_lib.rollout.draw_tokens` with the caller's generator) stays outside the compiled
+region, so the random stream is the eager sampler's.
 
 **Same tokens, same log-probs, same generator state.** For the same seeded generator the static
 sampler draws the same tokens as the eager one: both call :func:`~ppo_lib.rollout.draw_tokens` once per step
@@ -121,7 +122,7 @@ def sample_static(
             where there is no launch overhead to remove.
         compile_cpu: on a CPU, run each decode step through ``torch.compile`` (Inductor, default
             mode; needs a C++ compiler). The first call at each prompt length pays the
-            compilation (about a minute for SmolLM2 on 2 cores); the trainer does not use it.
+            compilation (43 s for SmolLM2 on 2 cores); the trainer does not use it.
         draw: how each step's token is drawn, as in :func:`~ppo_lib.rollout.sample`.
         packed: MKL's packed products on a CPU, as in :func:`~ppo_lib.rollout.sample`.
 
