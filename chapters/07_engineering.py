@@ -1171,5 +1171,6 @@ check_lr_schedule(my_lr_factor, hidden=True)
 # by one, and each launch costs microseconds; a graph replays them all with one launch. On a CPU there is no launch
 # cost to remove: the "kernels" are function calls doing the arithmetic. What separates a CPU step from its roofline
 # is how fast those calls do the arithmetic and move the bytes (thin matrix products, unfused small operations),
-# which a graph does not change.
+# which a graph does not change. Fusing the small operations is what compilation can do on a CPU, and Section 11
+# measured it: 1.07× on a whole sampling, since the products are most of a step.
 # ### END SOLUTION
