@@ -377,55 +377,76 @@ for seed, folder in SEED_RUNS.items():
 #   KL: chapter 09's critic-free runs gained +0.41 to +0.50 at 7.2–7.7 nats.
 
 # %% [markdown]
-# **Is 0.60 within 8 nats? One frontier for every setting.** We aimed for a held-out score of at least 0.60 at a KL
-# of at most 8 nats, and tried to get there with the knobs a practitioner reaches for first: a larger learning rate,
+# **Is 0.60 within 8 nats? A frontier per $\beta$.** We aimed for a held-out score of at least 0.60 at a KL of at most
+# 8 nats, and tried to get there with the knobs a practitioner reaches for first: a larger learning rate,
 # $\lambda = 1$ (Monte-Carlo returns, no bootstrapping from a young critic), twice the batch, more or fewer updates,
-# and a larger $\beta$. Each run is one `train` command with the settings its label names changed, committed in
-# `figures/runs/ch07_preset_frontier/` (its README lists the commands). Below, every run of the preset and its
-# variants, the three committed seeds and chapter 09's runs at the earlier settings included: the held-out gain over
-# the run's own score of $\pi_{ref}$ against the held-out KL. (That score differs between folders: 0.201 in chapter
-# 09's runs, which drew with `torch.multinomial`, and 0.182 or 0.191 in the others, through floating-point rounding;
-# the gain removes it.) The line is the leading term of Gao et al.'s (2022) RL form, $R = d\,(\alpha -
-# \beta_G \log d)$ with $d = \sqrt{\mathrm{KL}}$, fitted through the origin: $R = \alpha\sqrt{\mathrm{KL}}$. The band and
-# the interval are a bootstrap over the runs.
+# and a larger or a smaller $\beta$. Each run is one `train` command with the settings its label names changed,
+# committed in `figures/runs/ch07_preset_frontier/` (its README lists the commands). Below, every run of the preset
+# and its variants, the three committed seeds and chapter 09's runs at the earlier settings included: the held-out
+# gain over the run's own score of $\pi_{ref}$ against the held-out KL. (That score differs between folders: 0.201 in
+# chapter 09's runs, which drew with `torch.multinomial`, and 0.182 or 0.191 in the others, through floating-point
+# rounding; the gain removes it.) Each line is the leading term of Gao et al.'s (2022) RL form,
+# $R = d\,(\alpha - \beta_G \log d)$ with $d = \sqrt{\mathrm{KL}}$, fitted through the origin to the runs of one
+# $\beta$: $R = \alpha\sqrt{\mathrm{KL}}$. The bands and the intervals are a bootstrap over those runs.
 
 # %%
 from ppo_lib.plotting.ch07 import preset_frontier_points, sqrt_kl_fit
 
 points = preset_frontier_points()
 for p in points:
-    print(f"{p['folder'].removeprefix('runs/'):<42} seed {p['seed']}  KL {p['kl']:5.2f}  gain {p['gain']:+.3f}  "
+    print(f"{p['folder'].removeprefix('runs/'):<47} seed {p['seed']}  KL {p['kl']:5.2f}  gain {p['gain']:+.3f}  "
           f"gain/√KL {p['gain'] / math.sqrt(p['kl']):.3f}   {p['setting']}")
-fit = sqrt_kl_fit(points, kl=8.0)
-print(f"\n{fit['n']} runs: gain ≈ {fit['alpha']:.3f} √KL; at KL = 8 nats: {fit['gain_at']:+.3f} "
-      f"(95 % bootstrap interval {fit['low']:+.3f} to {fit['high']:+.3f})")
-for before in (0.182, 0.191):
-    print(f"  from a π_ref score of {before}: {before + fit['gain_at']:.3f} ({before + fit['low']:.3f}–{before + fit['high']:.3f})")
+print()
+for beta in sorted({p["kl_coef"] for p in points}):
+    mine = [p for p in points if p["kl_coef"] == beta]
+    a = [p["gain"] / math.sqrt(p["kl"]) for p in mine]
+    line = f"β = {beta:g}: {len(mine):2d} runs, gain/√KL {min(a):.3f}–{max(a):.3f}, mean {statistics.mean(a):.3f}"
+    line += f" ± {statistics.stdev(a) / math.sqrt(len(a)):.3f} (standard error)" if len(a) > 1 else ""
+    print(line)
+    if len(mine) >= 3:
+        fit = sqrt_kl_fit(mine, kl=8.0)
+        print(f"   fit gain ≈ {fit['alpha']:.3f} √KL; at 8 nats {fit['gain_at']:+.3f} (95 % bootstrap interval "
+              f"{fit['low']:+.3f} to {fit['high']:+.3f}): a score of {0.182 + fit['gain_at']:.3f} "
+              f"({0.182 + fit['low']:.3f}–{0.182 + fit['high']:.3f}) from 0.182; 0.60 at {(0.418 / fit['alpha']) ** 2:.1f} nats")
 fig = render("07_preset_frontier")
 
 # %% [markdown]
-# Read the table and the plot together. A gain measured on 64 prompts has a standard error of about 0.07 (chapter 09).
+# Read the table and the plot together. A gain measured on 64 prompts has a standard error of about 0.07 (chapter 09),
+# so one run's gain per $\sqrt{\mathrm{KL}}$ is uncertain by about 0.02–0.03.
 #
-# * **Every knob moved the runs along one curve.** In 15 of the 16 runs the gain per $\sqrt{\mathrm{KL}}$ lies between
-#   0.11 and 0.18, whatever was changed. $\eta = 4\times10^{-5}$ and $\lambda = 1$ went further in the same 40 updates
-#   (7.7–10.2 nats, gains +0.34 to +0.49), 24 updates stopped earlier (5.4 nats, +0.28), and 50 updates (+0.34 at
-#   7.6 nats) and twice the batch (+0.35 at 6.6) landed within the noise of the curve. A setting changed how far a run
-#   travelled along the reward–KL frontier, not the frontier. Chapter 09 found the same of the algorithm.
-# * **One run lies below.** The one run with $\beta = 0.1$ (and $\eta = 4\times10^{-5}$) gained +0.24 at 7.9 nats,
-#   about two standard errors under the curve. It is a single run, and Gao et al. (2022) saw a larger penalty *raise*
-#   the optimised reward reached at a given KL (chapter 08), so it needs more seeds before it means anything.
-# * **The target lies past the budget.** The fit predicts a gain of +0.39 (95 % interval +0.36 to +0.42) at exactly
-#   8 nats: a score of 0.57 (0.54–0.60) from $\pi_{ref}$'s 0.182. Reaching 0.60 takes about 9.2 nats on average
-#   (7.9–10.9). Three of the sixteen runs did score 0.60 or more within 8 nats: seed 2 of the preset (0.612 at 5.56
-#   nats), seed 2 of the earlier settings (0.611 at 5.60) and seed 2 with $\lambda = 1$ (0.600 at 7.66). That is the
-#   spread of seeds, not a better setting: their siblings scored 0.51–0.57, or went past 9 nats (the other two
-#   $\lambda = 1$ runs, at 9.10 and 9.25).
-# * **So the preset stays as it is, and the target is not met.** A setting whose average run reaches 0.60 runs at
-#   about 9.2 nats on average, so most of its seeds end past 8. The preset stops at 5.6–6.5 nats and keeps the
-#   quietest first update (above).
+# * **At $\beta = 0.05$, every other knob moved the runs along one curve.** The 15 runs at the preset's $\beta$ lie
+#   between 0.11 and 0.18 per $\sqrt{\mathrm{KL}}$, mean 0.143 ± 0.005, whatever was changed. $\eta = 4\times10^{-5}$
+#   and $\lambda = 1$ went further in the same 40 updates (7.7–10.2 nats, gains +0.34 to +0.49), 24 updates stopped
+#   earlier (5.4 nats, +0.28), and 50 updates (+0.34 at 7.6 nats) and twice the batch (+0.35 at 6.6) landed within
+#   the noise of the curve. Those settings changed how far a run travelled along the reward–KL frontier, not the
+#   frontier. Chapter 09 found the same of the algorithm.
+# * **$\beta$ moved the curve, in the order of $\beta$.** Seven runs at $\beta = 0.02$ average 0.161 ± 0.011 per
+#   $\sqrt{\mathrm{KL}}$, and five of them lie at 0.161–0.172 even at 9–15 nats, where the RL form bends down. The two
+#   runs at $\beta = 0.1$ (with $\eta = 4\times10^{-5}$) average 0.102 ± 0.017. The differences from $\beta = 0.05$
+#   are +0.018 ± 0.012 and −0.041 ± 0.018: 1.5 and 2.3 standard errors, a trend that more seeds could still undo.
+#   It runs against Gao et al. (2022), who saw a larger penalty *raise* the optimised (proxy) reward reached at a
+#   given KL, and against chapter 08, whose proxy-against-KL curves overlapped for $\beta$ = 0, 0.02 and 0.1. One
+#   possible reason, which we did not test: the penalty of each token is computed from the sampled token's
+#   log-ratio, a noisy estimate of the KL, and $\beta$ scales that noise into every token's reward.
+# * **The target lies past the budget at $\beta = 0.05$.** Its fit predicts a gain of +0.40 (95 % interval +0.37 to
+#   +0.43) at exactly 8 nats: a score of 0.58 (0.56–0.61) from $\pi_{ref}$'s 0.182, and 0.60 at about 8.7 nats.
+# * **At $\beta = 0.02$ the fit reaches it, the runs do not stop in time.** The fit predicts +0.46 (+0.42 to +0.50)
+#   at 8 nats, a score of 0.65 (0.61–0.68), and 0.60 at about 6.5 nats. But where a run at $\beta = 0.02$ stops
+#   varies far more than its slope: after 40 updates at 9.0, 11.7 and 14.6 nats, after 28 at 9.6 and 9.7, after 20
+#   at 5.0 and 7.0 nats with scores of 0.416 and 0.710 (mean 0.563). The weaker penalty pulls a run back less, so
+#   the seeds drift apart. No number of updates we tried put every seed inside 8 nats at 0.60.
+# * **So the preset stays as it is, and the target is not met.** The preset stops at 5.6–6.5 nats in all three seeds
+#   and keeps the quietest first update (above). Four of the 24 runs did score 0.60 or more within 8 nats: seed 2 of
+#   the preset (0.612 at 5.56 nats), seed 2 of the earlier settings (0.611 at 5.60), seed 2 with $\lambda = 1$ (0.600
+#   at 7.66) and seed 1 of $\beta = 0.02$ with 20 updates (0.710 at 6.95); their siblings did not. Holding the KL
+#   of a $\beta = 0.02$ run near a target is a job for the adaptive controller of chapter 05, with a gain tuned so
+#   that $\beta$ does not first collapse during the low-KL early updates. A first try, not tuned (target 6 nats,
+#   $H = 32$ samples: `figures/runs/ch07_adaptive_kl/`, two seeds), shows the failure: $\beta$ fell from 0.02 to
+#   0.004 while the KL was small, rose again by at most 10 % an update once it passed the target, and the runs ended
+#   at 13.2 and 16.1 nats (scores 0.80 and 0.77).
 #
-# What would move the frontier itself? None of the hyperparameters above did. Chapter 08 measured one method that is
-# more KL-efficient than PPO, on its own task: best-of-$n$, as Gao et al. found at scale.
+# What else would move the frontier? Chapter 08 measured one method that is more KL-efficient than PPO, on its own
+# task: best-of-$n$, as Gao et al. found at scale.
 
 # %% [markdown]
 # ## 5. Exact gradient accumulation
@@ -1054,8 +1075,10 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 #   shapes (`ppo_lib.memory`); activations are measured (and traded for time by checkpointing).
 # * PPO is the objective; Adam (7.2–7.4) is the optimiser, a per-parameter adaptive step whose first step moves every
 #   parameter by $\eta$ (7.5). Warm-up (7.6) tames the first updates; the KL-driven rate (7.7) adapts $\eta$ to what
-#   an update did. Warm-up did not raise the preset's score: every setting we tried (η, λ, the batch, the number of
-#   updates) moved the runs along one reward–KL frontier, gain ≈ 0.14 √KL, on which a score of 0.60 takes about 9 nats.
+#   an update did. Warm-up did not raise the preset's score: at the preset's β every setting we tried (η, λ, the batch,
+#   the number of updates) moved the runs along one reward–KL frontier, gain ≈ 0.14 √KL, on which a score of 0.60
+#   takes about 8.7 nats. A smaller β = 0.02 gave a steeper one (0.16 √KL, 1.5 standard errors apart), but its runs
+#   stopped anywhere from 5 to 15 nats.
 # * Gradient accumulation is exact with token-share weights (7.8); the naive mean is another objective.
 # * bf16 needs no loss scaling, but log-probs and the loss stay in float32, and the first ratio is 1 only to bf16
 #   rounding.

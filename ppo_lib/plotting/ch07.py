@@ -91,8 +91,9 @@ def _setting(run: dict) -> str:
 
 def preset_frontier_points() -> list[dict]:
     """One point per committed run of the ``sentiment`` preset or a variant of it: ``{"folder",
-    "setting", "seed", "kl", "gain"}``, the held-out KL (nats per sequence) and score gain over the
-    run's own evaluation of π_ref. The preset's earlier settings (chapter 09's PPO arm) come first."""
+    "setting", "seed", "kl_coef", "kl", "gain"}``, the run's β, the held-out KL (nats per sequence)
+    and score gain over the run's own evaluation of π_ref. The preset's earlier settings (chapter
+    09's PPO arm) come first."""
     root = figures_dir()
     folders = [*PPO_RUNS.values(), *PRESET_RUNS.values()]
     if (root / FRONTIER_RUNS).is_dir():
@@ -104,7 +105,7 @@ def preset_frontier_points() -> list[dict]:
             continue
         run, ev = json.loads((path / "config.json").read_text()), json.loads((path / "eval.json").read_text())
         points.append({"folder": folder, "setting": _setting(run), "seed": run["config"]["seed"],
-                       "kl": ev["after"]["kl_mean"], "gain": ev["score_gain"]})
+                       "kl_coef": run["config"]["kl_coef"], "kl": ev["after"]["kl_mean"], "gain": ev["score_gain"]})
     return points
 
 
@@ -132,23 +133,31 @@ def sqrt_kl_fit(points: list[dict], kl: float = 8.0, n_boot: int = 2000, seed: i
 @figure("07_preset_frontier")
 def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, ref_score: float = 0.182):
     """Held-out score gain against KL for every committed run of the ``sentiment`` preset and its
-    variants, a marker per setting, with the fit gain = α √KL (:func:`sqrt_kl_fit`) and its
-    bootstrap band. Dotted guides: the KL budget and the gain that reaches ``target_score`` from
-    π_ref's ``ref_score`` (the preset's committed seeds; None: no guide)."""
+    variants, a marker per setting and a colour per β, with the fit gain = α √KL
+    (:func:`sqrt_kl_fit`) and its bootstrap band for each β with at least three runs. Dotted
+    guides: the KL budget and the gain that reaches ``target_score`` from π_ref's ``ref_score``
+    (the preset's committed seeds; None: no guide)."""
     import numpy as np
 
     points = preset_frontier_points()
-    fig, ax = plt.subplots(figsize=(9.6, 4.4))
-    markers = "osD^v<>pXh"
+    betas = sorted({p["kl_coef"] for p in points})
+    colour = {b: f"C{i}" for i, b in enumerate(betas)}
+    fig, ax = plt.subplots(figsize=(9.6, 4.6))
+    markers = "osD^v<>pXh*P"
     for i, setting in enumerate(dict.fromkeys(p["setting"] for p in points)):
         mine = [p for p in points if p["setting"] == setting]
         ax.plot([p["kl"] for p in mine], [p["gain"] for p in mine], markers[i % len(markers)], markersize=7,
-                alpha=0.8, label=f"{setting} ({len(mine)})")
-    fit = sqrt_kl_fit(points, kl=kl_budget)
+                alpha=0.8, color=colour[mine[0]["kl_coef"]], label=f"{setting} ({len(mine)})")
     kl = np.linspace(0, max(p["kl"] for p in points) * 1.05, 200)
-    ax.plot(kl, fit["alpha"] * np.sqrt(kl), "k-", lw=1, label=f"fit: gain = {fit['alpha']:.3f} √KL")
-    lo, hi = fit["low"] / np.sqrt(kl_budget), fit["high"] / np.sqrt(kl_budget)  # the bootstrap band of α
-    ax.fill_between(kl, lo * np.sqrt(kl), hi * np.sqrt(kl), color="k", alpha=0.1, lw=0, label="95 % bootstrap band")
+    for beta in betas:
+        mine = [p for p in points if p["kl_coef"] == beta]
+        if len(mine) < 3:
+            continue
+        fit = sqrt_kl_fit(mine, kl=kl_budget)
+        ax.plot(kl, fit["alpha"] * np.sqrt(kl), "-", color=colour[beta], lw=1,
+                label=f"β = {beta:g}, {len(mine)} runs: gain = {fit['alpha']:.3f} √KL")
+        lo, hi = fit["low"] / np.sqrt(kl_budget), fit["high"] / np.sqrt(kl_budget)  # the bootstrap band of α
+        ax.fill_between(kl, lo * np.sqrt(kl), hi * np.sqrt(kl), color=colour[beta], alpha=0.12, lw=0)
     ax.axvline(kl_budget, color="0.5", ls=":", lw=1)
     ax.text(kl_budget + 0.1, 0.02, f"KL budget, {kl_budget:g} nats", fontsize=8, color="0.35")
     if target_score is not None:
@@ -156,7 +165,9 @@ def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, r
         ax.text(0.2, target_score - ref_score + 0.008, f"the gain from {ref_score:g} to a score of {target_score:g}",
                 fontsize=8, color="0.35")
     ax.set(xlabel="KL(π ‖ π_ref), nats per sequence (held-out)", ylabel="gain in mean VADER score over π_ref (held-out)",
-           title="the sentiment preset and its variants: one frontier", ylim=(0, None), xlim=(0, None))
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="setting (runs)", title_fontsize=8)
+           title="the sentiment preset and its variants: a frontier per β (bands: 95 % bootstrap)", ylim=(0, None),
+           xlim=(0, None))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="setting (runs); fit per β",
+              title_fontsize=8)
     fig.tight_layout()
     return fig
