@@ -68,8 +68,8 @@ def lr_schedules(warmup: int = 5, total: int = 36, kl_target: float = 0.01, seed
 
 
 FRONTIER_RUNS = "runs/ch07_preset_frontier"
-"""Variants of the ``sentiment`` preset (one setting changed, one run each), relative to
-``figures/``; how they were made is in the folder's README.md."""
+"""Variants of the ``sentiment`` preset (the settings each folder's config.json records changed,
+one or more seeds each), relative to ``figures/``; how they were made is in the folder's README.md."""
 
 _SETTING_NAMES = {"learning_rate": "η", "lr_warmup_updates": "W", "lam": "λ", "batch_size": "B", "kl_coef": "β",
                   "updates": "updates"}
