@@ -127,6 +127,16 @@ def interleaved_timing(fns: dict[str, Callable[[], object]], repeats: int = 3, w
     return out
 
 
+def _agreement(a, b, g1, g2) -> dict:
+    """How two samplings of the same prompts with equally seeded generators ``g1``, ``g2`` agree:
+    same tokens, same generator state afterwards, and the largest log-prob difference."""
+    import torch
+
+    return {"tokens_equal": bool(torch.equal(a.response_ids, b.response_ids)),
+            "generator_state_equal": bool(torch.equal(g1.get_state(), g2.get_state())),
+            "logprob_max_abs_diff": float((a.old_logprobs - b.old_logprobs).abs().max())}
+
+
 def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
                      repeats: int = 3, seed: int = 0) -> dict:
     """The eager and the static sampler on the same prompts: equal outputs, then timed interleaved,
@@ -159,9 +169,7 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
     g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     a = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=g1, **kw)
     b = sample_static(policy, tokenizer, ids, mask, max_new_tokens, generator=g2, **kw)
-    agreement = {"tokens_equal": bool(torch.equal(a.response_ids, b.response_ids)),
-                 "generator_state_equal": bool(torch.equal(g1.get_state(), g2.get_state())),
-                 "logprob_max_abs_diff": float((a.old_logprobs - b.old_logprobs).abs().max())}
+    agreement = _agreement(a, b, g1, g2)
     c = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed), packed=False,
                **kw)
     agreement["plain_products"] = {"tokens_equal": bool(torch.equal(a.response_ids, c.response_ids)),
@@ -216,9 +224,7 @@ def compiled_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, ma
     b = sample_static(policy, tokenizer, ids, mask, max_new_tokens, generator=g2, compile_cpu=True, **kw)
     compile_s = time.perf_counter() - t0
     a = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=g1, **kw)
-    agreement = {"tokens_equal": bool(torch.equal(a.response_ids, b.response_ids)),
-                 "generator_state_equal": bool(torch.equal(g1.get_state(), g2.get_state())),
-                 "logprob_max_abs_diff": float((a.old_logprobs - b.old_logprobs).abs().max())}
+    agreement = _agreement(a, b, g1, g2)
 
     def run(sampler, **extra):
         return lambda: sampler(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1),
