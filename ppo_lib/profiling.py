@@ -429,15 +429,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     f.add_argument("--preset", default="sentiment", choices=sorted(PRESETS))
     f.add_argument("--updates", type=int, default=1, help="updates per run (default 1)")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a PPOConfig field of the preset, e.g. learning_rate=3e-5 (repeatable)")
     f.add_argument("--out", type=Path, required=True, help="folder for first-update.json")
     args = parser.parse_args(argv)
     if args.command == "first-update":
         if min(args.warmups) < 0 or args.updates < 1 or min(args.seeds) < 0:
             raise SystemExit("error: --warmups and --seeds must be ≥ 0 and --updates ≥ 1.")
-        result = first_updates(args.warmups, args.seeds, args.preset, updates=args.updates)
+        from .cli_compare import _set_fields
+
+        result = first_updates(args.warmups, args.seeds, args.preset, updates=args.updates,
+                               overrides=_set_fields(args.set))
         result["command"] = (f"python -m ppo_lib.profiling first-update --warmups {' '.join(map(str, args.warmups))} "
                              f"--seeds {' '.join(map(str, args.seeds))} --preset {args.preset} --updates {args.updates} "
-                             f"--out {args.out}")
+                             + "".join(f"--set {item} " for item in args.set or []) + f"--out {args.out}")
     elif args.command in sampling:
         result = sampling[args.command][1](args.model, args.batch_size, args.max_new_tokens, args.repeats)
         result["command"] = (f"python -m ppo_lib.profiling {args.command} --model {args.model} --batch-size "

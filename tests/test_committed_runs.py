@@ -135,3 +135,19 @@ def test_each_preset_variant_of_chapter_07_changed_only_the_settings_it_names():
         assert ev["score_gain"] == pytest.approx(ev["after"]["score_mean"] - ev["before"]["score_mean"], abs=1e-12)
     points = {p["folder"]: p for p in preset_frontier_points()}
     assert set(folders) | set(PRESET_RUNS.values()) | set(PPO_RUNS.values()) == set(points)
+
+
+def test_the_trajectories_of_chapter_07_ran_the_current_preset_and_were_evaluated_where_they_say():
+    from ppo_lib.plotting.ch07 import TRAJECTORY_RUNS, preset_trajectories
+
+    runs = preset_trajectories()
+    assert sorted(runs) == [0, 1, 2, 3]
+    for seed, evals in runs.items():
+        folder = FIGURES / TRAJECTORY_RUNS / f"seed{seed}"
+        fields = read(f"{TRAJECTORY_RUNS}/seed{seed}", "config.json")
+        assert PPOConfig.from_dict(fields).to_dict() == PPOConfig.from_dict({**PRESET["config"], "seed": seed}).to_dict()
+        updates = [e["update"] for e in evals]
+        assert updates[0] == 0 and evals[0]["kl"] == 0 and updates == sorted(set(updates))
+        history = [json.loads(line)["update"] for line in (folder / "history.jsonl").read_text().splitlines()]
+        assert history == list(range(1, updates[-1] + 1)) and updates[-1] > PRESET["updates"]
+    assert len({round(evals[0]["score"], 9) for evals in runs.values()}) == 1  # one π_ref, one evaluation seed

@@ -63,6 +63,26 @@ def test_first_updates_runs_the_preset_at_each_warm_up_and_records_its_rate():
     assert all(set(u) == set(FIRST_UPDATE_KEYS) and u["policy/ratio_max"] >= 1.0 for u in no_warmup + warm)
 
 
+def test_first_update_command_passes_its_overrides_on_and_records_them(tmp_path, monkeypatch):
+    import json
+
+    import ppo_lib.profiling as profiling
+
+    seen = {}
+
+    def fake(warmups, seeds, preset, updates, overrides):
+        seen.update(warmups=warmups, seeds=seeds, preset=preset, updates=updates, overrides=overrides)
+        return {"runs": {}}
+
+    monkeypatch.setattr(profiling, "first_updates", fake)
+    profiling.main(["first-update", "--warmups", "6", "--seeds", "0", "--set", "learning_rate=3e-5",
+                    "--set", "kl_coef=0.05", "--out", str(tmp_path)])
+    assert seen == {"warmups": [6], "seeds": [0], "preset": "sentiment", "updates": 1,
+                    "overrides": {"learning_rate": 3e-5, "kl_coef": 0.05}}
+    command = json.loads((tmp_path / "first-update.json").read_text())["command"]
+    assert "--set learning_rate=3e-5 --set kl_coef=0.05 --out" in command
+
+
 def test_machine_names_the_cpu_its_core_count_and_only_known_vector_extensions():
     m = machine()
     assert m["cpu"] and m["platform"]

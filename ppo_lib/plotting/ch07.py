@@ -171,3 +171,57 @@ def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, r
               title_fontsize=8)
     fig.tight_layout()
     return fig
+
+
+TRAJECTORY_RUNS = "runs/ch07_preset_trajectories"
+"""Four seeds of the ``sentiment`` preset's settings trained past its last update, with the held-out
+prompts scored every few updates, relative to ``figures/`` (the folder's README.md has the script)."""
+
+
+def preset_trajectories() -> dict[int, list[dict]]:
+    """``{seed: [{"update", "score", "kl"}, ...]}`` from :data:`TRAJECTORY_RUNS`: the held-out mean
+    VADER score and KL to π_ref (nats per sequence) at each evaluated update, update 0 being π_ref."""
+    root = figures_dir() / TRAJECTORY_RUNS
+    runs = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        seed = json.loads((folder / "config.json").read_text())["seed"]
+        runs[seed] = read_history(folder / "evals.jsonl")
+    return runs
+
+
+@figure("07_preset_trajectories")
+def preset_trajectories_figure(kl_budget: float = 8.0, target_score: float = 0.60):
+    """The held-out score and KL of :func:`preset_trajectories` against the update (left) and on the
+    reward–KL plane (right), the preset's last update marked; stars: the preset's committed seeds
+    (:data:`PRESET_RUNS`), each the ``train`` command's final evaluation."""
+    from ..cli_train import PRESETS
+
+    last = PRESETS["sentiment"]["updates"]
+    runs = preset_trajectories()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (seed, evals) in enumerate(sorted(runs.items())):
+        c = f"C{i}"
+        a.plot([e["update"] for e in evals], [e["kl"] for e in evals], "o-", color=c, ms=4, label=f"seed {seed}")
+        b.plot([e["kl"] for e in evals], [e["score"] for e in evals], "o-", color=c, ms=4, alpha=0.8,
+               label=f"seed {seed} (1 thread)")
+        for e in evals:
+            if e["update"] == last:
+                b.plot(e["kl"], e["score"], "o", color=c, ms=11, mfc="none", mew=1.5)
+    for seed, folder in PRESET_RUNS.items():
+        path = figures_dir() / folder / "eval.json"
+        if path.exists():
+            ev = json.loads(path.read_text())["after"]
+            b.plot(ev["kl_mean"], ev["score_mean"], "*", color="k", ms=12,
+                   label="the committed seeds (train command)" if seed == min(PRESET_RUNS) else None)
+    a.axvline(last, color="0.5", ls=":", lw=1)
+    a.axhline(kl_budget, color="0.5", ls=":", lw=1)
+    a.set(xlabel="update", ylabel="held-out KL(π ‖ π_ref), nats per sequence",
+          title=f"KL along the way (dotted: update {last}, {kl_budget:g} nats)")
+    a.legend(fontsize=8)
+    b.axvline(kl_budget, color="0.5", ls=":", lw=1)
+    b.axhline(target_score, color="0.5", ls=":", lw=1)
+    b.set(xlabel="held-out KL(π ‖ π_ref), nats per sequence", ylabel="held-out mean VADER score",
+          title=f"score against KL (circled: update {last})")
+    b.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
