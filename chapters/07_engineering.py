@@ -119,9 +119,9 @@ fig = render("07_time_breakdown")
 
 # %% [markdown]
 # On the CPU the update is **arithmetic**: the backward pass (about twice the forward's FLOPs) and the training
-# forward take half of it (54 %), generation a fifth (20 %). The H200 run is a larger workload (B = 64, T = 32:
-# 5.3× the generated tokens of the CPU's B = 16, T = 24), done in 2.7 s against 12.2 s, so per generated token it is
-# about 24× faster. A decode step, though, is only about 4× faster (27 ms for 64 rows against 103 ms for 16): 32
+# forward take half of it (51 %), generation a fifth (22 %). The H200 run is a larger workload (B = 64, T = 32:
+# 5.3× the generated tokens of the CPU's B = 16, T = 24), done in 2.7 s against 11.4 s, so per generated token it is
+# about 22× faster. A decode step, though, is only about 4× faster (27 ms for 64 rows against 103 ms for 16): 32
 # sequential steps of a small model launch a few hundred tiny kernels each, and the GPU waits for the CPU to launch
 # them. That is the problem of Section 11.
 
@@ -315,8 +315,9 @@ for name, run in warm["runs"].items():
 # minibatch of the update, an extreme value: a token to which $\pi_{old}$ gave probability $10^{-4}$ reaches a ratio of
 # 16 when its log-probability rises by $\ln 16 \approx 2.8$, a change a small step can make to a rare token. One run
 # gives one draw of it, so a handful of runs says little. The first update alone costs half a minute, so six seeds of
-# it, with two warm-up lengths at the preset's $\eta = 3\times10^{-5}$, are committed in
-# `figures/runs/ch07_first_update/` (no evaluation, nothing else trained):
+# it, with two warm-up lengths at $\eta = 3\times10^{-5}$ (the preset's rate when they ran; today's preset needs
+# `--set learning_rate=3e-5` to repeat them), are committed in `figures/runs/ch07_first_update/` (no evaluation,
+# nothing else trained):
 
 # %%
 first = json.loads((RUNS / "ch07_first_update" / "first-update.json").read_text())
@@ -329,26 +330,27 @@ for name, per_seed in first["runs"].items():
           f"{min(u['policy/clipfrac'] for u in u1):.3f}–{max(u['policy/clipfrac'] for u in u1):.3f}")
 
 # %% [markdown]
-# At the preset's $\eta = 3\times10^{-5}$ with $W = 6$ (the first update at $5\times10^{-6}$) the first update's largest
+# At $\eta = 3\times10^{-5}$ with $W = 6$ (the first update at $5\times10^{-6}$) the first update's largest
 # ratio was 2.2–3.6 in five seeds and 7.2 in the sixth, at clip fractions of 0.055–0.079. With $W = 12$
-# ($2.5\times10^{-6}$) it was 1.5–3.2 in all six, at clip fractions of 0.015–0.031. So the preset uses $W = 12$. Its
-# three committed seeds below start with exactly these first updates (the same statistics to the last digit for
-# seeds 0–2): an update's statistics depend only on what came before it.
+# ($2.5\times10^{-6}$) it was 1.5–3.2 in all six, at clip fractions of 0.015–0.031. So the preset uses $W = 12$. The
+# three seeds it was first run with, below, start with exactly these first updates (the same statistics to the last
+# digit for seeds 0–2): an update's statistics depend only on what came before it.
 #
 # A largest ratio above 5 is not by itself an unhealthy update. If the token's advantage is positive the clip stops
 # its gradient; if negative, the unclipped term is the minimum and its gradient pushes the probability back down
 # (chapter 05's case analysis). Read `ratio_max` to catch a blow-up of thousands, and the clip fraction, an average
 # over the batch's tokens, and the approx-KL for health.
 #
-# **What the preset now does.** A warm-up spends its first updates at a fraction of $\eta$, so it moves the policy less
-# early on. The `sentiment` preset therefore pairs its 12-update warm-up with $\eta = 3\times10^{-5}$ (it was
-# $2\times10^{-5}$ without warm-up before this chapter) and 40 updates instead of 36. A preset's default is a claim
-# about every run of it, so the change came with its committed benchmark rerun over three seeds
-# (`python -m ppo_lib train --preset sentiment --set seed=N`, folders `figures/runs/sentiment_cpu*/`):
+# **What the preset did first.** A warm-up spends its first updates at a fraction of $\eta$, so it moves the policy
+# less early on. The `sentiment` preset therefore first paired a 12-update warm-up with $\eta = 3\times10^{-5}$ (it
+# was $2\times10^{-5}$ without warm-up before this chapter), $\beta = 0.05$ and 40 updates instead of 36. A preset's
+# default is a claim about every run of it, so the change came with its committed benchmark rerun over three seeds
+# (`python -m ppo_lib train --preset sentiment --set seed=N`, then; the folders are now
+# `figures/runs/ch07_preset_frontier/previous_preset_seed*/`):
 
 # %%
-SEED_RUNS = {seed: folder.removeprefix("runs/") for seed, folder in PRESET_RUNS.items()}
-for seed, folder in SEED_RUNS.items():
+PREVIOUS_RUNS = {seed: f"ch07_preset_frontier/previous_preset_seed{seed}" for seed in range(3)}
+for seed, folder in PREVIOUS_RUNS.items():
     history = [json.loads(line) for line in (RUNS / folder / "history.jsonl").read_text().splitlines()]
     ev = json.loads((RUNS / folder / "eval.json").read_text())
     u1 = history[0]
@@ -361,14 +363,14 @@ for seed, folder in SEED_RUNS.items():
     assert json.loads((RUNS / folder / "config.json").read_text())["config"]["lr_warmup_updates"] == 12
 
 # %% [markdown]
-# What the three seeds say, target by target:
+# What those three seeds said, target by target:
 #
-# * **The first update is tamed.** It clipped 1.5–3.1 % of the tokens (19 % without a warm-up, above), and its largest
+# * **The first update was tamed.** It clipped 1.5–3.1 % of the tokens (19 % without a warm-up, above), and its largest
 #   ratio was 1.6–2.2. Over all 40 updates the clip fraction stayed below 0.12 and the median approx-KL at
 #   0.014–0.015 nats per token, in every seed.
-# * **The result holds for every seed.** The held-out score rose by +0.33 to +0.43 (mean +0.38) at a KL of 5.6–6.5
-#   nats, in 8 min 58 s to 9 min 20 s on 2 cores (the README's Results).
-# * **The score is no higher than before.** The final score, 0.561 on average (0.513–0.612), is below the 0.60 we
+# * **The result held for every seed.** The held-out score rose by +0.33 to +0.43 (mean +0.38) at a KL of 5.6–6.5
+#   nats, in 8 min 58 s to 9 min 20 s on 2 cores.
+# * **The score was no higher than before.** The final score, 0.561 on average (0.513–0.612), was below the 0.60 we
 #   aimed for. The preset's earlier state ($\eta = 2.5\times10^{-5}$, $W = 6$, 36 updates; chapter 09's PPO arm)
 #   gained +0.36 to +0.41 at 5.6–6.7 nats, from a $\pi_{ref}$ score of 0.201 rather than 0.182 (those runs drew their
 #   tokens with `torch.multinomial`, Section 11: the same distribution, other random numbers). The gain of one
@@ -393,6 +395,8 @@ for seed, folder in SEED_RUNS.items():
 from ppo_lib.plotting.ch07 import preset_frontier_points, sqrt_kl_fit
 
 points = preset_frontier_points()
+REF = statistics.mean(json.loads((RUNS / f.removeprefix("runs/") / "eval_before.json").read_text())["score_mean"]
+                      for f in PRESET_RUNS.values())  # π_ref's held-out score in the preset's committed seeds
 for p in points:
     print(f"{p['folder'].removeprefix('runs/'):<47} seed {p['seed']}  KL {p['kl']:5.2f}  gain {p['gain']:+.3f}  "
           f"gain/√KL {p['gain'] / math.sqrt(p['kl']):.3f}   {p['setting']}")
@@ -406,45 +410,118 @@ for beta in sorted({p["kl_coef"] for p in points}):
     if len(mine) >= 3:
         fit = sqrt_kl_fit(mine, kl=8.0)
         print(f"   fit gain ≈ {fit['alpha']:.3f} √KL; at 8 nats {fit['gain_at']:+.3f} (95 % bootstrap interval "
-              f"{fit['low']:+.3f} to {fit['high']:+.3f}): a score of {0.182 + fit['gain_at']:.3f} "
-              f"({0.182 + fit['low']:.3f}–{0.182 + fit['high']:.3f}) from 0.182; 0.60 at {(0.418 / fit['alpha']) ** 2:.1f} nats")
+              f"{fit['low']:+.3f} to {fit['high']:+.3f}): a score of {REF + fit['gain_at']:.3f} "
+              f"({REF + fit['low']:.3f}–{REF + fit['high']:.3f}) from {REF:.3f}; 0.60 at "
+              f"{((0.60 - REF) / fit['alpha']) ** 2:.1f} nats")
 fig = render("07_preset_frontier")
 
 # %% [markdown]
 # Read the table and the plot together. A gain measured on 64 prompts has a standard error of about 0.07 (chapter 09),
-# so one run's gain per $\sqrt{\mathrm{KL}}$ is uncertain by about 0.02–0.03.
+# so one run's gain per $\sqrt{\mathrm{KL}}$ is uncertain by about 0.02–0.03. The labels say how each run differs from
+# the preset as it is today ($\beta = 0.02$, $\eta = 2\times10^{-5}$, 26 updates, below); the runs were made
+# before that, as variants of the preset of the previous cell ($\beta = 0.05$, $\eta = 3\times10^{-5}$, 40
+# updates).
 #
-# * **At $\beta = 0.05$, every other knob moved the runs along one curve.** The 15 runs at the preset's $\beta$ lie
+# * **At $\beta = 0.05$, every other knob moved the runs along one curve.** The 15 runs at that $\beta$ lie
 #   between 0.11 and 0.18 per $\sqrt{\mathrm{KL}}$, mean 0.143 ± 0.005, whatever was changed. $\eta = 4\times10^{-5}$
 #   and $\lambda = 1$ went further in the same 40 updates (7.7–10.2 nats, gains +0.34 to +0.49), 24 updates stopped
 #   earlier (5.4 nats, +0.28), and 50 updates (+0.34 at 7.6 nats) and twice the batch (+0.35 at 6.6) landed within
 #   the noise of the curve. Those settings changed how far a run travelled along the reward–KL frontier, not the
 #   frontier. Chapter 09 found the same of the algorithm.
-# * **$\beta$ moved the curve, in the order of $\beta$.** Seven runs at $\beta = 0.02$ average 0.161 ± 0.011 per
-#   $\sqrt{\mathrm{KL}}$, and five of them lie at 0.161–0.172 even at 9–15 nats, where the RL form bends down. The four
-#   runs at $\beta = 0.1$ (two at the preset's $\eta$, two at $4\times10^{-5}$) lie at 0.06–0.14, mean 0.102 ± 0.017,
-#   and stop earlier, at 4.5–7.9 nats. The differences from $\beta = 0.05$
-#   are +0.018 ± 0.012 and −0.041 ± 0.018: 1.5 and 2.3 standard errors, a trend that more seeds could still undo.
-#   It runs against Gao et al. (2022), who saw a larger penalty *raise* the optimised (proxy) reward reached at a
-#   given KL, and against chapter 08, whose proxy-against-KL curves overlapped for $\beta$ = 0, 0.02 and 0.1. One
-#   possible reason, which we did not test: the penalty of each token is computed from the sampled token's
-#   log-ratio, a noisy estimate of the KL, and $\beta$ scales that noise into every token's reward.
-# * **The target lies past the budget at $\beta = 0.05$.** Its fit predicts a gain of +0.40 (95 % interval +0.37 to
-#   +0.43) at exactly 8 nats: a score of 0.58 (0.56–0.61) from $\pi_{ref}$'s 0.182, and 0.60 at about 8.7 nats.
-# * **At $\beta = 0.02$ the fit reaches it, the runs do not stop in time.** The fit predicts +0.46 (+0.42 to +0.50)
-#   at 8 nats, a score of 0.65 (0.61–0.68), and 0.60 at about 6.5 nats. But where a run at $\beta = 0.02$ stops
-#   varies far more than its slope: after 40 updates at 9.0, 11.7 and 14.6 nats, after 28 at 9.6 and 9.7, after 20
-#   at 5.0 and 7.0 nats with scores of 0.416 and 0.710 (mean 0.563). The weaker penalty pulls a run back less, so
-#   the seeds drift apart. No number of updates we tried put every seed inside 8 nats at 0.60.
-# * **So the preset stays as it is, and the target is not met.** The preset stops at 5.6–6.5 nats in all three seeds
-#   and keeps the quietest first update (above). Four of the 26 runs did score 0.60 or more within 8 nats: seed 2 of
-#   the preset (0.612 at 5.56 nats), seed 2 of the earlier settings (0.611 at 5.60), seed 2 with $\lambda = 1$ (0.600
-#   at 7.66) and seed 1 of $\beta = 0.02$ with 20 updates (0.710 at 6.95); their siblings did not. Holding the KL
-#   of a $\beta = 0.02$ run near a target is a job for the adaptive controller of chapter 05, with a gain tuned so
-#   that $\beta$ does not first collapse during the low-KL early updates. A first try, not tuned (target 6 nats,
-#   $H = 32$ samples: `figures/runs/ch07_adaptive_kl/`, two seeds), shows the failure: $\beta$ fell from 0.02 to
-#   0.004 while the KL was small, rose again by at most 10 % an update once it passed the target, and the runs ended
-#   at 13.2 and 16.1 nats (scores 0.80 and 0.77).
+# * **$\beta$ moved the curve, in the order of $\beta$.** The ten runs at $\beta = 0.02$ average 0.166 ± 0.009 per
+#   $\sqrt{\mathrm{KL}}$: the seven at $\eta = 3\times10^{-5}$ 0.161 ± 0.011, five of them at 0.161–0.172 even at
+#   9–15 nats, where the RL form bends down; the preset's three at $2\times10^{-5}$ 0.179 ± 0.018. The four runs at
+#   $\beta = 0.1$ (two at $\eta = 3\times10^{-5}$, two at $4\times10^{-5}$) lie at 0.06–0.14, mean 0.102 ± 0.017, and
+#   stop earlier, at 4.5–7.9 nats. The differences from $\beta = 0.05$ are +0.023 ± 0.011 and −0.041 ± 0.018: 2.2 and
+#   2.3 standard errors. It runs against Gao et al. (2022), who saw a larger penalty *raise* the optimised (proxy)
+#   reward reached at a given KL, and against chapter 08, whose proxy-against-KL curves overlapped for $\beta$ = 0,
+#   0.02 and 0.1. One possible reason, which we did not test: the penalty of each token is computed from the sampled
+#   token's log-ratio, a noisy estimate of the KL, and $\beta$ scales that noise into every token's reward.
+# * **The target lies past the budget at $\beta = 0.05$.** Its fit predicts a gain of +0.40 (95 % interval +0.38 to
+#   +0.43) at exactly 8 nats: a score of 0.59 (0.57–0.62) from the 0.191 of $\pi_{ref}$ in today's committed seeds,
+#   and 0.60 only at about 8.3 nats.
+# * **At $\beta = 0.02$ and $\eta = 3\times10^{-5}$ the runs did not stop in time.** The fit of all ten runs predicts
+#   +0.47 (+0.43 to +0.50) at 8 nats, a score of 0.66 (0.63–0.69), and 0.60 at about 6.1 nats. But where a run at
+#   that rate stops varies far more than its slope: after 40 updates at 9.0, 11.7 and 14.6 nats, after 28 at 9.6
+#   and 9.7, after 20 at 5.0 and 7.0 nats with scores of 0.416 and 0.710 (mean 0.563). The weaker penalty pulls a
+#   run back less, so the seeds drift apart, and late in a run one update moved the KL by up to 2 nats (seed 0, 7.1
+#   to 9.3 at update 26). Holding the KL near a target is a job for the adaptive controller of chapter 05, with a
+#   gain tuned so that $\beta$ does not first collapse during the low-KL early updates. A first try, not tuned
+#   (target 6 nats, $H = 32$ samples: `figures/runs/ch07_adaptive_kl/`, two seeds), shows the failure: $\beta$ fell
+#   from 0.02 to 0.004 while the KL was small, rose again by at most 10 % an update once it passed the target, and
+#   the runs ended at 13.2 and 16.1 nats (scores 0.80 and 0.77).
+#
+# **A smaller step at $\beta = 0.02$.** The simpler cure is a smaller rate: each update then moves the policy less,
+# and the number of updates sets where a run stops more precisely. Four seeds at $\beta = 0.02$ and
+# $\eta = 2\times10^{-5}$ (still $W = 12$), trained on past the point we expected to stop, with the 64 held-out prompts
+# scored every 4 updates (seeds 0 and 1) or every 2 (seeds 2 and 3), are committed in
+# `figures/runs/ch07_preset_trajectories/` (its README has the script; the scoring samples 16 prompts at a time, so
+# $\pi_{ref}$ scores 0.186 there):
+
+# %%
+from ppo_lib.plotting.ch07 import preset_trajectories
+
+trajectories = preset_trajectories()
+for seed, evals in trajectories.items():
+    ref = evals[0]["score"]
+    fit = sum(math.sqrt(e["kl"]) * (e["score"] - ref) for e in evals) / sum(e["kl"] for e in evals)
+    print(f"seed {seed}: " + "  ".join(f"{e['update']}: {e['score']:.2f} @ {e['kl']:.1f}" for e in evals[1:]))
+    print(f"        gain ≈ {fit:.3f} √KL along the way;  first past 8 nats at update "
+          f"{next((e['update'] for e in evals if e['kl'] > 8), 'none')}")
+fig = render("07_preset_trajectories")
+
+# %% [markdown]
+# Each line reads *update: held-out score @ KL*.
+#
+# * **The runs sit on a higher curve.** Along the way every seed gained 0.185–0.191 per $\sqrt{\mathrm{KL}}$
+#   (a least-squares fit through the origin over its evaluations), above the 0.161 ± 0.011 of the seven runs at
+#   $3\times10^{-5}$. Four seeds, each evaluated on the same 64 prompts, are a small sample: read it as a smaller step
+#   costing no score per nat here, probably buying some.
+# * **The KL still spreads between seeds.** At update 24 it was 4.2–6.3 nats, at 28 4.1–8.2: seed 2 passed 8 nats
+#   at update 28, while seed 3 had reached only 7.5 by update 36. A fixed number of updates must leave room for the fastest
+#   seed.
+# * **So the preset stops at 26 updates.** There seeds 2 and 3 stood at 6.95 and 4.27 nats (scores 0.655 and 0.611),
+#   and seeds 0 and 1 between their values at updates 24 and 28 (4.8–5.6 and 5.2–6.6 nats).
+#
+# **The preset today.** `--preset sentiment` is now $\beta = 0.02$, $\eta = 2\times10^{-5}$ after a 12-update warm-up,
+# and 26 updates, its other settings unchanged. Its committed benchmark was rerun with it, three seeds one after the
+# other on the idle 2-core machine (`python -m ppo_lib train --preset sentiment --set seed=N`, folders
+# `figures/runs/sentiment_cpu*/`):
+
+# %%
+for seed, folder in PRESET_RUNS.items():
+    path = RUNS / folder.removeprefix("runs/")
+    history = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines()]
+    ev = json.loads((path / "eval.json").read_text())
+    u1 = history[0]
+    print(f"seed {seed}: update 1 at lr {u1['optimizer/lr']:.1e}: clipfrac {u1['policy/clipfrac']:.3f}, "
+          f"ratio_max {u1['policy/ratio_max']:.2f};  over all {len(history)} updates: clipfrac ≤ "
+          f"{max(h['policy/clipfrac'] for h in history):.3f}")
+    print(f"        held-out score {ev['before']['score_mean']:.3f} -> {ev['after']['score_mean']:.3f} "
+          f"(gain {ev['score_gain']:+.3f}) at KL {ev['after']['kl_mean']:.2f} nats;  "
+          f"{(path / 'wall_time.txt').read_text().split(' wall')[0]}")
+    assert json.loads((path / "config.json").read_text())["config"]["kl_coef"] == 0.02
+
+# %% [markdown]
+# Target by target:
+#
+# * **The first update is tamed.** It clipped 1.0–1.6 % of the tokens and its largest ratio was 1.4–1.7 (targets:
+#   ≤ 30 % and ≤ 5); over all 26 updates the clip fraction stayed below 0.075.
+# * **Every seed gains more than +0.25 within 8 nats, in less time.** The held-out score rose by +0.357 to +0.463
+#   (mean +0.401) at 4.6–5.3 nats, in 5 min 29 s to 5 min 45 s on 2 cores: more than the previous preset's +0.331 to
+#   +0.431 (mean +0.379), at less KL (5.6–6.5 nats) and in 60 % of the time (about 9 min).
+# * **A score of 0.60 is reached on average over five seeds, not over the committed three.** The three end at 0.548,
+#   0.575 and 0.654, mean 0.592, 0.008 short of 0.60. That is well inside the noise: the standard error of a mean of
+#   three seeds is 0.03 here (their standard deviation 0.055), and $\pi_{ref}$'s own score has one of 0.05 (the
+#   folders of this section score the same $\pi_{ref}$ at 0.182, 0.186 or 0.191, through rounding and batching). With the two trajectory seeds
+#   evaluated at update 26 (gains +0.469 and +0.425), five seeds gain +0.420 on average, a score of 0.611 from
+#   0.191. Those two seeds also chose the 26, so they are not an independent test.
+#
+# We did not raise the number of updates after seeing the committed seeds stop at 4.6–5.3 nats, well inside the
+# budget: that would make them a tuning set, and the trajectories show one seed in four past 8 nats at update 28.
+# The target sits at the edge of what 26 updates of a 135M model on 64 prompts can show: a single run lands 0.05
+# either side of it. What would make the claim sharper is more evaluation (more held-out prompts shrink the 0.05)
+# and an update count set by the KL itself rather than fixed in advance.
 #
 # What else would move the frontier? Chapter 08 measured one method that is more KL-efficient than PPO, on its own
 # task: best-of-$n$, as Gao et al. found at scale.

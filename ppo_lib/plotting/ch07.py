@@ -131,19 +131,19 @@ def sqrt_kl_fit(points: list[dict], kl: float = 8.0, n_boot: int = 2000, seed: i
 
 
 @figure("07_preset_frontier")
-def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, ref_score: float = 0.182):
+def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, ref_score: float = 0.191):
     """Held-out score gain against KL for every committed run of the ``sentiment`` preset and its
     variants, a marker per setting and a colour per β, with the fit gain = α √KL
     (:func:`sqrt_kl_fit`) and its bootstrap band for each β with at least three runs. Dotted
     guides: the KL budget and the gain that reaches ``target_score`` from π_ref's ``ref_score``
-    (the preset's committed seeds; None: no guide)."""
+    (π_ref's held-out score in the preset's committed seeds; None: no guide)."""
     import numpy as np
 
     points = preset_frontier_points()
     betas = sorted({p["kl_coef"] for p in points})
     colour = {b: f"C{i}" for i, b in enumerate(betas)}
     fig, ax = plt.subplots(figsize=(9.6, 4.6))
-    markers = "osD^v<>pXh*P"
+    markers = "osD^v<>pXh*Pd"
     for i, setting in enumerate(dict.fromkeys(p["setting"] for p in points)):
         mine = [p for p in points if p["setting"] == setting]
         ax.plot([p["kl"] for p in mine], [p["gain"] for p in mine], markers[i % len(markers)], markersize=7,
@@ -162,7 +162,7 @@ def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, r
     ax.text(kl_budget + 0.1, 0.02, f"KL budget, {kl_budget:g} nats", fontsize=8, color="0.35")
     if target_score is not None:
         ax.axhline(target_score - ref_score, color="0.5", ls=":", lw=1)
-        ax.text(0.2, target_score - ref_score + 0.008, f"the gain from {ref_score:g} to a score of {target_score:g}",
+        ax.text(0.2, target_score - ref_score + 0.008, f"the gain from {ref_score:.3f} to a score of {target_score:.2f}",
                 fontsize=8, color="0.35")
     ax.set(xlabel="KL(π ‖ π_ref), nats per sequence (held-out)", ylabel="gain in mean VADER score over π_ref (held-out)",
            title="the sentiment preset and its variants: a frontier per β (bands: 95 % bootstrap)", ylim=(0, None),
