@@ -14,7 +14,7 @@ from ..schedules import adaptive_lr_scale, lr_factor
 from . import figure, figures_dir
 from .ch09 import PPO_RUNS
 
-PRESET_RUNS = {0: "runs/sentiment_cpu", 1: "runs/sentiment_cpu_seed1", 2: "runs/sentiment_cpu_seed2"}
+PRESET_RUNS = {0: "runs/sentiment_cpu", **{s: f"runs/sentiment_cpu_seed{s}" for s in range(1, 5)}}
 """The ``sentiment`` preset's committed seeds, relative to ``figures/``
 (``python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...``)."""
 
