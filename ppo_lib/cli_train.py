@@ -31,7 +31,7 @@ __all__ = ["PRESETS", "ALGOS", "add_train_parser", "run_training", "write_sample
 
 # Each preset: the model, the reward, the number of updates and the PPOConfig fields it sets.
 PRESETS: dict[str, dict] = {
-    "sentiment": {  # offline, a laptop CPU: ~7 minutes on 2 cores (figures/runs/sentiment_cpu*/, 3 seeds)
+    "sentiment": {  # offline, a laptop CPU: ~6 minutes on 2 cores (figures/runs/sentiment_cpu*/, 5 seeds)
         "model": "smollm2-135m", "reward": "vader", "updates": 26,
         "config": dict(batch_size=16, max_new_tokens=24, temperature=0.7, ppo_epochs=2, num_minibatches=2,
                        learning_rate=2e-5, lr_warmup_updates=12, kl_coef=0.02, vf_coef=0.1, gamma=1.0, lam=0.95),
