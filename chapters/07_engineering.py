@@ -457,7 +457,8 @@ fig = render("07_preset_frontier")
 # $\eta = 2\times10^{-5}$ (still $W = 12$), trained on past the point we expected to stop, with the 64 held-out prompts
 # scored every 4 updates (seeds 0 and 1) or every 2 (seeds 2 and 3), are committed in
 # `figures/runs/ch07_preset_trajectories/` (its README has the script; the scoring samples 16 prompts at a time, so
-# $\pi_{ref}$ scores 0.186 there):
+# $\pi_{ref}$ scores 0.186 there). `python -m ppo_lib train ... --eval-every K` now records such a trajectory for any
+# run, in its folder's `evals.jsonl`:
 
 # %%
 from ppo_lib.plotting.ch07 import preset_trajectories

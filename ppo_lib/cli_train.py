@@ -7,10 +7,13 @@
     python -m ppo_lib train --config my_config.json --out runs/mine
     python -m ppo_lib train --out runs/mine --resume                 # the settings come from runs/mine/config.json
     python -m ppo_lib train --preset sentiment --algo rloo           # another registered algorithm (chapter 09)
+    python -m ppo_lib train --preset sentiment --eval-every 2        # the held-out score and KL along the way
 
 A run folder holds ``config.json``, ``history.jsonl``, ``samples_before.md``,
 ``samples_after.md``, ``eval.json`` (held-out reward and KL, before and after),
-``curves.png`` and ``checkpoint/`` (saved every ``--save-every`` updates and at the end).
+``curves.png`` and ``checkpoint/`` (saved every ``--save-every`` updates and at the end); with
+``--eval-every K`` also ``evals.jsonl``, one held-out evaluation per line: before training, every
+K updates and at the end.
 """
 
 from __future__ import annotations
@@ -123,8 +126,8 @@ def resume_config(args: argparse.Namespace, out: Path) -> tuple[dict, PPOConfig]
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """``--updates``, ``--save-every``, ``--eval-prompts`` and ``--eval-batch-size`` are ≥ 1."""
-    for flag in ("updates", "save_every", "eval_prompts", "eval_batch_size"):
+    """``--updates``, ``--save-every``, ``--eval-prompts``, ``--eval-batch-size`` and ``--eval-every`` are ≥ 1."""
+    for flag in ("updates", "save_every", "eval_prompts", "eval_batch_size", "eval_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be ≥ 1, got {value}.")
@@ -210,7 +213,14 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         tokenize_prompts(trainer.tokenizer, train_prompts + heldout, config.max_prompt_length)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    history_path, ckpt = out / "history.jsonl", out / "checkpoint"
+    history_path, ckpt, evals_path = out / "history.jsonl", out / "checkpoint", out / "evals.jsonl"
+
+    def log_evaluation(evaluation: dict) -> None:  # one line of evals.jsonl (--eval-every), main process only
+        if main and args.eval_every:
+            line = {"update": trainer.step_count, **{k: v for k, v in evaluation.items() if k != "samples"}}
+            with open(evals_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
     if args.resume:
         if main:
             for note in recover_checkpoint(ckpt):
@@ -222,6 +232,7 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         trainer.load_checkpoint(ckpt)
         if main:
             dropped = truncate_history(history_path, trainer.step_count)
+            truncate_history(evals_path, trainer.step_count)  # evaluations past the checkpoint are redone
             if dropped:
                 print(f"dropped {dropped} line(s) of history.jsonl after update {trainer.step_count}, "
                       "the last one the checkpoint holds")
@@ -234,11 +245,22 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         if main:
             write_samples(out / "samples_before.md", "Before training (held-out prompts)", before)
             (out / "eval_before.json").write_text(json.dumps({k: v for k, v in before.items() if k != "samples"}))
+        log_evaluation(before)
+    since_save = 0
     while trainer.step_count < run["updates"]:
-        n = min(args.save_every, run["updates"] - trainer.step_count)
+        n = min(args.save_every - since_save, run["updates"] - trainer.step_count)
+        if args.eval_every:
+            n = min(n, args.eval_every - trainer.step_count % args.eval_every)
         trainer.train(train_prompts, n, log_path=history_path)
-        trainer.save_checkpoint(ckpt)
+        if args.eval_every and trainer.step_count % args.eval_every == 0 and trainer.step_count < run["updates"]:
+            # before the checkpoint: a run killed in between redoes both from the last one
+            log_evaluation(trainer.evaluate(heldout, batch_size=args.eval_batch_size))
+        since_save += n
+        if since_save == args.save_every or trainer.step_count == run["updates"]:
+            trainer.save_checkpoint(ckpt)
+            since_save = 0
     after = trainer.evaluate(heldout, batch_size=args.eval_batch_size)
+    log_evaluation(after)
     if main:
         history = [json.loads(line) for line in history_path.read_text().splitlines()]
         fig = plot_history(history)
@@ -274,4 +296,6 @@ def add_train_parser(sub) -> None:
     p.add_argument("--save-every", type=int, default=10, help="checkpoint every N updates (default 10)")
     p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts scored before and after (default 64)")
     p.add_argument("--eval-batch-size", type=int, default=64, help="held-out prompts sampled at once (default 64)")
+    p.add_argument("--eval-every", type=int, help="also score the held-out prompts every K updates, into evals.jsonl "
+                   "(training is the same with or without it; default: before and after only)")
     p.set_defaults(run=run_training)

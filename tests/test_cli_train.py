@@ -89,6 +89,33 @@ def test_a_run_killed_anywhere_resumes_into_the_uninterrupted_run(tmp_path, monk
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
 
 
+def evals(out):
+    return [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines()]
+
+
+def test_eval_every_scores_the_held_out_prompts_along_the_way_without_changing_training(tmp_path, straight):
+    out = tmp_path / "run"
+    assert main(ARGS + ["--out", str(out), "--eval-every", "2", "--save-every", "3"]) == 0
+    for g, w in zip(history(out), history(straight), strict=True):  # the evaluations draw from their own generator
+        assert learned(g) == pytest.approx(learned(w), rel=1e-6, abs=1e-7, nan_ok=True)
+    lines = evals(out)
+    assert [e["update"] for e in lines] == [0, 2, 4]
+    before, result = json.loads((out / "eval_before.json").read_text()), json.loads((out / "eval.json").read_text())
+    assert {k: v for k, v in lines[0].items() if k != "update"} == before
+    assert {k: v for k, v in lines[-1].items() if k != "update"} == result["after"]
+    assert not (straight / "evals.jsonl").exists()  # without the flag, nothing new in the folder
+
+
+def test_a_resumed_run_drops_evaluations_past_its_checkpoint_and_goes_on_evaluating(tmp_path):
+    out = tmp_path / "run"
+    assert main(ARGS + ["--out", str(out), "--eval-every", "1", "--updates", "2"]) == 0
+    with open(out / "evals.jsonl", "a") as f:  # as if a killed run had scored an update its checkpoint lacks
+        f.write(json.dumps({"update": 3, "score_mean": 9.0}) + "\n")
+    assert main(["train", "--out", str(out), "--resume", "--updates", "4", "--eval-every", "1"]) == 0
+    lines = evals(out)
+    assert [e["update"] for e in lines] == [0, 1, 2, 3, 4] and lines[3]["score_mean"] != 9.0
+
+
 def test_resume_without_a_checkpoint_is_an_error_that_changes_nothing(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -111,6 +138,7 @@ def test_resume_refuses_flags_that_would_change_the_run(straight):
     (["--save-every", "0"], "--save-every must be ≥ 1"),
     (["--updates", "0"], "--updates must be ≥ 1"),
     (["--eval-prompts", "0"], "--eval-prompts must be ≥ 1"),
+    (["--eval-every", "0"], "--eval-every must be ≥ 1"),
     (["--set", "learning_rate=abc"], "learning_rate must be a number, got 'abc'"),
     (["--set", "batch_size=true"], "batch_size must be an integer, got True"),
     (["--set", "clip_eps=Infinity"], "clip_eps must be a finite number"),
