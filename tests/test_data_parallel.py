@@ -17,11 +17,17 @@ WORKER = Path(__file__).with_name("dp_worker.py")
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dp")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", str(WORKER), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    # One retry. Once, on a machine loaded by another test run, rank 0 died in C++ below Python ("terminate
+    # called without an active exception", no Python traceback) and we could not reproduce it; a real failure
+    # fails twice.
+    for _ in range(2):
+        out = tmp_path_factory.mktemp("dp")
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--standalone", str(WORKER), str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)], out
 
