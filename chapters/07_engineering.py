@@ -466,7 +466,7 @@ from ppo_lib.plotting.ch07 import preset_trajectories
 trajectories = preset_trajectories()
 for seed, evals in trajectories.items():
     ref = evals[0]["score"]
-    fit = sum(math.sqrt(e["kl"]) * (e["score"] - ref) for e in evals) / sum(e["kl"] for e in evals)
+    fit = sqrt_kl_fit([{"kl": e["kl"], "gain": e["score"] - ref} for e in evals[1:]])["alpha"]
     print(f"seed {seed}: " + "  ".join(f"{e['update']}: {e['score']:.2f} @ {e['kl']:.1f}" for e in evals[1:]))
     print(f"        gain ≈ {fit:.3f} √KL along the way;  first past 8 nats at update "
           f"{next((e['update'] for e in evals if e['kl'] > 8), 'none')}")
