@@ -11,7 +11,7 @@ from ppo_lib.__main__ import main
 ARGS = ["train", "--model", "tiny-gpt2", "--reward", "chars:abcdefghijklmnopqrstuvwxyz", "--updates", "4",
         "--save-every", "1", "--eval-prompts", "4", "--set", "batch_size=4", "--set", "max_new_tokens=6",
         "--set", "ppo_epochs=1", "--set", "num_minibatches=1", "--set", "learning_rate=3e-3",
-        "--set", "max_prompt_length=96"]
+        "--set", "max_prompt_length=96", "--kl-budget", "off"]
 
 
 def history(out):
@@ -116,6 +116,50 @@ def test_a_resumed_run_drops_evaluations_past_its_checkpoint_and_goes_on_evaluat
     assert [e["update"] for e in lines] == [0, 1, 2, 3, 4] and lines[3]["score_mean"] != 9.0
 
 
+def checks(out):
+    return [json.loads(line) for line in (out / "kl_checks.jsonl").read_text().splitlines()]
+
+
+def test_a_kl_budget_ends_the_run_where_the_check_reaches_it_and_a_resume_keeps_it_ended(tmp_path, straight):
+    out = tmp_path / "run"
+    args = ARGS[: ARGS.index("--kl-budget")] + ["--out", str(out), "--updates", "6", "--save-every", "5"]
+    assert main(args + ["--kl-budget", "1e-6"]) == 0  # any update moves the policy further than that
+    for g, w in zip(history(out), history(straight)[:2], strict=True):  # the checks draw from their own generator
+        assert learned(g) == pytest.approx(learned(w), rel=1e-6, abs=1e-7, nan_ok=True)
+    [check] = checks(out)
+    assert check["update"] == 2 and check["kl_mean"] >= 1e-6 and check["kl_budget"] == 1e-6
+    result = json.loads((out / "eval.json").read_text())
+    assert result["updates"] == 2 and result["ended_by"] == "kl_budget" and result["kl_budget"] == 1e-6
+    assert json.loads((out / "config.json").read_text())["kl_budget"] == 1e-6
+    assert main(["train", "--out", str(out), "--resume", "--updates", "8"]) == 0  # ended: no more updates
+    assert len(history(out)) == 2 and len(checks(out)) == 1
+
+
+def test_a_budget_never_reached_leaves_the_run_as_it_was(tmp_path, straight):
+    out = tmp_path / "run"
+    assert main(ARGS[: ARGS.index("--kl-budget")] + ["--out", str(out), "--kl-budget", "1e6"]) == 0
+    for g, w in zip(history(out), history(straight), strict=True):
+        assert learned(g) == pytest.approx(learned(w), rel=1e-6, abs=1e-7, nan_ok=True)
+    assert [c["update"] for c in checks(out)] == [2]  # every 2 updates, not at the last one
+    assert json.loads((out / "eval.json").read_text())["ended_by"] == "updates"
+    assert not (straight / "kl_checks.jsonl").exists()  # --kl-budget off: no checks
+
+
+def test_the_sentiment_preset_ends_at_a_kl_budget_and_a_config_file_does_not_change_that():
+    import argparse
+
+    from ppo_lib.cli_train import PRESETS, build_config
+
+    args = argparse.Namespace(preset=None, model=None, reward=None, updates=None, config=None, set=None, algo=None,
+                              kl_budget=None)
+    run, _ = build_config(args)
+    assert run["kl_budget"] == PRESETS["sentiment"]["kl_budget"] == 6.0 and run["updates"] == 40
+    args.kl_budget = "off"
+    assert build_config(args)[0]["kl_budget"] is None
+    args.preset, args.kl_budget = "sentiment-gpt2", None
+    assert build_config(args)[0]["kl_budget"] is None  # the Colab preset keeps its adaptive β and 150 updates
+
+
 def test_resume_without_a_checkpoint_is_an_error_that_changes_nothing(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -151,6 +195,16 @@ def test_bad_input_is_a_one_line_error_before_the_run_folder_exists(tmp_path, ex
     out = tmp_path / "run"
     with pytest.raises(SystemExit, match=message):
         main(ARGS + ["--out", str(out)] + extra)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "six"])
+def test_a_bad_kl_budget_is_a_one_line_error(tmp_path, capsys, value):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(ARGS + ["--out", str(out), "--kl-budget", value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"expects a positive number of nats per sequence or 'off', got '{value}'" in err
     assert not out.exists()
 
 
