@@ -16,13 +16,13 @@ A run folder holds ``config.json``, ``history.jsonl``, ``samples_before.md``,
 ``--eval-every K`` also ``evals.jsonl``, one held-out evaluation per line: before training, every
 K updates and at the end.
 
-**The KL budget.** The ``sentiment`` preset stops at a KL budget, not after a fixed number of
-updates: every :data:`KL_CHECK_EVERY` updates it samples the first :data:`KL_CHECK_PROMPTS`
-training prompts (seeded, through ``PPOTrainer.evaluate``, which leaves the training RNGs alone)
-and measures the policy's KL to π_ref, in nats per sequence. Once that reaches ``--kl-budget``
-the run saves its checkpoint and ends; ``--updates`` is then the most it may take. Each check is a
-line of ``kl_checks.jsonl``, and ``eval.json`` says which of the two ended the run. The held-out
-prompts never decide anything. ``--kl-budget off`` trains for exactly ``--updates``.
+**The KL budget.** The ``sentiment`` preset ends at a KL budget, not after a fixed number of
+updates. After each update the run estimates KL(π ‖ π_ref), in nats per sequence, as the mean of
+the training statistic ``objective/kl`` over the last :data:`KL_WINDOW` updates (:func:`kl_estimate`:
+64 responses at the preset's batch of 16, and no extra computation). Once that reaches
+``--kl-budget`` the run saves its checkpoint and ends; ``--updates`` is then the most it may take.
+``eval.json`` says which of the two ended the run. The held-out prompts never decide anything.
+``--kl-budget off`` trains for exactly ``--updates``.
 """
 
 from __future__ import annotations
@@ -39,13 +39,12 @@ from .trainer import PPOConfig
 # The registered algorithms (ppo_lib.policy_gradient), as --algo offers them.
 ALGOS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax")
 
-__all__ = ["PRESETS", "ALGOS", "KL_CHECK_EVERY", "KL_CHECK_PROMPTS", "add_train_parser", "run_training", "write_samples", "truncate_history"]
+__all__ = ["PRESETS", "ALGOS", "KL_WINDOW", "kl_estimate", "add_train_parser", "run_training", "write_samples", "truncate_history"]
 
-KL_CHECK_EVERY = 2
-"""Updates between two checks of the KL budget."""
-KL_CHECK_PROMPTS = 64
-"""Training prompts (the first ones) a check of the KL budget samples: the mean KL over 64
-responses has a standard error of about 0.5 nats at 5 nats (chapter 07, Section 4)."""
+KL_WINDOW = 4
+"""Updates whose training KL the budget's estimate averages. Each update's ``objective/kl`` is the
+mean over its own responses, sampled from the policy before the update; chapter 07, Section 4
+measures this estimate against the held-out KL."""
 
 # Each preset: the model, the reward, the most updates, the KL budget (nats per sequence, or None
 # for a fixed number of updates) and the PPOConfig fields it sets.
@@ -83,6 +82,14 @@ def kl_budget(text: str) -> float | str:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expects a positive number of nats per sequence or 'off', got {text!r}")
     return value
+
+
+def kl_estimate(kls: list[float]) -> float | None:
+    """The KL budget's estimate of KL(π ‖ π_ref): the mean of the last :data:`KL_WINDOW` updates'
+    ``objective/kl`` in ``kls`` (one per update, in order), or None before there are that many."""
+    if len(kls) < KL_WINDOW:
+        return None
+    return sum(kls[-KL_WINDOW:]) / KL_WINDOW
 
 
 def build_config(args: argparse.Namespace) -> tuple[dict, PPOConfig]:
@@ -247,22 +254,17 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     history_path, ckpt, evals_path = out / "history.jsonl", out / "checkpoint", out / "evals.jsonl"
-    checks_path, budget = out / "kl_checks.jsonl", run.get("kl_budget")
+    budget, kls = run.get("kl_budget"), []  # kls: objective/kl of every update so far, for the budget
+
+    def at_budget() -> bool:
+        estimate = kl_estimate(kls)
+        return budget is not None and estimate is not None and estimate >= budget
 
     def log_evaluation(evaluation: dict) -> None:  # one line of evals.jsonl (--eval-every), main process only
         if main and args.eval_every:
             line = {"update": trainer.step_count, **{k: v for k, v in evaluation.items() if k != "samples"}}
             with open(evals_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
-
-    def over_budget() -> bool:  # one check of the KL budget; every process computes the same numbers
-        check = trainer.evaluate(train_prompts[:KL_CHECK_PROMPTS], batch_size=args.eval_batch_size)
-        if main:
-            line = {"update": trainer.step_count, "kl_budget": budget,
-                    **{k: check[k] for k in ("kl_mean", "kl_se", "score_mean", "score_se")}}
-            with open(checks_path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-        return check["kl_mean"] >= budget
 
     stopped = False
     if args.resume:
@@ -277,19 +279,16 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         if main:
             dropped = truncate_history(history_path, trainer.step_count)
             truncate_history(evals_path, trainer.step_count)  # evaluations past the checkpoint are redone
-            truncate_history(checks_path, trainer.step_count)
             if dropped:
                 print(f"dropped {dropped} line(s) of history.jsonl after update {trainer.step_count}, "
                       "the last one the checkpoint holds")
             print(f"resumed from {ckpt} at update {trainer.step_count}")
         acc.wait_for_everyone()
-        checks = checks_path.read_text().splitlines() if budget is not None and checks_path.exists() else []
-        if checks:  # a run that reached its budget stays stopped
-            last = json.loads(checks[-1])
-            stopped = last["update"] == trainer.step_count and last["kl_mean"] >= budget
-            if stopped and main:
-                print(f"the run ended at its KL budget of {budget:g} nats at update {trainer.step_count}; "
-                      "to train on, start a new run in another --out")
+        kls = [json.loads(line)["objective/kl"] for line in history_path.read_text().splitlines()]
+        stopped = at_budget()  # a run that reached its budget stays ended
+        if stopped and main:
+            print(f"the run ended at its KL budget of {budget:g} nats at update {trainer.step_count}; "
+                  "to train on, start a new run in another --out")
     else:
         if main:
             out.mkdir(parents=True, exist_ok=True)
@@ -305,16 +304,15 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         if args.eval_every:
             n = min(n, args.eval_every - trainer.step_count % args.eval_every)
         if budget is not None:
-            n = min(n, KL_CHECK_EVERY - trainer.step_count % KL_CHECK_EVERY)
-        trainer.train(train_prompts, n, log_path=history_path)
-        last_update = trainer.step_count == run["updates"]
-        # evaluations and checks come before the checkpoint: a run killed in between redoes them from the last one
+            n = 1  # the budget is looked at after every update
+        kls += [stats["objective/kl"] for stats in trainer.train(train_prompts, n, log_path=history_path)]
+        stopped = at_budget()
+        last_update = trainer.step_count == run["updates"] or stopped
         if args.eval_every and trainer.step_count % args.eval_every == 0 and not last_update:
+            # before the checkpoint: a run killed in between redoes both from the last one
             log_evaluation(trainer.evaluate(heldout, batch_size=args.eval_batch_size))
-        if budget is not None and trainer.step_count % KL_CHECK_EVERY == 0 and not last_update:
-            stopped = over_budget()
         since_save += n
-        if since_save == args.save_every or last_update or stopped:
+        if since_save == args.save_every or last_update:
             trainer.save_checkpoint(ckpt)
             since_save = 0
     after = trainer.evaluate(heldout, batch_size=args.eval_batch_size)
@@ -327,7 +325,7 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         before = json.loads((out / "eval_before.json").read_text())
         result = {"before": before, "after": {k: v for k, v in after.items() if k != "samples"},
                   "score_gain": after["score_mean"] - before["score_mean"], "updates": trainer.step_count,
-                  "kl_budget": budget, "ended_by": "kl_budget" if stopped else "updates",
+                  "kl_budget": budget, "kl_estimate": kl_estimate(kls), "ended_by": "kl_budget" if stopped else "updates",
                   "train_seconds": sum(h["time/step"] for h in history)}
         (out / "eval.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
@@ -346,8 +344,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--updates", type=int, help="number of PPO updates, or the most of them under a KL budget "
                    "(overrides the preset)")
     p.add_argument("--kl-budget", type=kl_budget, metavar="NATS|off",
-                   help=f"end the run once the policy's KL to π_ref, checked every {KL_CHECK_EVERY} updates on "
-                   f"{KL_CHECK_PROMPTS} training prompts, reaches NATS per sequence; 'off' trains for --updates "
+                   help=f"end the run once its estimate of the KL to π_ref (the mean training objective/kl of the "
+                   f"last {KL_WINDOW} updates) reaches NATS per sequence; 'off' trains for --updates "
                    "(default: the preset's, 6 for sentiment)")
     p.add_argument("--config", help="a JSON file of PPOConfig fields")
     p.add_argument("--algo", choices=ALGOS, help="the algorithm (chapter 09): the same as --set algorithm=NAME, "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ppo_lib.cli_train import PRESETS
+from ppo_lib.cli_train import KL_CHECK_EVERY, PRESETS
 from ppo_lib.plotting.ch07 import PRESET_RUNS
 from ppo_lib.plotting.ch08 import KL_SWEEPS
 from ppo_lib.plotting.ch09 import COMPARE_RUN, COMPARED_SETTINGS, DPO_RUN, MEMORY_RUN, MORE_RUNS, PPO_RUNS, full_comparison
@@ -35,18 +35,32 @@ def read(folder: str, name: str) -> dict:
     return json.loads((FIGURES / folder / name).read_text())
 
 
-def check_train_run(folder: str, seed: int, config: dict, updates: int):
+def check_train_run(folder: str, seed: int, config: dict, updates: int, kl_budget: float | None = None):
+    """``folder`` ran ``config`` with ``seed`` for ``updates`` updates, or, under a KL budget, until
+    the first check that reached the budget, and at most ``updates``."""
     saved = read(folder, "config.json")
     assert saved["preset"] == "sentiment" and saved["model"] == PRESET["model"] and saved["reward"] == PRESET["reward"]
-    assert saved["updates"] == updates
+    assert saved["updates"] == updates and saved.get("kl_budget") == kl_budget
     assert PPOConfig.from_dict(saved["config"]).to_dict() == PPOConfig.from_dict({**config, "seed": seed}).to_dict()
     history = (FIGURES / folder / "history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["update"] for line in history] == list(range(1, updates + 1))
+    done = read(folder, "eval.json")["updates"]
+    assert [json.loads(line)["update"] for line in history] == list(range(1, done + 1))
+    if kl_budget is None:
+        assert done == updates
+        return
+    checks = [json.loads(line) for line in (FIGURES / folder / "kl_checks.jsonl").read_text().splitlines()]
+    assert [c["update"] for c in checks] == list(range(KL_CHECK_EVERY, done + 1, KL_CHECK_EVERY))[: len(checks)]
+    assert all(c["kl_mean"] < kl_budget for c in checks[:-1])  # it ran on while under the budget ...
+    ended_by = read(folder, "eval.json")["ended_by"]
+    if ended_by == "kl_budget":  # ... and ended at the first check that reached it
+        assert checks[-1]["update"] == done and checks[-1]["kl_mean"] >= kl_budget
+    else:
+        assert ended_by == "updates" and done == updates and checks[-1]["kl_mean"] < kl_budget
 
 
 @pytest.mark.parametrize("seed", sorted(PRESET_RUNS))
 def test_each_committed_seed_ran_the_current_preset(seed):
-    check_train_run(PRESET_RUNS[seed], seed, PRESET["config"], PRESET["updates"])
+    check_train_run(PRESET_RUNS[seed], seed, PRESET["config"], PRESET["updates"], PRESET["kl_budget"])
 
 
 @pytest.mark.parametrize("seed", sorted(PPO_RUNS))
@@ -125,12 +139,14 @@ def test_each_preset_variant_of_chapter_07_changed_only_the_settings_it_names():
     for folder in folders:
         saved = read(folder, "config.json")
         assert saved["preset"] == "sentiment" and saved["model"] == PRESET["model"] and saved["reward"] == PRESET["reward"]
-        ran = {**PPOConfig.from_dict(saved["config"]).to_dict(), "updates": saved["updates"]}
-        preset = {**PPOConfig.from_dict(PRESET["config"]).to_dict(), "updates": PRESET["updates"]}
+        ran = {**PPOConfig.from_dict(saved["config"]).to_dict(), "updates": saved["updates"],
+               "kl_budget": saved.get("kl_budget")}
+        preset = {**PPOConfig.from_dict(PRESET["config"]).to_dict(), "updates": PRESET["updates"],
+                  "kl_budget": PRESET["kl_budget"]}
         changed = {k for k in preset if ran[k] != preset[k]} - {"seed"}
         assert changed and changed <= set(_SETTING_NAMES), (folder, changed)
         history = (FIGURES / folder / "history.jsonl").read_text().splitlines()
-        assert [json.loads(line)["update"] for line in history] == list(range(1, saved["updates"] + 1))
+        assert [json.loads(line)["update"] for line in history] == list(range(1, read(folder, "eval.json")["updates"] + 1))
         ev = read(folder, "eval.json")
         assert ev["score_gain"] == pytest.approx(ev["after"]["score_mean"] - ev["before"]["score_mean"], abs=1e-12)
     points = {p["folder"]: p for p in preset_frontier_points()}
@@ -149,5 +165,6 @@ def test_the_trajectories_of_chapter_07_ran_the_current_preset_and_were_evaluate
         updates = [e["update"] for e in evals]
         assert updates[0] == 0 and evals[0]["kl"] == 0 and updates == sorted(set(updates))
         history = [json.loads(line)["update"] for line in (folder / "history.jsonl").read_text().splitlines()]
-        assert history == list(range(1, updates[-1] + 1)) and updates[-1] > PRESET["updates"]
+        assert history == list(range(1, updates[-1] + 1))
+        assert max(e["kl"] for e in evals) > PRESET["kl_budget"]  # each went past the preset's budget
     assert len({round(evals[0]["score"], 9) for evals in runs.values()}) == 1  # one π_ref, one evaluation seed

@@ -16,7 +16,8 @@ from .ch09 import PPO_RUNS
 
 PRESET_RUNS = {0: "runs/sentiment_cpu", **{s: f"runs/sentiment_cpu_seed{s}" for s in range(1, 5)}}
 """The ``sentiment`` preset's committed seeds, relative to ``figures/``
-(``python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...``)."""
+(``python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...``);
+each ends at the preset's KL budget (``kl_checks.jsonl``) or after its most updates."""
 
 
 def read_history(path: Path) -> list[dict]:
@@ -72,20 +73,26 @@ FRONTIER_RUNS = "runs/ch07_preset_frontier"
 one or more seeds each), relative to ``figures/``; how they were made is in the folder's README.md."""
 
 _SETTING_NAMES = {"learning_rate": "η", "lr_warmup_updates": "W", "lam": "λ", "batch_size": "B", "kl_coef": "β",
-                  "updates": "updates"}
+                  "updates": "updates", "kl_budget": "KL budget"}
 
 
 def _setting(run: dict) -> str:
-    """How a run's settings differ from the ``sentiment`` preset's, e.g. ``"η = 4e-05, λ = 1"``."""
+    """How a run's settings differ from the ``sentiment`` preset's, e.g. ``"η = 4e-05, λ = 1"``;
+    a run without the preset's KL budget is labelled by its number of updates, e.g. ``"26 updates"``."""
     from ..cli_train import PRESETS
 
-    preset = {**PRESETS["sentiment"]["config"], "updates": PRESETS["sentiment"]["updates"]}
-    ran = {**run["config"], "updates": run["updates"]}
+    spec = PRESETS["sentiment"]
+    ran, budget = run["config"], run.get("kl_budget")  # runs from before the KL budget had none
 
     def show(v):
         return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
-    changed = [f"{_SETTING_NAMES.get(k, k)} = {show(ran[k])}" for k in preset if k != "seed" and ran[k] != preset[k]]
+    changed = [f"{_SETTING_NAMES.get(k, k)} = {show(ran[k])}" for k in spec["config"] if k != "seed"
+               and ran[k] != spec["config"][k]]
+    if budget is None and spec["kl_budget"] is not None:
+        changed.append(f"{run['updates']} updates")
+    elif budget != spec["kl_budget"] or run["updates"] != spec["updates"]:
+        changed.append(f"KL budget {show(budget)} in ≤ {run['updates']} updates")
     return ", ".join(changed) or "the preset"
 
 
@@ -190,38 +197,44 @@ def preset_trajectories() -> dict[int, list[dict]]:
 
 
 @figure("07_preset_trajectories")
-def preset_trajectories_figure(kl_budget: float = 8.0, target_score: float = 0.60):
+def preset_trajectories_figure(kl_limit: float = 8.0, target_score: float = 0.60):
     """The held-out score and KL of :func:`preset_trajectories` against the update (left) and on the
-    reward–KL plane (right), the preset's last update marked; stars: the preset's committed seeds
-    (:data:`PRESET_RUNS`), each the ``train`` command's final evaluation."""
+    reward–KL plane (right). Dashed: the preset's KL budget; dotted: the ``kl_limit`` and
+    ``target_score`` it must meet. Left, crosses: the committed seeds' checks of the budget
+    (``kl_checks.jsonl``, training prompts); right, stars: their final held-out evaluations
+    (:data:`PRESET_RUNS`)."""
     from ..cli_train import PRESETS
 
-    last = PRESETS["sentiment"]["updates"]
+    budget = PRESETS["sentiment"]["kl_budget"]
     runs = preset_trajectories()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (seed, evals) in enumerate(sorted(runs.items())):
         c = f"C{i}"
-        a.plot([e["update"] for e in evals], [e["kl"] for e in evals], "o-", color=c, ms=4, label=f"seed {seed}")
+        a.plot([e["update"] for e in evals], [e["kl"] for e in evals], "o-", color=c, ms=4,
+               label=f"seed {seed} (1 thread, held out)")
         b.plot([e["kl"] for e in evals], [e["score"] for e in evals], "o-", color=c, ms=4, alpha=0.8,
                label=f"seed {seed} (1 thread)")
-        for e in evals:
-            if e["update"] == last:
-                b.plot(e["kl"], e["score"], "o", color=c, ms=11, mfc="none", mew=1.5)
     for seed, folder in PRESET_RUNS.items():
+        first = seed == min(PRESET_RUNS)
+        checks = figures_dir() / folder / "kl_checks.jsonl"
+        if checks.exists():
+            lines = read_history(checks)
+            a.plot([c["update"] for c in lines], [c["kl_mean"] for c in lines], "x-", color="k", ms=5, lw=0.6,
+                   alpha=0.6, label="the committed seeds' checks" if first else None)
         path = figures_dir() / folder / "eval.json"
         if path.exists():
             ev = json.loads(path.read_text())["after"]
             b.plot(ev["kl_mean"], ev["score_mean"], "*", color="k", ms=12,
-                   label="the committed seeds (train command)" if seed == min(PRESET_RUNS) else None)
-    a.axvline(last, color="0.5", ls=":", lw=1)
-    a.axhline(kl_budget, color="0.5", ls=":", lw=1)
-    a.set(xlabel="update", ylabel="held-out KL(π ‖ π_ref), nats per sequence",
-          title=f"KL along the way (dotted: update {last}, {kl_budget:g} nats)")
+                   label="the committed seeds (train command)" if first else None)
+    for ax, line in ((a, a.axhline), (b, b.axvline)):
+        line(kl_limit, color="0.5", ls=":", lw=1)
+        line(budget, color="0.3", ls="--", lw=1)
+    a.set(xlabel="update", ylabel="KL(π ‖ π_ref), nats per sequence",
+          title=f"KL along the way (dashed: the budget, {budget:g} nats)")
     a.legend(fontsize=8)
-    b.axvline(kl_budget, color="0.5", ls=":", lw=1)
     b.axhline(target_score, color="0.5", ls=":", lw=1)
     b.set(xlabel="held-out KL(π ‖ π_ref), nats per sequence", ylabel="held-out mean VADER score",
-          title=f"score against KL (circled: update {last})")
+          title=f"score against KL (dotted: {kl_limit:g} nats, a score of {target_score:.2f})")
     b.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
