@@ -18,8 +18,9 @@ K updates and at the end.
 
 **The KL budget.** The ``sentiment`` preset ends at a KL budget, not after a fixed number of
 updates. After each update the run estimates KL(π ‖ π_ref), in nats per sequence, as the mean of
-the training statistic ``objective/kl`` over the last :data:`KL_WINDOW` updates (:func:`kl_estimate`:
-64 responses at the preset's batch of 16, and no extra computation). Once that reaches
+the training statistic ``objective/kl`` over the last :data:`KL_WINDOW` updates
+(:class:`ppo_lib.kl.KLBudget`: 64 responses at the preset's batch of 16, and no extra
+computation). Once that reaches
 ``--kl-budget`` the run saves its checkpoint and ends; ``--updates`` is then the most it may take.
 ``eval.json`` says which of the two ended the run. The held-out prompts never decide anything.
 ``--kl-budget off`` trains for exactly ``--updates``.
@@ -39,12 +40,11 @@ from .trainer import PPOConfig
 # The registered algorithms (ppo_lib.policy_gradient), as --algo offers them.
 ALGOS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax")
 
-__all__ = ["PRESETS", "ALGOS", "KL_WINDOW", "kl_estimate", "add_train_parser", "run_training", "write_samples", "truncate_history"]
+__all__ = ["PRESETS", "ALGOS", "KL_WINDOW", "add_train_parser", "run_training", "write_samples", "truncate_history"]
 
 KL_WINDOW = 4
-"""Updates whose training KL the budget's estimate averages. Each update's ``objective/kl`` is the
-mean over its own responses, sampled from the policy before the update; chapter 07, Section 4
-measures this estimate against the held-out KL."""
+"""Updates whose training KL the budget's estimate averages (:class:`ppo_lib.kl.KLBudget`);
+chapter 07, Section 4 measures this estimate against the held-out KL."""
 
 # Each preset: the model, the reward, the most updates, the KL budget (nats per sequence, or None
 # for a fixed number of updates) and the PPOConfig fields it sets.
@@ -82,14 +82,6 @@ def kl_budget(text: str) -> float | str:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expects a positive number of nats per sequence or 'off', got {text!r}")
     return value
-
-
-def kl_estimate(kls: list[float]) -> float | None:
-    """The KL budget's estimate of KL(π ‖ π_ref): the mean of the last :data:`KL_WINDOW` updates'
-    ``objective/kl`` in ``kls`` (one per update, in order), or None before there are that many."""
-    if len(kls) < KL_WINDOW:
-        return None
-    return sum(kls[-KL_WINDOW:]) / KL_WINDOW
 
 
 def build_config(args: argparse.Namespace) -> tuple[dict, PPOConfig]:
@@ -237,6 +229,7 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
 
     matplotlib.use("Agg")
     from .checkpoint import CheckpointError, recover_checkpoint
+    from .kl import KLBudget
     from .plotting.training import plot_history
     from .rewards import get_reward, review_prompts
     from .rollout import tokenize_prompts
@@ -254,11 +247,7 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     history_path, ckpt, evals_path = out / "history.jsonl", out / "checkpoint", out / "evals.jsonl"
-    budget, kls = run.get("kl_budget"), []  # kls: objective/kl of every update so far, for the budget
-
-    def at_budget() -> bool:
-        estimate = kl_estimate(kls)
-        return budget is not None and estimate is not None and estimate >= budget
+    budget = KLBudget(run.get("kl_budget"), KL_WINDOW)
 
     def log_evaluation(evaluation: dict) -> None:  # one line of evals.jsonl (--eval-every), main process only
         if main and args.eval_every:
@@ -284,10 +273,10 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
                       "the last one the checkpoint holds")
             print(f"resumed from {ckpt} at update {trainer.step_count}")
         acc.wait_for_everyone()
-        kls = [json.loads(line)["objective/kl"] for line in history_path.read_text().splitlines()]
-        stopped = at_budget()  # a run that reached its budget stays ended
+        budget.kls = [json.loads(line)["objective/kl"] for line in history_path.read_text().splitlines()]
+        stopped = budget.reached  # a run that reached its budget stays ended
         if stopped and main:
-            print(f"the run ended at its KL budget of {budget:g} nats at update {trainer.step_count}; "
+            print(f"the run ended at its KL budget of {budget.nats:g} nats at update {trainer.step_count}; "
                   "to train on, start a new run in another --out")
     else:
         if main:
@@ -303,10 +292,8 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         n = min(args.save_every - since_save, run["updates"] - trainer.step_count)
         if args.eval_every:
             n = min(n, args.eval_every - trainer.step_count % args.eval_every)
-        if budget is not None:
-            n = 1  # the budget is looked at after every update
-        kls += [stats["objective/kl"] for stats in trainer.train(train_prompts, n, log_path=history_path)]
-        stopped = at_budget()
+        n = len(trainer.train(train_prompts, n, log_path=history_path, stop=budget))
+        stopped = budget.reached
         last_update = trainer.step_count == run["updates"] or stopped
         if args.eval_every and trainer.step_count % args.eval_every == 0 and not last_update:
             # before the checkpoint: a run killed in between redoes both from the last one
@@ -325,7 +312,7 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         before = json.loads((out / "eval_before.json").read_text())
         result = {"before": before, "after": {k: v for k, v in after.items() if k != "samples"},
                   "score_gain": after["score_mean"] - before["score_mean"], "updates": trainer.step_count,
-                  "kl_budget": budget, "kl_estimate": kl_estimate(kls), "ended_by": "kl_budget" if stopped else "updates",
+                  "kl_budget": budget.nats, "kl_estimate": budget.estimate, "ended_by": "kl_budget" if stopped else "updates",
                   "train_seconds": sum(h["time/step"] for h in history)}
         (out / "eval.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))

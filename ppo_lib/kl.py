@@ -30,7 +30,8 @@ shows it on SmolLM2: a one-token std of 1.2 for k3 against 0.72 for k1 at temper
 PPO-Penalty, Eq. (5.11), estimates :math:`\mathrm{KL}(\pi_{\theta_{old}}\|\pi_\theta)` the same way
 (:func:`ppo_lib.losses.ppo_penalty_loss`) and adapts its coefficient with the rule of
 Schulman et al. (2017), Eq. (5.13) (:func:`adaptive_penalty_coef`); RLHF's controller of the KL
-to the reference, Eq. (5.14), is :class:`AdaptiveKLController`.
+to the reference, Eq. (5.14), is :class:`AdaptiveKLController`. :class:`KLBudget` ends a run
+once its KL to the reference reaches a budget (chapter 07, Section 4).
 
 References:
     Schulman (2020), "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html
@@ -55,6 +56,7 @@ __all__ = [
     "adaptive_penalty_coef",
     "FixedKLController",
     "AdaptiveKLController",
+    "KLBudget",
 ]
 
 KL_KINDS = ("k1", "k2", "k3")
@@ -244,3 +246,47 @@ class AdaptiveKLController(FixedKLController):
         error = min(max(current_kl / self.kl_target - 1.0, -self.clip), self.clip)
         self.kl_coef *= 1.0 + error * n_steps / self.kl_horizon
         return self.kl_coef
+
+
+class KLBudget:
+    r"""End training once the policy's KL to :math:`\pi_{ref}` reaches ``nats`` per sequence.
+
+    Pass it as ``PPOTrainer.train(..., stop=budget)``: after each update it records the update's
+    ``objective/kl`` and says whether the budget is reached. The estimate (:attr:`estimate`) is
+    the mean over the last ``window`` updates. Each update's value is the mean over its own
+    responses, sampled from :math:`\pi_{old}`, of :math:`\sum_t \log\pi_{old} - \log\pi_{ref}`:
+    unbiased for :math:`\mathrm{KL}(\pi_{old}\|\pi_{ref})`, but noisy. The window's mean is less
+    noisy and lags the current policy by about ``(window + 1) / 2`` updates. It needs no sampling of
+    its own. Chapter 07 measures it against the held-out KL: with 16 responses per update and a
+    window of 4 it was off by 0.87 nats (standard deviation), about what the held-out measurement
+    itself is uncertain by.
+
+    Args:
+        nats: the budget, in nats per sequence, > 0; None never stops (the estimate is still kept).
+        window: updates the estimate averages, ≥ 1.
+        kls: ``objective/kl`` of the updates before this one, e.g. from a resumed run's history.
+    """
+
+    def __init__(self, nats: float | None, window: int = 4, kls=()):
+        if nats is not None and not (isinstance(nats, (int, float)) and 0 < nats < math.inf):
+            raise ValueError(f"the KL budget must be a positive number of nats per sequence or None, got {nats!r}.")
+        if type(window) is not int or window < 1:
+            raise ValueError(f"the KL budget's window must be an integer ≥ 1 (updates), got {window!r}.")
+        self.nats, self.window, self.kls = nats, window, [float(k) for k in kls]
+
+    @property
+    def estimate(self) -> float | None:
+        """The mean ``objective/kl`` of the last ``window`` updates; None before there are that many."""
+        if len(self.kls) < self.window:
+            return None
+        return sum(self.kls[-self.window :]) / self.window
+
+    @property
+    def reached(self) -> bool:
+        estimate = self.estimate
+        return self.nats is not None and estimate is not None and estimate >= self.nats
+
+    def __call__(self, stats: dict) -> bool:
+        """Record one update's statistics; True once the budget is reached."""
+        self.kls.append(float(stats["objective/kl"]))
+        return self.reached

@@ -673,12 +673,14 @@ class PPOTrainer:
         return stats
 
     def train(self, prompts: Sequence[str], n_updates: int, log_path: str | Path | None = None,
-              callback: Callable[[int, dict], None] | None = None, progress: bool = True) -> list[dict]:
+              callback: Callable[[int, dict], None] | None = None, progress: bool = True,
+              stop: Callable[[dict], bool] | None = None) -> list[dict]:
         """Run ``n_updates`` calls of :meth:`step` on batches drawn from ``prompts``.
 
         Prompts are reshuffled (seeded) each time the list is used up. Each update's stats
         go to a tqdm bar, to ``callback(update, stats)`` (e.g. a live plot), and as one JSON
-        line to ``log_path``. Returns the list of stats.
+        line to ``log_path``; then ``stop(stats)``, if given, may end training early by
+        returning True (e.g. a :class:`ppo_lib.kl.KLBudget`). Returns the list of stats.
         """
         from tqdm.auto import tqdm
 
@@ -706,6 +708,8 @@ class PPOTrainer:
                     f.write(json.dumps(stats) + "\n")
             if callback is not None:
                 callback(self.step_count, stats)
+            if stop is not None and stop(stats):
+                break
         return history
 
     @torch.no_grad()

@@ -117,13 +117,14 @@ def test_a_resumed_run_drops_evaluations_past_its_checkpoint_and_goes_on_evaluat
 
 
 def test_a_kl_budget_ends_the_run_where_its_estimate_first_reaches_it_and_a_resume_keeps_it_ended(tmp_path):
-    from ppo_lib.cli_train import KL_WINDOW, kl_estimate
+    from ppo_lib.cli_train import KL_WINDOW
+    from ppo_lib.kl import KLBudget
 
     args = ARGS[: ARGS.index("--kl-budget")] + ["--updates", "8", "--save-every", "5", "--set", "learning_rate=1e-2"]
     assert main(args + ["--out", str(tmp_path / "free"), "--kl-budget", "off"]) == 0
     free = history(tmp_path / "free")
     kls = [h["objective/kl"] for h in free]
-    estimates = {t: kl_estimate(kls[:t]) for t in range(KL_WINDOW, 9)}
+    estimates = {t: KLBudget(None, KL_WINDOW, kls[:t]).estimate for t in range(KL_WINDOW, 9)}
     end = max(estimates, key=lambda t: (estimates[t], -t))  # the budget is first reached there
     budget = estimates[end]
     assert budget > 0, estimates
@@ -137,14 +138,6 @@ def test_a_kl_budget_ends_the_run_where_its_estimate_first_reaches_it_and_a_resu
     assert json.loads((out / "config.json").read_text())["kl_budget"] == budget
     assert main(["train", "--out", str(out), "--resume", "--updates", "12"]) == 0  # ended: no more updates
     assert len(history(out)) == end
-
-
-def test_kl_estimate_is_the_mean_of_the_last_window():
-    from ppo_lib.cli_train import KL_WINDOW, kl_estimate
-
-    assert KL_WINDOW == 4
-    assert kl_estimate([1.0, 2.0, 3.0]) is None  # too few updates to say
-    assert kl_estimate([9.0, 1.0, 2.0, 3.0, 6.0]) == 3.0
 
 
 def test_a_budget_never_reached_leaves_the_run_as_it_was(tmp_path, straight):

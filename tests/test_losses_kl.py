@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ppo_lib.kl import AdaptiveKLController, FixedKLController, adaptive_penalty_coef, kl_estimate, shape_rewards
+from ppo_lib.kl import (AdaptiveKLController, FixedKLController, KLBudget, adaptive_penalty_coef, kl_estimate,
+                        shape_rewards)
 from ppo_lib.losses import entropy_from_logits, ppo_clip_loss, ppo_penalty_loss, value_loss
 
 
@@ -123,6 +124,27 @@ def test_adaptive_controller_direction_and_clip():
         AdaptiveKLController(0.1, kl_target=0.0, kl_horizon=10)
     with pytest.raises(ValueError, match="finite"):
         c.update(float("nan"), 1)
+
+
+def test_kl_budget_averages_the_last_window_and_says_when_it_is_reached():
+    budget = KLBudget(3.0, window=4)
+    assert [budget({"objective/kl": k}) for k in (9.0, 1.0, 2.0)] == [False] * 3  # too few updates to say
+    assert budget.estimate is None
+    assert budget({"objective/kl": 3.0}) is True and budget.estimate == 15.0 / 4  # 9, 1, 2, 3
+    assert budget({"objective/kl": 0.0}) is False and budget.estimate == 6.0 / 4  # the 9 has left the window
+    resumed = KLBudget(3.0, window=2, kls=[1.0, 5.0])
+    assert resumed.reached and resumed.estimate == 3.0  # a budget is reached when the estimate equals it
+    never = KLBudget(None)
+    assert not any(never({"objective/kl": 1e9}) for _ in range(5)) and never.estimate == 1e9
+
+
+@pytest.mark.parametrize("nats, window, message", [
+    (0.0, 4, "positive number of nats"), (float("nan"), 4, "positive number of nats"), ("6", 4, "positive number"),
+    (6.0, 0, "window must be an integer ≥ 1"), (6.0, 2.5, "window must be an integer ≥ 1"),
+])
+def test_kl_budget_rejects_bad_values(nats, window, message):
+    with pytest.raises(ValueError, match=message):
+        KLBudget(nats, window)
 
 
 # ----------------------------------------------------------------------------- PPO-Penalty, Eq. (5.11), (5.13)

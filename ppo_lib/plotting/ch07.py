@@ -26,7 +26,7 @@ def read_history(path: Path) -> list[dict]:
 
 
 @figure("07_time_breakdown")
-def time_breakdown_figure(runs: tuple[str, ...] = ("sentiment_cpu_seed2", "sentiment_gpu_h200"), skip: int = 1):
+def time_breakdown_figure(runs: tuple[str, ...] = ("ch07_preset_frontier/fixed26_seed2", "sentiment_gpu_h200"), skip: int = 1):
     """Seconds per phase of one update, from committed runs' ``history.jsonl`` (first update left
     out), each labelled with its batch B and response length T (the runs differ in both)."""
     breakdowns = {}
@@ -194,6 +194,22 @@ def preset_trajectories() -> dict[int, list[dict]]:
         seed = json.loads((folder / "config.json").read_text())["seed"]
         runs[seed] = read_history(folder / "evals.jsonl")
     return runs
+
+
+def kl_estimate_errors(windows: tuple[int, ...] = (1, 2, 4, 8), first_update: int = 8) -> dict[int, list[float]]:
+    """How well the training statistic ``objective/kl`` estimates the held-out KL, in the
+    trajectories of :data:`TRAJECTORY_RUNS`: for each window w, the held-out KL minus the mean
+    ``objective/kl`` of the last w updates (:func:`ppo_lib.cli_train.kl_estimate` is w = 4), at
+    every evaluated update from ``first_update`` on, all seeds pooled."""
+    root = figures_dir() / TRAJECTORY_RUNS
+    errors: dict[int, list[float]] = {w: [] for w in windows}
+    for seed, evals in preset_trajectories().items():
+        kls = [h["objective/kl"] for h in read_history(root / f"seed{seed}" / "history.jsonl")]
+        for e in evals:
+            if e["update"] >= max(first_update, *windows):
+                for w in windows:
+                    errors[w].append(e["kl"] - sum(kls[e["update"] - w : e["update"]]) / w)
+    return errors
 
 
 @figure("07_preset_trajectories")
