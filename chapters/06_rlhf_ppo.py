@@ -528,7 +528,8 @@ for label, run in load_hacking_history()["runs"].items():
 # On a GPU (Colab) the next cell runs the `sentiment-gpt2` preset of `ppo_lib.cli_train.PRESETS`: GPT-2 against the
 # DistilBERT IMDB classifier, 64 prompts per update, 150 updates, an adaptive β towards a KL of 6 nats (chapter 05),
 # bf16 autocast, about the setting of the TRL example (Ziegler et al. 2019 used the 774M GPT-2). Offline with a GPU it runs the
-# `sentiment` preset (SmolLM2 + VADER). On a CPU it only says what it would do. For scale: on one H200, 60 updates of
+# `sentiment` preset (SmolLM2 + VADER), which ends once its estimated KL to the reference reaches a budget of 6 nats
+# (`KLBudget`, chapter 07). On a CPU it only says what it would do. For scale: on one H200, 60 updates of
 # SmolLM2 + VADER at 64 responses × 32 tokens took 165 s and raised the held-out mean score from 0.27 to 0.76 at a
 # KL of 7.5 nats (`figures/runs/sentiment_gpu_h200/`, command in the README). The same runs from a terminal,
 # with checkpoints, a history file and held-out samples in a run folder:
@@ -541,18 +542,22 @@ for label, run in load_hacking_history()["runs"].items():
 # %%
 # NBVAL_IGNORE_OUTPUT
 from ppo_lib.cli_train import PRESETS
+from ppo_lib.kl import KLBudget
 
 preset = PRESETS["sentiment-gpt2" if MODEL_NAME == "gpt2" else "sentiment"]
+budget = KLBudget(preset["kl_budget"])  # `sentiment` ends at a KL of 6 nats (chapter 07); None: all the updates
 if torch.cuda.is_available():
     big = build_trainer(preset["model"], REWARD_FN, PPOConfig(**preset["config"]))
     big_before = big.evaluate(review_prompts("heldout"))
-    big_history = big.train(review_prompts("train"), preset["updates"], callback=LivePlot(every=5))
+    big_history = big.train(review_prompts("train"), preset["updates"], callback=LivePlot(every=5), stop=budget)
     big_after = big.evaluate(review_prompts("heldout"))
-    print(f"held-out score {big_before['score_mean']:+.3f} → {big_after['score_mean']:+.3f}, KL {big_after['kl_mean']:.2f} nats")
+    print(f"{len(big_history)} updates; held-out score {big_before['score_mean']:+.3f} → {big_after['score_mean']:+.3f}, "
+          f"KL {big_after['kl_mean']:.2f} nats")
     display(side_by_side(big_before, big_after, n=12))
 else:
-    print(f"No GPU: skipped. On a GPU this cell trains {preset['model']} for {preset['updates']} updates with "
-          f"{preset['config']}.\nCommand-line equivalent: python -m ppo_lib train --preset sentiment")
+    print(f"No GPU: skipped. On a GPU this cell trains {preset['model']} for at most {preset['updates']} updates, "
+          f"ending at a KL budget of {budget.nats} nats, with {preset['config']}.\n"
+          f"Command-line equivalent: python -m ppo_lib train --preset sentiment")
 
 # %% [markdown]
 # ## Summary

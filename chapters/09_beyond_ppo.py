@@ -459,7 +459,7 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 # %%
 summary = full_comparison()
 same = " ".join(f"--set {k}={v}" for k, v in COMPARED_SETTINGS.items())  # the settings every arm was compared at
-print(f"made by: python -m ppo_lib train --preset sentiment --updates 36 {same} --set seed=N "
+print(f"made by: python -m ppo_lib train --preset sentiment --kl-budget off --updates 36 {same} --set seed=N "
       "--out figures/runs/ch09_ppo_seedN  (N = 0, 1, 2)")
 print(f"         python -m ppo_lib compare {same} --out figures/{COMPARE_RUN} --algos rloo,grpo --seeds 0 1 --eval-every 6")
 print(f"         python -m ppo_lib compare {same} --out figures/{MORE_RUNS[0]} --algos reinforce,dr_grpo,remax --seeds 0")
