@@ -19,11 +19,10 @@ K updates and at the end.
 **The KL budget.** The ``sentiment`` preset ends at a KL budget, not after a fixed number of
 updates. After each update the run estimates KL(π ‖ π_ref), in nats per sequence, as the mean of
 the training statistic ``objective/kl`` over the last :data:`KL_WINDOW` updates
-(:class:`ppo_lib.kl.KLBudget`: 64 responses at the preset's batch of 16, and no extra
-computation). Once that reaches
-``--kl-budget`` the run saves its checkpoint and ends; ``--updates`` is then the most it may take.
-``eval.json`` says which of the two ended the run. The held-out prompts never decide anything.
-``--kl-budget off`` trains for exactly ``--updates``.
+(:class:`ppo_lib.kl.KLBudget`: 64 responses at the preset's batch of 16, at no extra cost). Once
+that reaches ``--kl-budget`` the run saves its checkpoint and ends; ``--updates`` is then the most
+it may take. ``eval.json`` says which of the two ended the run. The held-out prompts never decide
+anything. ``--kl-budget off`` trains for exactly ``--updates``.
 """
 
 from __future__ import annotations
@@ -71,7 +70,7 @@ def _parse_value(text: str):
         return text
 
 
-def kl_budget(text: str) -> float | str:
+def _kl_budget_arg(text: str) -> float | str:
     """``--kl-budget``: a positive number of nats per sequence, or ``off``."""
     if text.strip().lower() in ("off", "none"):
         return "off"
@@ -88,10 +87,12 @@ def build_config(args: argparse.Namespace) -> tuple[dict, PPOConfig]:
     """Merge preset < config file < --set into (run settings, PPOConfig), all validated."""
     preset_name = args.preset or "sentiment"
     preset = PRESETS[preset_name]
-    budget = getattr(args, "kl_budget", None)
+    budget = getattr(args, "kl_budget", None)  # None: the preset's; "off": none
+    if budget is None:
+        budget = preset["kl_budget"]
     run = {"model": args.model or preset["model"], "reward": args.reward or preset["reward"],
            "updates": preset["updates"] if args.updates is None else args.updates, "preset": preset_name,
-           "kl_budget": preset["kl_budget"] if budget is None else None if budget == "off" else budget}
+           "kl_budget": None if budget == "off" else budget}
     fields = dict(preset["config"])
     if args.config:
         fields.update(_read_json(Path(args.config), "--config"))
@@ -312,7 +313,8 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         before = json.loads((out / "eval_before.json").read_text())
         result = {"before": before, "after": {k: v for k, v in after.items() if k != "samples"},
                   "score_gain": after["score_mean"] - before["score_mean"], "updates": trainer.step_count,
-                  "kl_budget": budget.nats, "kl_estimate": budget.estimate, "ended_by": "kl_budget" if stopped else "updates",
+                  "kl_budget": budget.nats, "kl_estimate": budget.estimate,
+                  "ended_by": "kl_budget" if stopped else "updates",
                   "train_seconds": sum(h["time/step"] for h in history)}
         (out / "eval.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
@@ -330,7 +332,7 @@ def add_train_parser(sub) -> None:
                    "characters among them), or a Hub sequence-classifier id (overrides the preset)")
     p.add_argument("--updates", type=int, help="number of PPO updates, or the most of them under a KL budget "
                    "(overrides the preset)")
-    p.add_argument("--kl-budget", type=kl_budget, metavar="NATS|off",
+    p.add_argument("--kl-budget", type=_kl_budget_arg, metavar="NATS|off",
                    help=f"end the run once its estimate of the KL to π_ref (the mean training objective/kl of the "
                    f"last {KL_WINDOW} updates) reaches NATS per sequence; 'off' trains for --updates "
                    "(default: the preset's, 6 for sentiment)")

@@ -312,6 +312,15 @@ def test_train_writes_jsonl(tmp_path):
     assert [x["update"] for x in lines] == [1, 2] and "policy/clipfrac" in lines[0]
 
 
+def test_train_ends_early_when_stop_says_so_and_logs_only_what_ran(tmp_path):
+    t = tiny_trainer()
+    seen = []
+    history = t.train(PROMPTS, n_updates=5, log_path=tmp_path / "h.jsonl", progress=False,
+                      stop=lambda stats: seen.append(stats["update"]) or stats["update"] == 2)
+    assert [h["update"] for h in history] == [1, 2] and seen == [1, 2] and t.step_count == 2
+    assert len((tmp_path / "h.jsonl").read_text().splitlines()) == 2
+
+
 def test_cli_train_writes_a_run_folder_and_refuses_to_overwrite(tmp_path):
     from ppo_lib.__main__ import main
 
