@@ -111,8 +111,9 @@ assert abs(sum(live[p] for p in live if p != "step") - live["step"]) < 1e-6  # t
 fig = plot_time_breakdown({"tiny-gpt2 (live)": live}, share=True)
 
 # %% [markdown]
-# A random 2-layer model says little about a real one. The committed runs of chapter 06's `sentiment` preset
-# (SmolLM2-135M, B = 16, T = 24) on a 2-core CPU and on an H200:
+# A random 2-layer model says little about a real one. Two committed runs of chapter 06's `sentiment` task
+# (SmolLM2-135M), one on a 2-core CPU (B = 16, T = 24; a seed of the preset before its KL budget, Section 4) and one on
+# an H200:
 
 # %%
 fig = render("07_time_breakdown")

@@ -138,14 +138,17 @@ def sqrt_kl_fit(points: list[dict], kl: float = 8.0, n_boot: int = 2000, seed: i
 
 
 @figure("07_preset_frontier")
-def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, ref_score: float = 0.191):
+def preset_frontier(kl_limit: float = 8.0, target_score: float | None = 0.60, ref_score: float | None = None):
     """Held-out score gain against KL for every committed run of the ``sentiment`` preset and its
     variants, a marker per setting and a colour per β, with the fit gain = α √KL
     (:func:`sqrt_kl_fit`) and its bootstrap band for each β with at least three runs. Dotted
-    guides: the KL budget and the gain that reaches ``target_score`` from π_ref's ``ref_score``
-    (π_ref's held-out score in the preset's committed seeds; None: no guide)."""
+    guides: the KL limit and the gain that reaches ``target_score`` (None: no guide) from π_ref's
+    ``ref_score`` (default: its mean held-out score in the preset's committed seeds)."""
     import numpy as np
 
+    if ref_score is None:
+        befores = [figures_dir() / f / "eval_before.json" for f in PRESET_RUNS.values()]
+        ref_score = float(np.mean([json.loads(b.read_text())["score_mean"] for b in befores if b.exists()]))
     points = preset_frontier_points()
     betas = sorted({p["kl_coef"] for p in points})
     colour = {b: f"C{i}" for i, b in enumerate(betas)}
@@ -160,13 +163,13 @@ def preset_frontier(kl_budget: float = 8.0, target_score: float | None = 0.60, r
         mine = [p for p in points if p["kl_coef"] == beta]
         if len(mine) < 3:
             continue
-        fit = sqrt_kl_fit(mine, kl=kl_budget)
+        fit = sqrt_kl_fit(mine, kl=kl_limit)
         ax.plot(kl, fit["alpha"] * np.sqrt(kl), "-", color=colour[beta], lw=1,
                 label=f"β = {beta:g}, {len(mine)} runs: gain = {fit['alpha']:.3f} √KL")
-        lo, hi = fit["low"] / np.sqrt(kl_budget), fit["high"] / np.sqrt(kl_budget)  # the bootstrap band of α
+        lo, hi = fit["low"] / np.sqrt(kl_limit), fit["high"] / np.sqrt(kl_limit)  # the bootstrap band of α
         ax.fill_between(kl, lo * np.sqrt(kl), hi * np.sqrt(kl), color=colour[beta], alpha=0.12, lw=0)
-    ax.axvline(kl_budget, color="0.5", ls=":", lw=1)
-    ax.text(kl_budget + 0.1, 0.02, f"KL budget, {kl_budget:g} nats", fontsize=8, color="0.35")
+    ax.axvline(kl_limit, color="0.5", ls=":", lw=1)
+    ax.text(kl_limit + 0.1, 0.02, f"KL limit, {kl_limit:g} nats", fontsize=8, color="0.35")
     if target_score is not None:
         ax.axhline(target_score - ref_score, color="0.5", ls=":", lw=1)
         ax.text(0.2, target_score - ref_score + 0.008, f"the gain from {ref_score:.3f} to a score of {target_score:.2f}",
