@@ -433,9 +433,9 @@ fig = render("09_reward_kl_frontier", summary=live, title="live: tiny-gpt2, lowe
 #
 # * **PPO** is the `sentiment` preset as it stood when this comparison ran (shared value head, lr
 #   $2.5\times10^{-5}$ with a 6-update warm-up), three seeds, evaluated at the end. Chapter 07 has since given the
-#   preset a 12-update warm-up, a smaller $\eta$ and $\beta$ and 26 updates; every arm here keeps the settings it
-#   was compared at, which `--set learning_rate=2.5e-5 --set lr_warmup_updates=6 --set kl_coef=0.05` restores
-#   (`COMPARED_SETTINGS`);
+#   preset a 12-update warm-up, a smaller $\eta$ and $\beta$, and a KL budget that ends its runs at 6 nats; every arm
+#   here keeps the settings it was compared at, which `--set learning_rate=2.5e-5 --set lr_warmup_updates=6 --set
+#   kl_coef=0.05` restores (`COMPARED_SETTINGS`; a `train` run also needs `--kl-budget off --updates 36`);
 # * **RLOO** and **GRPO** spend the same 16 responses per update on 4 prompts × $k = 4$ samples, with the preset's
 #   other settings, two seeds, `python -m ppo_lib compare ... --eval-every 6`: besides the final evaluation, the
 #   64 held-out prompts are scored every 6 updates, so each run leaves a **trajectory** on the reward–KL plane

@@ -48,7 +48,7 @@ chapter 07, Section 4 measures this estimate against the held-out KL."""
 # Each preset: the model, the reward, the most updates, the KL budget (nats per sequence, or None
 # for a fixed number of updates) and the PPOConfig fields it sets.
 PRESETS: dict[str, dict] = {
-    "sentiment": {  # offline, a laptop CPU: ~8 minutes on 2 cores (figures/runs/sentiment_cpu*/, 5 seeds)
+    "sentiment": {  # offline, a laptop CPU: 6–15 minutes on 2 cores (figures/runs/sentiment_cpu*/, 5 seeds)
         "model": "smollm2-135m", "reward": "vader", "updates": 40, "kl_budget": 6.0,
         "config": dict(batch_size=16, max_new_tokens=24, temperature=0.7, ppo_epochs=2, num_minibatches=2,
                        learning_rate=2e-5, lr_warmup_updates=12, kl_coef=0.02, vf_coef=0.1, gamma=1.0, lam=0.95),

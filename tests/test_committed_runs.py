@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ppo_lib.cli_train import KL_CHECK_EVERY, PRESETS
+from ppo_lib.cli_train import KL_WINDOW, PRESETS
+from ppo_lib.kl import KLBudget
 from ppo_lib.plotting.ch07 import PRESET_RUNS
 from ppo_lib.plotting.ch08 import KL_SWEEPS
 from ppo_lib.plotting.ch09 import COMPARE_RUN, COMPARED_SETTINGS, DPO_RUN, MEMORY_RUN, MORE_RUNS, PPO_RUNS, full_comparison
@@ -37,7 +38,7 @@ def read(folder: str, name: str) -> dict:
 
 def check_train_run(folder: str, seed: int, config: dict, updates: int, kl_budget: float | None = None):
     """``folder`` ran ``config`` with ``seed`` for ``updates`` updates, or, under a KL budget, until
-    the first check that reached the budget, and at most ``updates``."""
+    the first update whose estimate (:class:`ppo_lib.kl.KLBudget`) reached it, and at most ``updates``."""
     saved = read(folder, "config.json")
     assert saved["preset"] == "sentiment" and saved["model"] == PRESET["model"] and saved["reward"] == PRESET["reward"]
     assert saved["updates"] == updates and saved.get("kl_budget") == kl_budget
@@ -48,14 +49,14 @@ def check_train_run(folder: str, seed: int, config: dict, updates: int, kl_budge
     if kl_budget is None:
         assert done == updates
         return
-    checks = [json.loads(line) for line in (FIGURES / folder / "kl_checks.jsonl").read_text().splitlines()]
-    assert [c["update"] for c in checks] == list(range(KL_CHECK_EVERY, done + 1, KL_CHECK_EVERY))[: len(checks)]
-    assert all(c["kl_mean"] < kl_budget for c in checks[:-1])  # it ran on while under the budget ...
-    ended_by = read(folder, "eval.json")["ended_by"]
-    if ended_by == "kl_budget":  # ... and ended at the first check that reached it
-        assert checks[-1]["update"] == done and checks[-1]["kl_mean"] >= kl_budget
+    kls = [json.loads(line)["objective/kl"] for line in history]
+    reached = [KLBudget(kl_budget, KL_WINDOW, kls[:t]).reached for t in range(1, done + 1)]
+    result = read(folder, "eval.json")
+    assert not any(reached[:-1])  # it ran on while under the budget ...
+    if result["ended_by"] == "kl_budget":  # ... and ended at the first update that reached it
+        assert reached[-1] and result["kl_estimate"] == pytest.approx(sum(kls[-KL_WINDOW:]) / KL_WINDOW, rel=1e-12)
     else:
-        assert ended_by == "updates" and done == updates and checks[-1]["kl_mean"] < kl_budget
+        assert result["ended_by"] == "updates" and done == updates
 
 
 @pytest.mark.parametrize("seed", sorted(PRESET_RUNS))
