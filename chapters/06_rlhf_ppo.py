@@ -555,8 +555,9 @@ if torch.cuda.is_available():
           f"KL {big_after['kl_mean']:.2f} nats")
     display(side_by_side(big_before, big_after, n=12))
 else:
-    print(f"No GPU: skipped. On a GPU this cell trains {preset['model']} for at most {preset['updates']} updates, "
-          f"ending at a KL budget of {budget.nats} nats, with {preset['config']}.\n"
+    until = f"at most {preset['updates']} updates, ending at a KL budget of {budget.nats} nats" if budget.nats \
+        else f"{preset['updates']} updates"
+    print(f"No GPU: skipped. On a GPU this cell trains {preset['model']} for {until}, with {preset['config']}.\n"
           f"Command-line equivalent: python -m ppo_lib train --preset sentiment")
 
 # %% [markdown]
