@@ -475,7 +475,9 @@ for seed, evals in trajectories.items():
 fig = render("07_preset_trajectories")
 
 # %% [markdown]
-# Each line reads *update: held-out score @ KL*.
+# Each line reads *update: held-out score @ KL*. (In the figure, the thin black lines and the stars are the five
+# committed seeds of the preset as it is now, with the KL budget introduced below: their training estimate of the
+# KL, and their final held-out evaluations.)
 #
 # * **The runs sit on a higher curve.** Along the way every seed gained 0.185–0.191 per $\sqrt{\mathrm{KL}}$
 #   (a least-squares fit through the origin over its evaluations), above the 0.161 ± 0.011 of the seven runs at

@@ -17,7 +17,7 @@ from .ch09 import PPO_RUNS
 PRESET_RUNS = {0: "runs/sentiment_cpu", **{s: f"runs/sentiment_cpu_seed{s}" for s in range(1, 5)}}
 """The ``sentiment`` preset's committed seeds, relative to ``figures/``
 (``python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...``);
-each ends at the preset's KL budget (``kl_checks.jsonl``) or after its most updates."""
+each ends at the preset's KL budget or after its most updates (``eval.json`` says which)."""
 
 
 def read_history(path: Path) -> list[dict]:
@@ -202,8 +202,10 @@ def preset_trajectories() -> dict[int, list[dict]]:
 def kl_estimate_errors(windows: tuple[int, ...] = (1, 2, 4, 8), first_update: int = 8) -> dict[int, list[float]]:
     """How well the training statistic ``objective/kl`` estimates the held-out KL, in the
     trajectories of :data:`TRAJECTORY_RUNS`: for each window w, the held-out KL minus the mean
-    ``objective/kl`` of the last w updates (:func:`ppo_lib.cli_train.kl_estimate` is w = 4), at
-    every evaluated update from ``first_update`` on, all seeds pooled."""
+    ``objective/kl`` of the last w updates (the estimate of :class:`ppo_lib.kl.KLBudget`), at every
+    evaluated update from ``first_update`` on, all seeds pooled."""
+    from ..kl import KLBudget
+
     root = figures_dir() / TRAJECTORY_RUNS
     errors: dict[int, list[float]] = {w: [] for w in windows}
     for seed, evals in preset_trajectories().items():
@@ -211,7 +213,7 @@ def kl_estimate_errors(windows: tuple[int, ...] = (1, 2, 4, 8), first_update: in
         for e in evals:
             if e["update"] >= max(first_update, *windows):
                 for w in windows:
-                    errors[w].append(e["kl"] - sum(kls[e["update"] - w : e["update"]]) / w)
+                    errors[w].append(e["kl"] - KLBudget(None, w, kls[: e["update"]]).estimate)
     return errors
 
 
@@ -219,10 +221,11 @@ def kl_estimate_errors(windows: tuple[int, ...] = (1, 2, 4, 8), first_update: in
 def preset_trajectories_figure(kl_limit: float = 8.0, target_score: float = 0.60):
     """The held-out score and KL of :func:`preset_trajectories` against the update (left) and on the
     reward–KL plane (right). Dashed: the preset's KL budget; dotted: the ``kl_limit`` and
-    ``target_score`` it must meet. Left, crosses: the committed seeds' checks of the budget
-    (``kl_checks.jsonl``, training prompts); right, stars: their final held-out evaluations
-    (:data:`PRESET_RUNS`)."""
-    from ..cli_train import PRESETS
+    ``target_score`` it must meet. Left, black: the committed seeds' estimate of the KL
+    (:class:`ppo_lib.kl.KLBudget`, from their training statistics) up to the update that reached
+    the budget; right, stars: their final held-out evaluations (:data:`PRESET_RUNS`)."""
+    from ..cli_train import KL_WINDOW, PRESETS
+    from ..kl import KLBudget
 
     budget = PRESETS["sentiment"]["kl_budget"]
     runs = preset_trajectories()
@@ -235,11 +238,12 @@ def preset_trajectories_figure(kl_limit: float = 8.0, target_score: float = 0.60
                label=f"seed {seed} (1 thread)")
     for seed, folder in PRESET_RUNS.items():
         first = seed == min(PRESET_RUNS)
-        checks = figures_dir() / folder / "kl_checks.jsonl"
-        if checks.exists():
-            lines = read_history(checks)
-            a.plot([c["update"] for c in lines], [c["kl_mean"] for c in lines], "x-", color="k", ms=5, lw=0.6,
-                   alpha=0.6, label="the committed seeds' checks" if first else None)
+        history = figures_dir() / folder / "history.jsonl"
+        if history.exists():
+            kls = [h["objective/kl"] for h in read_history(history)]
+            updates = range(KL_WINDOW, len(kls) + 1)
+            a.plot(list(updates), [KLBudget(None, KL_WINDOW, kls[:u]).estimate for u in updates], "-", color="k",
+                   lw=0.8, alpha=0.6, label="the committed seeds' estimate (training)" if first else None)
         path = figures_dir() / folder / "eval.json"
         if path.exists():
             ev = json.loads(path.read_text())["after"]
