@@ -436,9 +436,9 @@ fig = render("07_preset_frontier")
 #   two at $4\times10^{-5}$) lie at 0.06–0.14, mean 0.102 ± 0.017, and stop earlier, at 4.5–7.9 nats. The differences
 #   from $\beta = 0.05$ are +0.031 ± 0.008 and −0.041 ± 0.018: 3.9 and 2.3 standard errors. For $\beta = 0.02$ that
 #   mixes in the smaller $\eta$; the seven runs at the same $\eta$ alone are only 1.5 standard errors above, so read it
-#   as a trend that more seeds could still undo. It runs against Gao et al. (2022), who saw a larger penalty *raise* the optimised (proxy)
-#   reward reached at a given KL, and against chapter 08, whose proxy-against-KL curves overlapped for $\beta$ = 0,
-#   0.02 and 0.1. One possible reason, which we did not test: the penalty of each token is computed from the sampled
+#   as a trend that more seeds could still undo. It runs against Gao et al. (2022), who saw a larger penalty *raise*
+#   the optimised (proxy) reward reached at a given KL, and against chapter 08, whose proxy-against-KL curves
+#   overlapped for $\beta$ = 0, 0.02 and 0.1. One possible reason, which we did not test: the penalty of each token is computed from the sampled
 #   token's log-ratio, a noisy estimate of the KL, and $\beta$ scales that noise into every token's reward.
 # * **The target lies past 8 nats at $\beta = 0.05$.** Its fit predicts a gain of +0.40 (95 % interval +0.38 to
 #   +0.43) at exactly 8 nats: a score of 0.58 (0.56–0.61) from the 0.183 of $\pi_{ref}$ in today's committed seeds,
@@ -499,7 +499,7 @@ fig = render("07_preset_trajectories")
 # One update's value is noisy: the KL of one response spreads with a standard deviation of about 4 nats at 5 nats
 # (the held-out samples of the committed runs), so 16 of them leave a standard error of about 1 nat. Averaging the
 # last $w$ updates divides that by about $\sqrt{w}$, but each update's responses came from an older policy, so the
-# mean lags the current one by about $(w+1)/2$ updates, while the KL grows by 0.3–0.7 nats an update late in a run.
+# mean lags the current one by about $(w+1)/2$ updates, while the KL grows by a few tenths of a nat an update.
 # The trajectories measure both at once: at each evaluated update from 8 on, the held-out KL minus the mean
 # `objective/kl` of the last $w$ updates (`ppo_lib.plotting.ch07.kl_estimate_errors`). The held-out KL has its own
 # standard error of about 0.5 nats, so no window can do better than that.
@@ -517,19 +517,19 @@ print(f"the preset: {PRESETS['sentiment']['updates']} updates at most, KL budget
 # %% [markdown]
 # One update alone is off by up to 3.5 nats; two to four updates bring the spread down to 0.87 nats, most of which is
 # the held-out evaluation's own noise; eight lag by 0.7 nats on average. `python -m ppo_lib train` therefore takes the
-# mean `objective/kl` of the last four updates (`kl_estimate`, 64 responses, as many as the held-out evaluation),
+# mean `objective/kl` of the last four updates (`ppo_lib.kl.KLBudget`: 64 responses, as many as the held-out evaluation),
 # looks at it after every update, and ends the run, checkpoint and final evaluation included, once it reaches
 # `--kl-budget`. It costs nothing, and the held-out prompts never decide anything. The `sentiment` preset sets a
 # budget of 6 nats, with 40 updates as a ceiling it should not reach (`--kl-budget off --updates 26` gives back the
-# fixed count). Why 6: the trajectories' seeds scored 0.56–0.70 at 5.1–7.1 nats (0.63 on average), and a spread of 0.87 nats between
-# estimate and held-out KL puts 8 nats more than two standard deviations above the budget. This is not the adaptive
+# fixed count). Why 6: the trajectories' seeds scored 0.56–0.70 at 5.1–7.1 nats (0.63 on average), and a spread of
+# 0.87 nats between estimate and held-out KL puts 8 nats more than two standard deviations above the budget. This is not the adaptive
 # controller of chapter 05, which moves $\beta$ to steer the KL towards a target and so changes the objective during
 # the run; the budget keeps the objective fixed and chooses only where to stop.
 #
 # **The preset today.** `--preset sentiment` is $\beta = 0.02$, $\eta = 2\times10^{-5}$ after a 12-update warm-up,
 # and a KL budget of 6 nats within at most 40 updates, its other settings unchanged. Its committed benchmark was
-# rerun with it, five seeds one after the other on an idle 2-core machine (`python -m ppo_lib train --preset sentiment
-# --set seed=N`, folders `figures/runs/sentiment_cpu*/`):
+# rerun with it, five seeds one after the other on a 2-core machine, another one than before (see "Time" below;
+# `python -m ppo_lib train --preset sentiment --set seed=N`, folders `figures/runs/sentiment_cpu*/`):
 
 # %%
 for seed, folder in PRESET_RUNS.items():
