@@ -34,6 +34,7 @@ import os
 import time
 from pathlib import Path
 
+from .kl import KL_BUDGET_WINDOW
 from .trainer import PPOConfig
 
 # The registered algorithms (ppo_lib.policy_gradient), as --algo offers them.
@@ -41,7 +42,7 @@ ALGOS = ("ppo", "reinforce", "rloo", "grpo", "dr_grpo", "remax")
 
 __all__ = ["PRESETS", "ALGOS", "KL_WINDOW", "add_train_parser", "run_training", "write_samples", "truncate_history"]
 
-KL_WINDOW = 4
+KL_WINDOW = KL_BUDGET_WINDOW
 """Updates whose training KL the budget's estimate averages (:class:`ppo_lib.kl.KLBudget`);
 chapter 07, Section 4 measures this estimate against the held-out KL."""
 

@@ -57,9 +57,12 @@ __all__ = [
     "FixedKLController",
     "AdaptiveKLController",
     "KLBudget",
+    "KL_BUDGET_WINDOW",
 ]
 
 KL_KINDS = ("k1", "k2", "k3")
+KL_BUDGET_WINDOW = 4
+"""Updates whose training KL a :class:`KLBudget` averages by default (chapter 07 measures the choice)."""
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_estimator: str = "k1") -> torch.Tensor:
@@ -267,7 +270,7 @@ class KLBudget:
         kls: ``objective/kl`` of the updates before this one, e.g. from a resumed run's history.
     """
 
-    def __init__(self, nats: float | None, window: int = 4, kls=()):
+    def __init__(self, nats: float | None, window: int = KL_BUDGET_WINDOW, kls=()):
         if nats is not None and not (isinstance(nats, (int, float)) and 0 < nats < math.inf):
             raise ValueError(f"the KL budget must be a positive number of nats per sequence or None, got {nats!r}.")
         if type(window) is not int or window < 1:

@@ -29,13 +29,13 @@ MEMORY_RUN = "runs/ch09_memory"
 """Seconds and peak memory per update of every arm, measured in one short run."""
 PPO_RUNS = {0: "runs/ch09_ppo_seed0", 1: "runs/ch09_ppo_seed1", 2: "runs/ch09_ppo_seed2"}
 """The PPO arm: the ``sentiment`` preset as it was when the comparison ran, which is the configuration
-every arm shares (``COMPARED_SETTINGS``): ``python -m ppo_lib train --preset sentiment --updates 36
+every arm shares (``COMPARED_SETTINGS``): ``python -m ppo_lib train --preset sentiment --kl-budget off --updates 36
 --set learning_rate=2.5e-5 --set lr_warmup_updates=6 --set kl_coef=0.05 --set seed=N``. Chapter 07 has
 since lengthened the preset's warm-up and lowered its η and β (its own seeds are
 ``figures/runs/sentiment_cpu*/``)."""
 COMPARED_SETTINGS = {"learning_rate": 2.5e-5, "lr_warmup_updates": 6, "kl_coef": 0.05}
 """What the comparison's shared configuration sets on top of today's ``sentiment`` preset (pass them
-to ``compare`` and ``train`` with ``--set``; ``train`` also needs ``--updates 36``)."""
+to ``compare`` and ``train`` with ``--set``; ``train`` also needs ``--kl-budget off --updates 36``)."""
 
 
 def load_summary(folder: str | Path | None = None) -> dict:
