@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
+import statistics
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -39,7 +42,11 @@ __all__ = [
     "sample",
     "draw_tokens",
     "multinomial_tokens",
+    "PRODUCTS",
     "packed_linears",
+    "transposed_linears",
+    "fastest_products",
+    "decode_products",
     "truncate_after_eos",
     "forward_response",
     "critic_values",
@@ -191,6 +198,20 @@ def _packed_forward(linear: nn.Linear, packed: torch.Tensor, rows: int, x: torch
     return torch.ops.mkl._mkl_linear(x, packed, linear.weight, linear.bias, rows)
 
 
+def _cpu_linears(model: nn.Module) -> list[nn.Linear]:
+    """The layers a decode step's product forms apply to: float32 ``nn.Linear`` on a CPU, whose
+    ``forward`` is not already replaced, outside autograd and autocast (else none)."""
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        return []
+    return [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.device.type == "cpu"
+            and m.weight.dtype == torch.float32 and "forward" not in vars(m)]
+
+
+def _mkl_packing() -> bool:
+    """Whether this torch has MKL's packed GEMM (x86 builds)."""
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
 @contextlib.contextmanager
 def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterator[int]:
     """Inside the block, every float32 ``nn.Linear`` of ``model`` on a CPU multiplies inputs of
@@ -210,10 +231,7 @@ def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterato
 
     Yields the number of layers packed (0 when nothing applies).
     """
-    usable = (enabled and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-              and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"))
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m.weight.device.type == "cpu"
-               and m.weight.dtype == torch.float32 and "forward" not in vars(m)] if usable else []
+    linears = _cpu_linears(model) if enabled and _mkl_packing() else []
     for m in linears:  # an instance attribute shadows nn.Linear.forward for this module only
         packed = torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), rows)
         m.forward = lambda x, m=m, packed=packed: _packed_forward(m, packed, rows, x)
@@ -222,6 +240,111 @@ def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterato
     finally:
         for m in linears:
             del m.forward
+
+def _transposed_forward(linear: nn.Linear, rows: int, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.float32 or x.shape[:-1].numel() != rows:  # another shape: the plain product
+        return F.linear(x, linear.weight, linear.bias)
+    y = torch.mm(linear.weight, x.reshape(rows, -1).t()).t()  # (W xᵀ)ᵀ = x Wᵀ, (rows, out)
+    if linear.bias is not None:
+        y = y + linear.bias
+    return y.contiguous().view(*x.shape[:-1], -1)
+
+
+@contextlib.contextmanager
+def transposed_linears(model: nn.Module, rows: int) -> Iterator[int]:
+    """Inside the block, every float32 ``nn.Linear`` of ``model`` on a CPU multiplies inputs of
+    ``rows`` rows as ``(W xᵀ)ᵀ`` instead of ``x Wᵀ`` (chapter 07, Section 11): the same product,
+    handed to the BLAS as a tall matrix times a thin one instead of a thin one times a wide one,
+    so it runs other kernels. Nothing is copied. The results differ from the plain product's by
+    rounding only (about 1e-5 in a SmolLM2 log-prob), since the sums are taken in another order.
+
+    On the 2-core AMD EPYC without AVX-512 measured in chapter 07 this form was the fastest of
+    the three, and MKL's packed one the slowest; on the Intel Xeon the packed one was faster
+    than the plain one. Which wins depends on the CPU: :func:`fastest_products` measures it.
+    Other shapes, dtypes, gradients, autocast or a GPU keep the plain product.
+
+    Yields the number of layers changed (0 when nothing applies).
+    """
+    linears = _cpu_linears(model)
+    for m in linears:  # an instance attribute shadows nn.Linear.forward for this module only
+        m.forward = lambda x, m=m: _transposed_forward(m, rows, x)
+    try:
+        yield len(linears)
+    finally:
+        for m in linears:
+            del m.forward
+
+
+PRODUCTS = ("plain", "packed", "transposed", "auto")
+_FORMS = {"plain": lambda model, rows: contextlib.nullcontext(0), "packed": packed_linears,
+          "transposed": transposed_linears}
+_FASTEST: dict = {}  # (weight shapes, rows, steps, threads) -> (form, {form: ms per decode step})
+AUTO_MARGIN = 0.95  # "auto" leaves the plain product only for a form at least 5 % faster
+log = logging.getLogger(__name__)
+
+
+def fastest_products(model: nn.Module, rows: int, steps: int = 1, rounds: int = 3) -> tuple[str, dict[str, float]]:
+    """Measure, on this machine, each form of the decode step's products ("plain",
+    "transposed", and "packed" where MKL has it) over all the float32 CPU ``nn.Linear`` layers
+    of ``model`` at ``rows`` rows, and return the fastest with the measured milliseconds per
+    decode step: ``(form, {form: ms})``.
+
+    Each form's time is one pass over the layers (after one untimed pass) plus its set-up
+    (packing the weights, for "packed") shared among ``steps`` decode steps; ``rounds``
+    interleaved rounds, medians. A form other than "plain" is chosen only if it is at least
+    5 % faster (:data:`AUTO_MARGIN`), so close timings keep the plain product. The result is
+    cached per layer shapes, rows, steps and thread count, so a process measures once (about
+    3 s for SmolLM2 at 16 rows on 2 cores). The inputs come from a private generator: the
+    global random stream is untouched. Without such layers (a GPU model) it returns ``("plain", {})``.
+    """
+    linears = _cpu_linears(model)
+    if not linears:
+        return "plain", {}
+    key = (tuple(tuple(m.weight.shape) for m in linears), rows, steps, torch.get_num_threads())
+    if key not in _FASTEST:
+        g = torch.Generator().manual_seed(0)
+        inputs = {m.in_features: torch.randn(rows, m.in_features, generator=g) for m in linears}
+        forms = [f for f in _FORMS if f != "packed" or _mkl_packing()]
+        seconds = {f: [] for f in forms}
+        for r in range(rounds):
+            for f in forms[r % len(forms):] + forms[: r % len(forms)]:  # rotate the order every round
+                t0 = time.perf_counter()
+                with _FORMS[f](model, rows):
+                    t_setup = time.perf_counter() - t0
+                    for m in linears:  # untimed: the first call of a kernel
+                        m(inputs[m.in_features])
+                    t1 = time.perf_counter()
+                    for m in linears:
+                        m(inputs[m.in_features])
+                    seconds[f].append(time.perf_counter() - t1 + t_setup / steps)
+        ms = {f: statistics.median(s) * 1e3 for f, s in seconds.items()}
+        _FASTEST[key] = _choose(ms), ms
+        log.info("decode-step products at %d rows: %s (ms per step: %s)", rows, _FASTEST[key][0],
+                 ", ".join(f"{f} {t:.1f}" for f, t in ms.items()))
+    return _FASTEST[key]
+
+
+def _choose(ms: dict[str, float]) -> str:
+    """The fastest form in ``ms`` (form -> time), unless it beats "plain" by less than 5 %."""
+    best = min(ms, key=ms.get)
+    return "plain" if ms[best] > AUTO_MARGIN * ms["plain"] else best
+
+
+@contextlib.contextmanager
+def decode_products(model: nn.Module, rows: int, products: str = "packed", steps: int = 1) -> Iterator[str]:
+    """Run the block with the decode step's products in the form ``products`` (:data:`PRODUCTS`):
+    "plain" (``F.linear``), "packed" (:func:`packed_linears`), "transposed"
+    (:func:`transposed_linears`) or "auto" (the one :func:`fastest_products` measures fastest
+    here, for ``steps`` decode steps per block). All compute the same products, up to rounding;
+    each leaves what it cannot speed up (a GPU, other dtypes, gradients) to the plain product.
+    Yields the form used.
+    """
+    if products not in PRODUCTS:
+        raise ValueError(f"products must be one of {PRODUCTS}, got {products!r}.")
+    if products == "auto":
+        products = fastest_products(model, rows, steps)[0]
+    with _FORMS[products](model, rows):
+        yield products
 
 
 def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int):
@@ -260,7 +383,7 @@ def sample(
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
     draw: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = draw_tokens,
-    packed: bool = True,
+    products: str = "packed",
 ) -> Rollout:
     """Sample responses token by token with a KV cache.
 
@@ -279,8 +402,10 @@ def sample(
             is an ActorCritic with a shared value head, V(s_t) in ``Rollout.old_values``.
         draw: ``(probs (B, V), generator) -> tokens (B, 1)``; :func:`draw_tokens` (one uniform
             number per row) or :func:`multinomial_tokens`.
-        packed: on a CPU, run the linear layers through MKL's packed GEMM
-            (:func:`packed_linears`): the same products, faster; False for the plain ones.
+        products: on a CPU, the form of the decode steps' linear products
+            (:func:`decode_products`): "packed" (MKL's packed GEMM, :func:`packed_linears`),
+            "transposed" (:func:`transposed_linears`), "plain", or "auto" (the fastest here,
+            measured once per process). The same products up to rounding; only the speed differs.
 
     Returns:
         A :class:`Rollout`. T shrinks to the longest response when every row stopped early.
@@ -296,7 +421,7 @@ def sample(
     shared_head = return_logprobs and isinstance(model, ActorCritic) and model.critic is None
     done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     tokens, logprobs, values = [], [], []
-    with packed_linears(lm, prompt_ids.shape[0], enabled=packed):  # the same products, faster on a CPU
+    with decode_products(lm, prompt_ids.shape[0], products, max_new_tokens):  # the same products, faster on a CPU
         for _ in range(max_new_tokens):
             # logits_to_keep=1: the prompt's pass computes logits for its last column only
             out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1,

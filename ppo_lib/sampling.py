@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .models import ActorCritic
-from .rollout import (Rollout, _filter_logits, _kv_cache, draw_tokens, packed_linears, position_ids_from_mask, sample,
+from .rollout import (Rollout, _filter_logits, _kv_cache, decode_products, draw_tokens, position_ids_from_mask, sample,
                       truncate_after_eos)
 
 __all__ = ["SAMPLERS", "sample_static", "get_sampler"]
@@ -110,7 +110,7 @@ def sample_static(
     cuda_graph: bool = False,
     compile_cpu: bool = False,
     draw: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] = draw_tokens,
-    packed: bool = True,
+    products: str = "packed",
 ) -> Rollout:
     """:func:`ppo_lib.rollout.sample` with a preallocated cache and fixed shapes: same arguments,
     same :class:`~ppo_lib.rollout.Rollout`, same tokens for the same generator.
@@ -124,7 +124,8 @@ def sample_static(
             mode; needs a C++ compiler). The first call at each prompt length pays the
             compilation (43 s for SmolLM2 on 2 cores); the trainer does not use it.
         draw: how each step's token is drawn, as in :func:`~ppo_lib.rollout.sample`.
-        packed: MKL's packed products on a CPU, as in :func:`~ppo_lib.rollout.sample`.
+        products: the form of the decode steps' products on a CPU, as in
+            :func:`~ppo_lib.rollout.sample`.
 
     Shapes: ``prompt_ids``/``prompt_mask`` ``(B, P)``; every decode step sees ``input_ids`` and
     ``position_ids`` ``(B, 1)``, an attention mask ``(B, P + T)`` and a cache of ``P + T`` slots.
@@ -155,7 +156,7 @@ def sample_static(
     done = torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
     ended_at = torch.full((B,), T, dtype=torch.long, device=prompt_ids.device)  # step of each row's first EOS
     # The prompt's pass (the prefill) has its own shape and runs uncompiled.
-    with packed_linears(lm, B, enabled=packed):  # a CPU only (a compiled step calls the packed product too)
+    with decode_products(lm, B, products, T):  # a CPU only (a compiled step calls these products too)
         logits, hidden = forward(ids, position_ids, attention_mask[:, :P])
         for t in range(T):
             scaled = logits / temperature  # (B, V)

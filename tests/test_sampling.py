@@ -7,9 +7,10 @@ the eager one's over the P + t filled ones, and the float32 sums run in another 
 (measured: 5e-7 on tiny-gpt2, 2e-5 on SmolLM2, whose log-probs are ≈ -5; see
 figures/runs/ch07_sampler/).
 
-The packed products (ppo_lib.rollout.packed_linears, MKL's packed GEMM on a CPU) are checked on a
-tiny Llama, whose layers are all nn.Linear: same tokens as the plain products, fresh weights at
-every entry, the layers restored on exit."""
+The other forms of the decode step's products (ppo_lib.rollout.decode_products: MKL's packed GEMM,
+the transposed product, and "auto", which times them) are checked on a tiny Llama, whose layers are
+all nn.Linear: same tokens as the plain products, fresh weights at every entry, the layers restored
+on exit."""
 
 import shutil
 
@@ -17,7 +18,9 @@ import pytest
 import torch
 
 from ppo_lib.models import load_policy
-from ppo_lib.rollout import draw_tokens, multinomial_tokens, packed_linears, sample, tokenize_prompts
+from ppo_lib import rollout
+from ppo_lib.rollout import (decode_products, draw_tokens, fastest_products, multinomial_tokens, packed_linears, sample,
+                             tokenize_prompts, transposed_linears)
 from ppo_lib.sampling import get_sampler, sample_static
 from tiny import PROMPTS
 
@@ -145,15 +148,16 @@ def linears(lm):
     return [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
 
 
-@needs_mkl
+@pytest.mark.parametrize("products", [pytest.param("packed", marks=needs_mkl), "transposed", "auto"])
 @pytest.mark.parametrize("sampler", [sample, sample_static], ids=["eager", "static"])
-def test_packed_products_sample_the_same_tokens_as_the_plain_ones(tiny_llama, sampler):
+def test_every_form_of_the_products_samples_the_same_tokens_as_the_plain_ones(tiny_llama, sampler, products):
     lm, tokenizer, ids, mask = tiny_llama
     runs = [sampler(lm, tokenizer, ids, mask, 12, 1.0, generator=torch.Generator().manual_seed(0),
-                    return_logprobs=True, packed=packed) for packed in (False, True)]
+                    return_logprobs=True, products=p) for p in ("plain", products)]
     assert torch.equal(runs[0].response_ids, runs[1].response_ids)
     assert torch.equal(runs[0].response_mask, runs[1].response_mask)
-    torch.testing.assert_close(runs[1].old_logprobs, runs[0].old_logprobs, rtol=0, atol=1e-6)  # measured: 0
+    # measured: 0 packed, 4.8e-7 transposed (the sums in another order)
+    torch.testing.assert_close(runs[1].old_logprobs, runs[0].old_logprobs, rtol=0, atol=1e-5)
 
 
 @needs_mkl
@@ -198,8 +202,8 @@ def test_packed_linears_packs_the_weights_as_they_are_at_each_entry(tiny_llama):
             after = lm.model.layers[0].mlp.up_proj(x)
     assert (plain - before).abs().max() > 0.1  # the step changed the layer
     torch.testing.assert_close(after, plain, rtol=0, atol=1e-6)
-    a, b = (sample(lm, tokenizer, ids, mask, 10, 1.0, generator=torch.Generator().manual_seed(1), packed=packed)
-            for packed in (False, True))
+    a, b = (sample(lm, tokenizer, ids, mask, 10, 1.0, generator=torch.Generator().manual_seed(1), products=p)
+            for p in ("plain", "packed"))
     assert torch.equal(a.response_ids, b.response_ids)
 
 
@@ -212,14 +216,58 @@ def test_packed_linears_leaves_the_model_alone_with_gradients_or_when_disabled(t
     assert not any("forward" in vars(m) for m in linears(lm))
 
 
+def test_transposed_linears_computes_the_same_products_and_restores_the_layers(tiny_llama):
+    lm = tiny_llama[0]
+    layer, head = lm.model.layers[0].mlp.down_proj, lm.lm_head
+    g = torch.Generator().manual_seed(0)
+    x4, x3, h4 = torch.randn(4, 1, 128, generator=g), torch.randn(3, 128, generator=g), torch.randn(4, 1, 64, generator=g)
+    with torch.no_grad():
+        plain4, plain3, head4 = layer(x4), layer(x3), head(h4)
+        with transposed_linears(lm, rows=4) as n:
+            assert n == len(linears(lm)) == 2 * 7 + 1
+            out = layer(x4)
+            assert out.shape == plain4.shape and out.is_contiguous()
+            torch.testing.assert_close(out, plain4, rtol=1e-5, atol=1e-6)  # the same sums, in another order
+            torch.testing.assert_close(head(h4), head4, rtol=1e-5, atol=1e-6)
+            assert torch.equal(layer(x3), plain3)  # another shape: the plain product itself
+        assert not any("forward" in vars(m) for m in linears(lm))
+    with torch.enable_grad(), transposed_linears(lm, rows=4) as n:  # training: the plain product
+        assert n == 0
+
+
+def test_auto_times_the_forms_once_keeps_the_global_random_stream_and_chooses_by_a_margin(tiny_llama):
+    lm = tiny_llama[0]
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        form, ms = fastest_products(lm, rows=4, steps=12)
+        assert fastest_products(lm, rows=4, steps=12) == (form, ms)  # cached: measured once
+        with decode_products(lm, 4, "auto", steps=12) as used:
+            assert used == form
+    assert torch.equal(torch.get_rng_state(), state)  # its inputs come from a private generator
+    assert set(ms) == {"plain", "transposed"} | ({"packed"} if rollout._mkl_packing() else set())
+    assert all(t > 0 for t in ms.values()) and form in ms
+    assert ms[form] <= ms["plain"]
+    with torch.enable_grad():  # nothing a decode step would use: the plain product, unmeasured
+        assert fastest_products(lm, rows=4) == ("plain", {})
+    # a form must be ≥ 5 % faster than the plain product to replace it
+    assert rollout._choose({"plain": 10.0, "transposed": 9.6, "packed": 11.0}) == "plain"
+    assert rollout._choose({"plain": 10.0, "transposed": 9.4, "packed": 9.0}) == "packed"
+
+
+def test_an_unknown_form_of_the_products_is_a_clear_error(tiny_llama):
+    lm, tokenizer, ids, mask = tiny_llama
+    with pytest.raises(ValueError, match=r"products must be one of \('plain', 'packed', 'transposed', 'auto'\), got 'fast'"):
+        sample(lm, tokenizer, ids, mask, 2, 1.0, products="fast")
+
+
 # ----------------------------------------------------------------------------- a compiled decode step on a CPU
 
 has_cxx = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 
 
 @pytest.mark.skipif(not has_cxx, reason="torch.compile on a CPU (Inductor) needs a C++ compiler")
-@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=needs_mkl)], ids=["plain", "packed"])
-def test_a_compiled_cpu_decode_step_samples_like_the_eager_one_and_follows_the_weights(tiny_llama, packed):
+@pytest.mark.parametrize("products", ["plain", pytest.param("packed", marks=needs_mkl), "transposed"])
+def test_a_compiled_cpu_decode_step_samples_like_the_eager_one_and_follows_the_weights(tiny_llama, products):
     """``compile_cpu=True`` (chapter 07, Section 11): the same tokens, generator state and
     log-probs as the eager sampler; after the weights change, the same again, from the new
     weights and without compiling anew (the parameters are inputs of the graph, not constants)."""
@@ -232,8 +280,8 @@ def test_a_compiled_cpu_decode_step_samples_like_the_eager_one_and_follows_the_w
 
     def check():
         g_eager, g_comp = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-        a = sample(lm, tokenizer, ids, mask, 10, 1.0, generator=g_eager, return_logprobs=True, packed=packed)
-        b = sample_static(lm, tokenizer, ids, mask, 10, 1.0, generator=g_comp, return_logprobs=True, packed=packed,
+        a = sample(lm, tokenizer, ids, mask, 10, 1.0, generator=g_eager, return_logprobs=True, products=products)
+        b = sample_static(lm, tokenizer, ids, mask, 10, 1.0, generator=g_comp, return_logprobs=True, products=products,
                           compile_cpu=True)
         assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.response_mask, b.response_mask)
         # Inductor's loops reduce in another order (vectorised sums, fused softmax): measured 3e-5 here, 2e-5 on SmolLM2
