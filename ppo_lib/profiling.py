@@ -14,6 +14,7 @@ system alike, and the ratio of each pair is a fair sample.
 Command line (the committed sampler measurement of chapter 07)::
 
     python -m ppo_lib.profiling samplers --out figures/runs/ch07_sampler   # ≈ 2 min on 2 CPU cores
+    python -m ppo_lib.profiling products --repeats 5 --out figures/runs/ch07_products_amd   # ≈ 3 min
     python -m ppo_lib.profiling compile --out figures/runs/ch07_compile    # torch.compile: minutes on a CPU
     python -m ppo_lib.profiling first-update --out figures/runs/ch07_first_update   # ≈ 4 min: 2 warm-ups × 6 seeds
     python -m ppo_lib.profiling bf16-sampling --out figures/runs/ch07_bf16_sampling  # ≈ 1 min
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["PHASES", "machine", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers",
-           "compiled_sampling", "int8_copy", "reduced_precision_sampling", "compile_speedup", "first_updates"]
+           "roofline_inputs", "compare_products", "compiled_sampling", "int8_copy", "reduced_precision_sampling", "compile_speedup", "first_updates"]
 
 PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "backward", "optimizer")
 
@@ -170,8 +171,8 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
     a = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=g1, **kw)
     b = sample_static(policy, tokenizer, ids, mask, max_new_tokens, generator=g2, **kw)
     agreement = _agreement(a, b, g1, g2)
-    c = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed), packed=False,
-               **kw)
+    c = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed),
+               products="plain", **kw)
     agreement["plain_products"] = {"tokens_equal": bool(torch.equal(a.response_ids, c.response_ids)),
                                    "logprobs_bitwise_equal": bool(torch.equal(a.old_logprobs, c.old_logprobs))}
 
@@ -179,8 +180,8 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
         return lambda: sampler(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1),
                                **kw, **extra)
 
-    timing = interleaved_timing({"eager_multinomial": run(sample, draw=multinomial_tokens, packed=False),
-                                 "eager_plain": run(sample, packed=False), "eager": run(sample),
+    timing = interleaved_timing({"eager_multinomial": run(sample, draw=multinomial_tokens, products="plain"),
+                                 "eager_plain": run(sample, products="plain"), "eager": run(sample),
                                  "static": run(sample_static)}, repeats=repeats)
     sec = timing["seconds"]
     timing["speedup"] = {f"{x}/{y}": [a / b for a, b in zip(sec[x], sec[y])]
@@ -192,10 +193,11 @@ def compare_samplers(model_name: str = "smollm2-135m", batch_size: int = 16, max
 
 
 def compiled_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
-                      repeats: int = 3, seed: int = 0) -> dict:
+                      repeats: int = 3, seed: int = 0, products: str = "packed") -> dict:
     """The static sampler with its decode step compiled on a CPU (``compile_cpu=True``: Inductor's
-    fused loops around MKL's packed products) against the eager sampler as it is and as it was
-    (``eager_multinomial``, as in :func:`compare_samplers`): chapter 07, Section 11.
+    fused loops around the products in the form ``products``, MKL's packed ones by default)
+    against the eager sampler with the same products and as it was (``eager_multinomial``, as in
+    :func:`compare_samplers`): chapter 07, Section 11.
 
     The first compiled sampling pays the compilation; it is timed alone (``compile_s``) and the
     arms are then timed interleaved. ``payback_samplings`` is the compilation divided by the time
@@ -221,17 +223,19 @@ def compiled_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, ma
     kw = dict(temperature=0.7, stop_at_eos=False, return_logprobs=True)
     g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    b = sample_static(policy, tokenizer, ids, mask, max_new_tokens, generator=g2, compile_cpu=True, **kw)
+    b = sample_static(policy, tokenizer, ids, mask, max_new_tokens, generator=g2, compile_cpu=True, products=products,
+                      **kw)
     compile_s = time.perf_counter() - t0
-    a = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=g1, **kw)
+    a = sample(policy, tokenizer, ids, mask, max_new_tokens, generator=g1, products=products, **kw)
     agreement = _agreement(a, b, g1, g2)
 
     def run(sampler, **extra):
         return lambda: sampler(policy, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1),
                                **kw, **extra)
 
-    timing = interleaved_timing({"eager_multinomial": run(sample, draw=multinomial_tokens, packed=False),
-                                 "eager": run(sample), "static_compiled": run(sample_static, compile_cpu=True)},
+    timing = interleaved_timing({"eager_multinomial": run(sample, draw=multinomial_tokens, products="plain"),
+                                 "eager": run(sample, products=products),
+                                 "static_compiled": run(sample_static, compile_cpu=True, products=products)},
                                 repeats=repeats)
     sec, med = timing["seconds"], timing["median"]
     timing["speedup"] = {f"{x}/static_compiled": [p / q for p, q in zip(sec[x], sec["static_compiled"])]
@@ -239,8 +243,74 @@ def compiled_sampling(model_name: str = "smollm2-135m", batch_size: int = 16, ma
     saved = med["eager"] - med["static_compiled"]
     return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
             "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": machine(), "agreement": agreement, "compile_s": compile_s, **timing,
+            "machine": machine(), "products": products, "agreement": agreement, "compile_s": compile_s, **timing,
             "payback_samplings": compile_s / saved if saved > 0 else None}
+
+
+def roofline_inputs(seed: int = 0) -> dict:
+    """This machine's two limits for chapter 07's roofline (7.9), measured: the memory bandwidth
+    ``bandwidth_gb_s`` (a copy of a 256 MB float32 tensor, bytes read + written per second) and
+    the float32 matmul rate ``matmul_gflop_s`` (a 2048 × 2048 product); medians of 3."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randn(64 * 2**20, generator=g)
+    dst = torch.empty_like(src)
+    a, b = torch.randn(2048, 2048, generator=g), torch.randn(2048, 2048, generator=g)
+    t = interleaved_timing({"copy": lambda: dst.copy_(src), "matmul": lambda: a @ b})["median"]
+    return {"bandwidth_gb_s": 2 * src.numel() * 4 / t["copy"] / 1e9, "matmul_gflop_s": 2 * 2048**3 / t["matmul"] / 1e9}
+
+
+def compare_products(model_name: str = "smollm2-135m", batch_size: int = 16, max_new_tokens: int = 24,
+                     repeats: int = 3, seed: int = 0) -> dict:
+    """The forms of a decode step's products (:func:`~ppo_lib.rollout.decode_products`) on this
+    machine (chapter 07, Section 11): the roofline's two limits here, each form's time per step
+    for the products alone and the form "auto" would choose
+    (:func:`~ppo_lib.rollout.fastest_products`), each form's agreement with the plain products,
+    and whole samplings timed interleaved, with the eager loop as the library first had it
+    (``eager_multinomial``: plain products, ``torch.multinomial``). Full-length responses.
+
+    Returns:
+        ``roofline`` (bandwidth, matmul rate, the step's weight bytes and FLOPs, and the bound
+        in ms), ``products_ms`` and ``auto``, ``agreement`` per form, ``seconds``/``median`` per
+        arm and ``speedup`` per round: ``eager_multinomial / form`` and ``packed / form``.
+    """
+    import torch
+
+    from .models import load_model
+    from .rewards import review_prompts
+    from .rollout import _cpu_linears, fastest_products, multinomial_tokens, sample, tokenize_prompts
+
+    lm, tokenizer = load_model(model_name)
+    ids, mask = tokenize_prompts(tokenizer, review_prompts("train")[:batch_size])
+    limits = roofline_inputs(seed)
+    with torch.no_grad():
+        weights = sum(m.weight.numel() for m in _cpu_linears(lm))
+        auto, products_ms = fastest_products(lm, batch_size, max_new_tokens)
+    flop, n_bytes = 2 * weights * batch_size, 4 * weights
+    roofline = {**limits, "weight_bytes": n_bytes, "gflop": flop / 1e9, "memory_ms": n_bytes / limits["bandwidth_gb_s"] / 1e6,
+                "flop_ms": flop / limits["matmul_gflop_s"] / 1e6}
+    kw = dict(temperature=0.7, stop_at_eos=False, return_logprobs=True)
+    forms = list(products_ms)
+    runs = {f: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed),
+                      products=f, **kw) for f in forms}
+    agreement = {f: {"tokens_equal": bool(torch.equal(runs[f].response_ids, runs["plain"].response_ids)),
+                     "logprob_max_abs_diff": float((runs[f].old_logprobs - runs["plain"].old_logprobs).abs().max())}
+                 for f in forms if f != "plain"}
+
+    def run(**extra):
+        return lambda: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1), **kw,
+                              **extra)
+
+    timing = interleaved_timing({"eager_multinomial": run(draw=multinomial_tokens, products="plain"),
+                                 **{f: run(products=f) for f in forms}}, repeats=repeats)
+    sec = timing["seconds"]
+    pairs = [("eager_multinomial", f) for f in forms] + [("packed", f) for f in forms if f != "packed" and "packed" in sec]
+    timing["speedup"] = {f"{x}/{y}": [a / b for a, b in zip(sec[x], sec[y])] for x, y in pairs}
+    return {"model": model_name, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+            "prompt_length": ids.shape[1], "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": machine(), "roofline": roofline, "products_ms": products_ms, "auto": auto,
+            "agreement": agreement, **timing}
 
 
 def int8_copy(lm):
@@ -309,7 +379,7 @@ def reduced_precision_sampling(model_name: str = "smollm2-135m", batch_size: int
     lm32, tokenizer = load_model(model_name)
     lm_q = copy.deepcopy(lm32).to(torch.bfloat16) if precision == "bfloat16" else int8_copy(lm32)
     ids, mask = tokenize_prompts(tokenizer, review_prompts("train")[:batch_size])
-    kw = dict(temperature=0.7, stop_at_eos=False, packed=False)  # plain products on both arms: the precision alone
+    kw = dict(temperature=0.7, stop_at_eos=False, products="plain")  # plain products on both arms: the precision alone
 
     def run(lm):
         return lambda: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1), **kw)
@@ -405,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sampling = {"samplers": ("eager against static sampler, torch.multinomial against draw_tokens, plain against "
                              "packed products: agreement and interleaved timing", compare_samplers),
+                "products": ("the forms of a decode step's products (plain, packed, transposed) and the one 'auto' "
+                             "chooses: the roofline here, agreement and interleaved timing", compare_products),
                 "compiled-sampling": ("the static sampler with its decode step compiled on a CPU against the eager "
                                       "sampler: compilation time, agreement and interleaved timing", compiled_sampling),
                 **{f"{short}-sampling": (f"sampling from {PRECISIONS[precision]} of the policy: time against float32, "
@@ -418,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--max-new-tokens", type=int, default=24)
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--out", type=Path, required=True, help=f"folder for {name}.json")
+        if name == "compiled-sampling":
+            p.add_argument("--products", default="packed", choices=("plain", "packed", "transposed"),
+                           help="the form of the products in the eager and compiled arms (default packed)")
     c = sub.add_parser("compile", help="torch.compile of the training forward+backward: first call and steady state")
     c.add_argument("--model", default="smollm2-135m")
     c.add_argument("--batch-size", type=int, default=8)
@@ -444,10 +519,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                              f"--seeds {' '.join(map(str, args.seeds))} --preset {args.preset} --updates {args.updates} "
                              + "".join(f"--set {item} " for item in args.set or []) + f"--out {args.out}")
     elif args.command in sampling:
-        result = sampling[args.command][1](args.model, args.batch_size, args.max_new_tokens, args.repeats)
+        extra = {"products": args.products} if args.command == "compiled-sampling" else {}
+        result = sampling[args.command][1](args.model, args.batch_size, args.max_new_tokens, args.repeats, **extra)
         result["command"] = (f"python -m ppo_lib.profiling {args.command} --model {args.model} --batch-size "
                              f"{args.batch_size} --max-new-tokens {args.max_new_tokens} --repeats {args.repeats} "
-                             f"--out {args.out}")
+                             + "".join(f"--products {v} " for v in extra.values()) + f"--out {args.out}")
     else:
         result = compile_speedup(args.model, args.batch_size, args.seq_len, args.repeats)
         result["command"] = (f"python -m ppo_lib.profiling compile --model {args.model} --batch-size {args.batch_size} "
