@@ -126,6 +126,29 @@ def test_samplers_command_times_four_arms_interleaved_and_checks_they_agree(tmp_
     assert agreement["logprob_max_abs_diff"] < 1e-4
 
 
+def test_products_command_measures_the_roofline_times_each_form_and_checks_they_agree(tmp_path):
+    import json
+
+    from ppo_lib.profiling import main
+    from ppo_lib.rollout import _mkl_packing
+
+    main(["products", "--model", "tiny-gpt2", "--batch-size", "2", "--max-new-tokens", "4", "--repeats", "2",
+          "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "products.json").read_text())
+    forms = {"plain", "transposed"} | ({"packed"} if _mkl_packing() else set())
+    assert set(out["products_ms"]) == forms and out["auto"] in forms
+    assert set(out["seconds"]) == forms | {"eager_multinomial"} and all(len(v) == 2 for v in out["seconds"].values())
+    sec = out["seconds"]
+    assert out["speedup"]["eager_multinomial/transposed"] == pytest.approx(
+        [a / b for a, b in zip(sec["eager_multinomial"], sec["transposed"])])
+    r = out["roofline"]
+    assert r["weight_bytes"] == 4 * 258 * 64  # tiny-gpt2's one nn.Linear: the 258 × 64 LM head, float32
+    assert r["gflop"] == pytest.approx(2 * 258 * 64 * 2 / 1e9)  # one multiply-add per weight per row
+    assert r["memory_ms"] == pytest.approx(r["weight_bytes"] / r["bandwidth_gb_s"] / 1e6)
+    assert r["flop_ms"] == pytest.approx(r["gflop"] / r["matmul_gflop_s"] * 1e3)
+    assert all(a["tokens_equal"] and a["logprob_max_abs_diff"] < 1e-5 for a in out["agreement"].values())
+
+
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
                     reason="torch.compile on a CPU (Inductor) needs a C++ compiler")
 def test_compiled_sampling_command_times_the_compilation_apart_and_three_arms_interleaved(tmp_path):
@@ -134,8 +157,9 @@ def test_compiled_sampling_command_times_the_compilation_apart_and_three_arms_in
     from ppo_lib.profiling import main
 
     main(["compiled-sampling", "--model", "tiny-gpt2", "--batch-size", "2", "--max-new-tokens", "4", "--repeats", "2",
-          "--out", str(tmp_path)])
+          "--products", "transposed", "--out", str(tmp_path)])
     out = json.loads((tmp_path / "compiled-sampling.json").read_text())
+    assert out["products"] == "transposed" and "--repeats 2 --products transposed --out" in out["command"]
     assert set(out["seconds"]) == {"eager_multinomial", "eager", "static_compiled"}
     assert all(len(v) == 2 for v in out["seconds"].values())
     sec, med = out["seconds"], out["median"]

@@ -101,12 +101,25 @@ def test_the_kl_driven_rate_acts_in_the_trainer_and_survives_a_checkpoint(tmp_pa
 
 @pytest.mark.parametrize("fields, message", [
     (dict(sampler="graph"), "sampler must be one of \\('eager', 'static'\\), got 'graph'"),
+    (dict(cpu_products="fast"), "cpu_products must be one of \\('plain', 'packed', 'transposed', 'auto'\\), got 'fast'"),
     (dict(compile="yes"), "compile must be true or false, got 'yes'"),
     (dict(compile=1), "compile must be true or false"),
 ])
 def test_bad_values_of_the_engineering_options_are_clear_errors(fields, message):
     with pytest.raises(ValueError, match=message):
         PPOConfig(**fields)
+
+
+@pytest.mark.parametrize("products", ["plain", "transposed", "auto"])
+def test_the_form_of_the_sampling_products_changes_nothing_but_rounding_in_the_trainer(products):
+    """``cpu_products`` reaches the sampler, and every form samples the same tokens as the
+    default (packed) one: the same statistics, update after update."""
+    t = tiny(cpu_products=products)
+    assert t.sample.keywords["products"] == products
+    default = tiny().train(PROMPTS, 2, progress=False)
+    for d, h in zip(default, t.train(PROMPTS, 2, progress=False), strict=True):
+        h = {k: v for k, v in h.items() if not k.startswith(("time/", "throughput/"))}
+        assert h == pytest.approx({k: d[k] for k in h}, rel=1e-4, abs=1e-5, nan_ok=True)
 
 
 def test_the_static_sampler_is_a_drop_in_replacement_in_the_trainer():
