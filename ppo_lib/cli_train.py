@@ -52,7 +52,8 @@ PRESETS: dict[str, dict] = {
     "sentiment": {  # offline, a laptop CPU: 6–15 minutes on 2 cores (figures/runs/sentiment_cpu*/, 5 seeds)
         "model": "smollm2-135m", "reward": "vader", "updates": 40, "kl_budget": 6.0,
         "config": dict(batch_size=16, max_new_tokens=24, temperature=0.7, ppo_epochs=2, num_minibatches=2,
-                       learning_rate=2e-5, lr_warmup_updates=12, kl_coef=0.02, vf_coef=0.1, gamma=1.0, lam=0.95),
+                       learning_rate=2e-5, lr_warmup_updates=12, kl_coef=0.02, vf_coef=0.1, gamma=1.0, lam=0.95,
+                       cpu_products="auto"),
     },
     "sentiment-gpt2": {  # network + GPU: TRL's IMDB example (Ziegler et al. 2019 used the 774M GPT-2 on BookCorpus)
         "model": "gpt2", "reward": "lvwerra/distilbert-imdb", "updates": 150, "kl_budget": None,
@@ -226,6 +227,22 @@ def run_training(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {e}") from None
 
 
+def _auto_products(trainer, config: PPOConfig, batch_sizes: list[int]) -> dict:
+    """With ``cpu_products="auto"`` on a CPU, measure the products' forms now, for each batch size
+    the run samples at (the measurement is cached, so the sampler reuses it): ``{rows: {"form",
+    "ms"}}``, empty otherwise."""
+    import torch
+
+    from .rollout import fastest_products
+
+    if config.cpu_products != "auto":
+        return {}
+    lm = trainer.unwrapped.lm  # what the sampler samples with
+    with torch.no_grad():
+        chosen = {rows: fastest_products(lm, rows, config.max_new_tokens) for rows in dict.fromkeys(batch_sizes)}
+    return {str(rows): {"form": form, "ms": ms} for rows, (form, ms) in chosen.items() if ms}
+
+
 def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) -> int:
     import matplotlib
 
@@ -250,6 +267,11 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
         raise SystemExit(f"error: {e}") from None
     history_path, ckpt, evals_path = out / "history.jsonl", out / "checkpoint", out / "evals.jsonl"
     budget = KLBudget(run.get("kl_budget"), KL_WINDOW)
+    products = _auto_products(trainer, config, [config.batch_size, min(args.eval_batch_size, len(heldout))])
+    if main and products:
+        print("cpu_products=auto chose, per batch size (ms per decode step for the products alone): "
+              + "; ".join(f"{rows} rows: {p['form']} ({', '.join(f'{f} {t:.0f}' for f, t in p['ms'].items())})"
+                          for rows, p in products.items()))
 
     def log_evaluation(evaluation: dict) -> None:  # one line of evals.jsonl (--eval-every), main process only
         if main and args.eval_every:
@@ -317,6 +339,8 @@ def _train(args: argparse.Namespace, run: dict, config: PPOConfig, out: Path) ->
                   "kl_budget": budget.nats, "kl_estimate": budget.estimate,
                   "ended_by": "kl_budget" if stopped else "updates",
                   "train_seconds": sum(h["time/step"] for h in history)}
+        if products:
+            result["cpu_products"] = products
         (out / "eval.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
         print(f"run folder: {out}")
