@@ -59,8 +59,8 @@ from ppo_lib.plotting import figures_dir, render
 from ppo_lib.plotting.ch07 import PRESET_RUNS
 from ppo_lib.profiling import plot_time_breakdown, time_breakdown
 from ppo_lib.rewards import target_token_fraction
-from ppo_lib.rollout import (draw_tokens, forward_response, logprobs_from_logits, multinomial_tokens,
-                             packed_linears, sample, tokenize_prompts)
+from ppo_lib.rollout import (draw_tokens, fastest_products, forward_response, logprobs_from_logits,
+                             multinomial_tokens, packed_linears, sample, tokenize_prompts)
 from ppo_lib.sampling import sample_static
 from ppo_lib.schedules import adaptive_lr_scale, lr_factor
 from ppo_lib.trainer import PPOConfig, build_trainer
@@ -871,7 +871,7 @@ print("eager and static agree on SmolLM2:", samp["agreement"])
 # three times for the real step: the model's own matrix products alone (every `nn.Linear` of SmolLM2, the tied output
 # layer included, applied once to 16 rows), and a whole decode step of the eager sampler, drawing its tokens in two
 # ways that this section explains (`multinomial_tokens`, then `draw_tokens`). All of them use the plain matrix
-# products (`packed=False`); the packed ones, the section's last change, come at its end.
+# products (`products="plain"`); the packed ones, the section's last change, come at its end.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -911,12 +911,12 @@ mm_bytes = sum(m.weight.numel() for m in linears) * 4
 ids16, m16 = tokenize_prompts(tok, ["The movie was", "I think", "A long story", "Great"] * 4)
 
 
-def step_time(draw, packed=False):  # the eager sampler's time per decode step: (5 tokens − 1 token) / 4
+def step_time(draw, products="plain"):  # the eager sampler's time per decode step: (5 tokens − 1 token) / 4
     timed = {}
     for steps in (1, 5):
         t0 = time.perf_counter()
         sample(lm, tok, ids16, m16, steps, 0.7, stop_at_eos=False, generator=torch.Generator().manual_seed(0), draw=draw,
-               packed=packed)
+               products=products)
         timed[steps] = time.perf_counter() - t0
     return (timed[5] - timed[1]) / 4
 
@@ -962,7 +962,7 @@ from torch.profiler import ProfilerActivity, profile
 
 with profile(activities=[ProfilerActivity.CPU]) as prof:
     sample(lm, tok, ids16, m16, 5, 0.7, stop_at_eos=False, generator=torch.Generator().manual_seed(0),
-           draw=multinomial_tokens, packed=False)
+           draw=multinomial_tokens, products="plain")
 ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
 total = sum(e.self_cpu_time_total for e in ops)
 for e in ops[:6]:
@@ -1031,15 +1031,15 @@ print("tokens of probability 0 drawn:", int(freq[p_check == 0].sum() * n_draws),
 # product for inputs of `rows` rows; on exit it frees the copies. Both samplers sample inside it, with `rows` the
 # batch size, so only the decode steps use it (the prompt's pass has $B \times P$ rows and keeps the plain product).
 # Because the copy is made on entry to each sampling, after the last optimizer step, it can never hold stale
-# weights: the next sampling packs the new ones. `packed=False` turns it off.
+# weights: the next sampling packs the new ones. `products="plain"` turns it off.
 #
 # Three things to check: that it samples the same tokens, how much faster the products and a step are, and what the
 # packing itself costs, paid once per sampling:
 
 # %%
 g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-plain = sample(lm, tok, ids8, m8, 8, 0.7, generator=g1, return_logprobs=True, packed=False)
-fast = sample(lm, tok, ids8, m8, 8, 0.7, generator=g2, return_logprobs=True)  # packed=True, the default
+plain = sample(lm, tok, ids8, m8, 8, 0.7, generator=g1, return_logprobs=True, products="plain")
+fast = sample(lm, tok, ids8, m8, 8, 0.7, generator=g2, return_logprobs=True)  # products="packed", the default
 print("same tokens:", torch.equal(plain.response_ids, fast.response_ids),
       "| log-probs agree to < 1e-3:", bool((plain.old_logprobs - fast.old_logprobs).abs().max() < 1e-3))
 
@@ -1058,9 +1058,9 @@ def timed(f, repeats=3):  # seconds per call, after one call to warm up
     return (time.perf_counter() - t0) / repeats
 
 
-def step_ms(packed):  # ms per decode step: (9 tokens − 1 token) / 8, the median of 3
+def step_ms(products):  # ms per decode step: (9 tokens − 1 token) / 8, the median of 3
     def one(steps):
-        return timed(lambda: sample(lm, tok, ids16, m16, steps, 0.7, stop_at_eos=False, packed=packed,
+        return timed(lambda: sample(lm, tok, ids16, m16, steps, 0.7, stop_at_eos=False, products=products,
                                     generator=torch.Generator().manual_seed(0)), repeats=1)
     return statistics.median((one(9) - one(1)) / 8 for _ in range(3)) * 1e3
 
@@ -1074,7 +1074,7 @@ with torch.no_grad():
 print(f"packing {n_packed} linear layers ({mm_bytes / 1e6:.0f} MB): {t_pack * 1e3:.0f} ms, once per sampling")
 print(f"the model's matmuls at {B_dec} rows: plain {t_plain_mm * 1e3:.0f} ms, packed {t_packed_mm * 1e3:.0f} ms "
       f"({mm_bytes / t_plain_mm / 1e9:.1f} and {mm_bytes / t_packed_mm / 1e9:.1f} GB/s of weights)")
-print(f"a decode step drawing with draw_tokens: plain {step_ms(False):.0f} ms, packed {step_ms(True):.0f} ms")
+print(f"a decode step drawing with draw_tokens: plain {step_ms("plain"):.0f} ms, packed {step_ms("packed"):.0f} ms")
 
 # %% [markdown]
 # **The same tokens.** The products are the same, and on this machine their outputs were bitwise equal to the plain
@@ -1112,15 +1112,77 @@ for pair, r in amd["speedup"].items():
 # 1.14 on the Xeon. The one-uniform draw still helped a little (`eager_multinomial / eager_plain`, median 1.06), and
 # the library's sampler as a whole was no faster than the loop as it was (median 0.96; a first run of the same
 # command, not committed, gave 0.90 and 1.00). MKL's packed GEMM pays on the Xeon and costs on this CPU, so the
-# 1.38× below is a property of that machine, not of the method. The samplers still pack by default on every CPU
-# (`sample(..., packed=False)` turns it off); choosing per machine would take a measurement at start-up, which we
-# have not built.
+# 1.38× below is a property of that machine, not of the method. Which form of a product is fastest is a fact about
+# the machine, and the library now measures it instead of assuming it.
+#
+# ### A third form of the product, and choosing the form on each machine
+#
+# A linear layer computes $y = x W^\top$ for $x \in \mathbb R^{B \times K}$ (the $B$ rows of a decode step) and
+# $W \in \mathbb R^{N \times K}$. The same numbers come out of $y = (W x^\top)^\top$: a tall matrix times a thin
+# one, $N \times K$ by $K \times B$, instead of a thin one times a wide one. A BLAS picks its kernels by the shapes and
+# layouts it is handed, so the two calls can run different code for the same arithmetic. The transpose is a view:
+# nothing is copied except the $B \times N$ result, made contiguous again. The sums may run in another order, so
+# the results agree to rounding (bitwise equal on the committed run below; $4.8\times10^{-7}$ in a log-prob on the
+# tests' tiny Llama). `ppo_lib.rollout.transposed_linears(model, rows)` switches every float32 `nn.Linear` to it for
+# inputs of `rows` rows, like `packed_linears`.
+#
+# Three forms, and two machines that disagree about them: this is a choice to measure, not to guess.
+# `ppo_lib.rollout.fastest_products(model, rows, steps)` times each form over the model's own layers at `rows` rows
+# (one untimed pass, then one timed pass, plus the packing shared among `steps` decode steps; three interleaved
+# rounds, medians) and keeps the plain product unless another form is at least 5 % faster, so that noise does not
+# switch it. It measures once per process and layer shapes (about 3 s for SmolLM2 at 16 rows) and draws its inputs
+# from a private generator, so the random stream of the run is untouched. `sample(..., products="auto")` and
+# `PPOConfig.cpu_products="auto"` use it; the `sentiment` preset does, and `python -m ppo_lib train` records the choice
+# in `eval.json`. The default of `sample` and `PPOConfig` stays `"packed"`, which gives the same bits in every
+# process on one machine; "auto" may choose differently from one process to the next when two forms are close.
+# On your machine:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+with torch.no_grad():
+    form, ms = fastest_products(lm, B_dec, steps=24)
+print(f"the products of a decode step at {B_dec} rows, ms per step: "
+      + ", ".join(f"{f} {t:.0f}" for f, t in ms.items()) + f"  -> auto chooses {form!r}")
+
+# %% [markdown]
+# The committed measurement, `python -m ppo_lib.profiling products`, on the AMD machine: the two limits of the
+# roofline measured there, the products alone in each form, and whole samplings of 16 × 24 tokens, interleaved, with
+# the loop as it was (`eager_multinomial`: plain products and `torch.multinomial`) as the baseline:
+
+# %%
+pr = json.loads((RUNS / "ch07_products_amd" / "products.json").read_text())
+roof = pr["roofline"]
+print("command:", pr["command"])
+print(f"machine: {pr['machine']['cpu']}, {pr['machine']['cpus']} cores, {' '.join(pr['machine']['cpu_flags'])}")
+print(f"roofline: {roof['bandwidth_gb_s']:.1f} GB/s and {roof['matmul_gflop_s']:.0f} GFLOP/s -> weights "
+      f"{roof['memory_ms']:.1f} ms, FLOPs {roof['flop_ms']:.1f} ms per decode step")
+print("the products alone, ms per step:", ", ".join(f"{f} {t:.0f}" for f, t in pr["products_ms"].items()),
+      f"-> auto chose {pr['auto']!r}")
+print("same tokens as the plain products:", {f: a["tokens_equal"] for f, a in pr["agreement"].items()})
+for pair, r in pr["speedup"].items():
+    print(f"{pair:>29}, round by round: {min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f})")
+
+# %% [markdown]
+# * **The roofline moved.** This CPU streams about as fast as the Xeon (22.0 GB/s against 21.3) but multiplies more
+#   slowly without AVX-512: 159 GFLOP/s on a 2048 × 2048 product, where the Xeon gave 309 on a 1024 × 1024 one in
+#   the roofline cell. Its bound for a 16-row step is 27 ms of FLOPs against 24.5 ms of weights: here the step is,
+#   just, compute-bound, where on the Xeon it was memory-bound (25 ms against 14). On neither machine do the
+#   products come near their bound.
+# * **The forms.** The products alone took 98 ms plain, 118 ms packed and 84 ms transposed, so "auto" chose
+#   "transposed": 3.1× above the bound, where the packed ones on the Xeon were 2× above theirs.
+# * **Whole samplings.** The transposed products made sampling 1.30× faster than the packed ones the library used
+#   here before (1.22–1.47 over five rounds), and 1.33× faster than the loop as it was (1.21–1.44). That is the
+#   eager sampler the trainer runs, with nothing compiled, and still short of 1.5×.
+#
+# We did not measure the transposed form on the Xeon: the machine was not available again. There "auto" will
+# choose by its own measurement.
 #
 # **What is left, and the 1.5× it would take.** We set this chapter the goal of a CPU sampler 1.5× faster than the
-# eager loop as it was. Both changes together, one uniform per row and packed products, give
+# eager loop as it was. On the Xeon, both changes together, one uniform per row and packed products, give
 # `eager_multinomial / eager` from 1.16 to 1.46, median **1.38** on a whole sampling (seven interleaved rounds;
-# 3.42 s against 2.48 s); the fixed-shape sampler adds nothing on a CPU. That misses 1.5×, and the measurements say
-# where the rest would have to come from:
+# 3.42 s against 2.48 s); on the AMD machine, one uniform per row and the transposed products give 1.33 (above). The
+# fixed-shape sampler adds nothing on a CPU. Both miss 1.5×, and the measurements say where the rest would have to
+# come from (the numbers in this list are the Xeon's):
 #
 # * The matrix products alone take 50–75 ms at 16 rows, against 98–132 ms for a whole step drawing with
 #   `torch.multinomial`. Removing *every* other operation would make a step 1.3–2.0× faster (the last line of the
@@ -1156,6 +1218,31 @@ print(f"the compilation is won back after {cs['payback_samplings']:.0f} sampling
 # and the compiled graph's guard checks about 3 ms. Fusion removed the small operations; the products, and calling
 # them one by one, are what is left.
 #
+# On the AMD machine the same command, with the transposed products inside the compiled step (`--products
+# transposed`; Inductor traces them like any other `torch.mm`, so they need no opaque operator):
+
+# %%
+csa = json.loads((RUNS / "ch07_compiled_sampling_amd" / "compiled-sampling.json").read_text())
+print("command:", csa["command"])
+print(f"  compilation (first sampling): {csa['compile_s']:.0f} s;  agreement with eager:", csa["agreement"])
+for arm, secs in csa["seconds"].items():
+    print(f"{arm:>17}: {' '.join(f'{x:.2f}' for x in secs)} s   (median {csa['median'][arm]:.2f} s)")
+for pair, r in csa["speedup"].items():
+    print(f"{pair:>34}, round by round: {min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f})")
+print(f"the compilation is won back after {csa['payback_samplings']:.0f} samplings at this shape")
+
+# %% [markdown]
+# There the compiled step is 1.22× faster than the eager sampler with the same products (1.17–1.38), and **1.54×
+# faster than the loop as it was**, median of seven interleaved rounds (1.41–1.76; two of the seven fell below
+# 1.5). The same tokens, the same generator state, log-probs within 2.3e-5. So the goal of 1.5× is reached on this
+# machine, in the median, by the fixed-shape sampler compiled around the transposed products. Its price is the same
+# as on the Xeon: a compilation of 60 s per prompt shape, won back after 82 samplings, two to three whole runs of the
+# preset, and a run meets several shapes (the padded prompt lengths, and the evaluation's batch of 64). The trainer
+# does not compile it; a long run at fixed shapes could (`sample_static(..., compile_cpu=True, products=...)`).
+# The eager sampler that the trainer runs reaches 1.33× on this machine (the products measurement above) and 1.38×
+# on the Xeon.
+#
+#
 # * Going further needs faster products. The packed ones read the weights at 10.6 GB/s in the stored output, about
 #   half the measured copy bandwidth (which counts the bytes read and written), so the bound of 25–30 ms per step
 #   is still about twice as fast. The other way is fewer bytes: bf16 or int8 weights. Fewer bytes
@@ -1190,14 +1277,17 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 # about 54 nats, while a whole run of the `sentiment` preset moves the policy by 6–7 nats (Section 4). PPO would
 # compute its ratios against the float32 `old_logprobs` on responses that π itself would rarely write: the samples
 # would be off-policy by far more than any clip range allows for. So the 1.5× exists on this CPU, and it costs the
-# correctness of the samples. We did not look for an int8 scheme that keeps the policy (finer-grained or
-# mixed-precision activations, weight-only kernels). **No change we measured that leaves the policy unchanged
-# reaches the CPU goal of 1.5×.**
+# correctness of the samples. We did not look further for an int8 scheme that keeps the policy (finer-grained or
+# mixed-precision activations). A first look at PyTorch's weight-only int8 product (`torch._weight_int8pack_mm`,
+# float32 activations) on the AMD machine, SmolLM2's four layer shapes at 16 rows, in one measurement we did not
+# commit, found it 7–25× slower than the float32 product there. Of the changes that leave the policy unchanged, only the
+# compiled fixed-shape step reaches the CPU goal of 1.5×, on the AMD machine (median 1.54×), at the cost of its
+# compilation; the eager sampler the trainer runs stays at 1.33–1.38× on the two machines.
 #
-# Both arms of both commands sample with the plain products (`packed=False`), so their ratios measure the precision
-# alone, with the eager sampler as it was before this section's last change. The library's samplers use neither
-# copy; on a CPU a packed decode step stays more than 3× above the roofline (88 ms against 25–27 ms in the
-# stored outputs).
+# Both arms of both commands sample with the plain products (`products="plain"`), so their ratios measure the
+# precision alone, with the eager sampler as it was before the packed products. The library's samplers use neither
+# copy. On the Xeon a packed decode step stays more than 3× above the roofline (88 ms against 25–27 ms in the stored
+# outputs); on the AMD machine the transposed products alone take 84 ms a step against a bound of 27 ms.
 #
 # On an H200 the same step streams 540 MB of float32 (270 MB in bf16) at about 4.8 TB/s, about 0.06–0.1 ms, while the
 # measured eager step takes about 27 ms (`figures/runs/bench_gpu.md`): there the gap is launch overhead, and CUDA-graph
@@ -1241,10 +1331,13 @@ print(f"machine: {r['machine']['cpu']}, {r['machine']['cpus']} cores, {' '.join(
 #   makes CUDA-graph capture possible. The roofline (7.9) tells when that can help: on a GPU, not on a CPU.
 # * `torch.multinomial` makes a random number per vocabulary entry; inverting the cumulative distribution (7.10)
 #   needs one per row and made CPU sampling 1.22× faster. What is left of a CPU decode step is mostly thin matrix
-#   products. Packing their weights once per sampling (MKL's packed GEMM) computes the same products and made
-#   sampling another 1.14× faster: 1.38× in all, short of the 1.5× we aimed for. Compiling the fixed-shape decode step
-#   (Inductor) added 1.07× for 43 s of compilation per prompt length, which a run does not win back. bf16 weights
-#   did not make the products faster here, and int8 ones sample from another policy.
+#   products, and which form of them is fastest depends on the CPU: packing the weights once per sampling (MKL's
+#   packed GEMM) made sampling 1.14× faster on the Xeon and 0.85× as fast on an AMD EPYC, where computing
+#   $(W x^\top)^\top$ instead was fastest. `cpu_products="auto"` measures the forms once and takes the fastest. The
+#   eager sampler reached 1.38× (Xeon) and 1.33× (AMD), short of the 1.5× we aimed for; compiling the fixed-shape
+#   decode step (Inductor) reached 1.44× on the Xeon and 1.54× (median; 1.41–1.76) on the AMD machine, for 43–60 s
+#   of compilation per prompt shape, which a run does not win back. bf16 weights did not make the products faster
+#   on the Xeon, and int8 ones sample from another policy.
 #
 # **References.** Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR, arXiv:1412.6980.
 # Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization" (AdamW), ICLR, arXiv:1711.05101.
@@ -1344,11 +1437,13 @@ check_lr_schedule(my_lr_factor, hidden=True)
 # ### BEGIN SOLUTION
 # (a) The two bounds meet where $n s / W = 2 n B / F$, i.e. $B^* = s F / (2 W)$: with $s = 4$ bytes, it is the ratio of
 # the measured FLOP/s to the bandwidth times 2. For a few hundred GFLOP/s and ~10 GB/s this is tens of rows; below
-# it, adding rows is almost free (the weights are read anyway), above it time grows with $B$.
+# it, adding rows is almost free (the weights are read anyway), above it time grows with $B$. The two machines of
+# Section 11: $4 \times 309 / (2 \times 21.3) \approx 29$ rows on the Xeon, $4 \times 159 / (2 \times 22.0) \approx 14$ on
+# the AMD EPYC, whose 16-row step is just past the crossover.
 # (b) On a GPU the eager step is far slower than either bound because the CPU launches hundreds of small kernels one
 # by one, and each launch costs microseconds; a graph replays them all with one launch. On a CPU there is no launch
 # cost to remove: the "kernels" are function calls doing the arithmetic. What separates a CPU step from its roofline
 # is how fast those calls do the arithmetic and move the bytes (thin matrix products, unfused small operations),
 # which a graph does not change. Fusing the small operations is what compilation can do on a CPU, and Section 11
-# measured it: 1.07× on a whole sampling, since the products are most of a step.
+# measured it: 1.07× (Xeon) and 1.22× (AMD) on a whole sampling, since the products are most of a step.
 # ### END SOLUTION
