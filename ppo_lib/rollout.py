@@ -221,8 +221,10 @@ def packed_linears(model: nn.Module, rows: int, enabled: bool = True) -> Iterato
     The products are the same ones. On the 2-core CPU measured (chapter 07), a whole SmolLM2 sampling
     gave log-probs bitwise equal to the plain products' in 52 of 55 fresh processes; in the other
     three the first packed sampling of the process differed by up to 5.4e-4, with the same tokens
-    (MKL does not promise bitwise-identical results from run to run). The thin (B-row) products
-    of a decode step ran 1.3–2.9× faster and a whole sampling 1.14× (median of 7 interleaved rounds).
+    (MKL does not promise bitwise-identical results from run to run). On an Intel Xeon with AVX-512
+    the thin (B-row) products of a decode step ran 1.3–2.9× faster and a whole sampling 1.14×
+    (median of 7 interleaved rounds); on an AMD EPYC without it a whole sampling was 0.85× as fast.
+    :func:`fastest_products` measures which form is fastest on the machine at hand.
     Other input shapes, another dtype, autocast, gradients, a GPU, or a torch without MKL fall back
     to the plain product; GPT-2's blocks use ``Conv1D``, not ``nn.Linear``, so there only the LM
     head is packed. The copy is made on entry, after the last optimizer step, so it is
