@@ -58,7 +58,7 @@ from .schedules import LR_SCHEDULES, adaptive_lr_scale, lr_factor
 from .rollout import PRODUCTS, Rollout, critic_values, forward_response, tokenize_prompts
 from .sampling import SAMPLERS, get_sampler
 
-__all__ = ["PPOConfig", "PPOTrainer", "build_trainer", "CheckpointError"]  # CheckpointError: from .checkpoint
+__all__ = ["PPOConfig", "SPEED_ONLY_FIELDS", "PPOTrainer", "build_trainer", "CheckpointError"]  # CheckpointError: from .checkpoint
 
 
 @dataclass(frozen=True)
@@ -272,6 +272,11 @@ class PPOConfig:
             raise ValueError(f"PPOConfig: unknown field(s) {unknown}; known fields: {sorted(known)}.")
         return cls(**d)
 
+
+SPEED_ONLY_FIELDS = ("sampler", "cpu_products")
+"""PPOConfig fields that change how fast a run goes, not what it computes: the same tokens and
+statistics up to float rounding (tests/test_schedules.py checks both in the trainer). Committed
+runs that differ only in these ran the same configuration."""
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 

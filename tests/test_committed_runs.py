@@ -7,7 +7,9 @@ numbers. Chapter 09's comparison ran at an earlier state of the preset; every on
 its PPO arm included, must record that one configuration (today's preset with
 ``COMPARED_SETTINGS``) and budget. Chapter 08's KL-penalty sweeps must be the committed
 reward-model run on its own pairs, with only β and the seeds changed. Nothing here trains or times
-anything: it reads JSON.
+anything: it reads JSON. Fields that change only the speed of a run (``SPEED_ONLY_FIELDS``: the
+sampler, the form of the CPU products) are left out of these comparisons, except for the seeds of
+the preset as it is (``AUTO_PRODUCTS_RUNS``), whose wall times are the preset's speed benchmark.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import pytest
 
 from ppo_lib.cli_train import KL_WINDOW, PRESETS
 from ppo_lib.kl import KLBudget
-from ppo_lib.plotting.ch07 import PRESET_RUNS
+from ppo_lib.plotting.ch07 import AUTO_PRODUCTS_RUNS, PRESET_RUNS
 from ppo_lib.plotting.ch08 import KL_SWEEPS
 from ppo_lib.plotting.ch09 import COMPARE_RUN, COMPARED_SETTINGS, DPO_RUN, MEMORY_RUN, MORE_RUNS, PPO_RUNS, full_comparison
-from ppo_lib.trainer import PPOConfig
+from ppo_lib.rollout import _choose
+from ppo_lib.trainer import SPEED_ONLY_FIELDS, PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "figures"
@@ -36,13 +39,18 @@ def read(folder: str, name: str) -> dict:
     return json.loads((FIGURES / folder / name).read_text())
 
 
+def settings(config: dict) -> dict:
+    """A PPOConfig's fields, defaults filled in, without those that change only the speed."""
+    return {k: v for k, v in PPOConfig.from_dict(config).to_dict().items() if k not in SPEED_ONLY_FIELDS}
+
+
 def check_train_run(folder: str, seed: int, config: dict, updates: int, kl_budget: float | None = None):
     """``folder`` ran ``config`` with ``seed`` for ``updates`` updates, or, under a KL budget, until
     the first update whose estimate (:class:`ppo_lib.kl.KLBudget`) reached it, and at most ``updates``."""
     saved = read(folder, "config.json")
     assert saved["preset"] == "sentiment" and saved["model"] == PRESET["model"] and saved["reward"] == PRESET["reward"]
     assert saved["updates"] == updates and saved.get("kl_budget") == kl_budget
-    assert PPOConfig.from_dict(saved["config"]).to_dict() == PPOConfig.from_dict({**config, "seed": seed}).to_dict()
+    assert settings(saved["config"]) == settings({**config, "seed": seed})
     history = (FIGURES / folder / "history.jsonl").read_text().splitlines()
     done = read(folder, "eval.json")["updates"]
     assert [json.loads(line)["update"] for line in history] == list(range(1, done + 1))
@@ -64,6 +72,18 @@ def test_each_committed_seed_ran_the_current_preset(seed):
     check_train_run(PRESET_RUNS[seed], seed, PRESET["config"], PRESET["updates"], PRESET["kl_budget"])
 
 
+@pytest.mark.parametrize("seed", sorted(AUTO_PRODUCTS_RUNS))
+def test_each_seed_of_the_preset_as_it_is_ran_it_exactly_and_recorded_what_auto_chose(seed):
+    folder = AUTO_PRODUCTS_RUNS[seed]
+    check_train_run(folder, seed, PRESET["config"], PRESET["updates"], PRESET["kl_budget"])
+    saved = PPOConfig.from_dict(read(folder, "config.json")["config"]).to_dict()
+    preset = PPOConfig.from_dict(PRESET["config"]).to_dict()
+    assert {k: saved[k] for k in SPEED_ONLY_FIELDS} == {k: preset[k] for k in SPEED_ONLY_FIELDS}
+    chosen = read(folder, "eval.json")["cpu_products"]  # per batch size: the training batch and the evaluation's
+    assert set(chosen) == {str(preset["batch_size"]), "64"}
+    assert all(c["form"] == _choose(c["ms"]) for c in chosen.values())  # the fastest, or plain within 5 %
+
+
 @pytest.mark.parametrize("seed", sorted(PPO_RUNS))
 def test_the_ppo_arm_of_chapter_09_ran_the_compared_configuration(seed):
     check_train_run(PPO_RUNS[seed], seed, COMPARED, COMPARED_UPDATES)
@@ -75,7 +95,7 @@ def test_the_comparison_ran_the_preset_at_its_token_budget():
                                        (MORE_RUNS[0], more, [0], None), (MORE_RUNS[1], more, [1], 6),
                                        (MEMORY_RUN, None, None, None)):
         config = read(folder, "config.json")
-        assert config["preset"] == "sentiment" and config["preset_config"] == COMPARED
+        assert config["preset"] == "sentiment" and settings(config["preset_config"]) == settings(COMPARED)
         if arms is not None:
             assert config["arms"] == arms and config["seeds"] == seeds and config["eval_prompts"] == 64
             assert config["token_budget"] == COMPARED_UPDATES * COMPARED["batch_size"] * COMPARED["max_new_tokens"]
@@ -140,10 +160,8 @@ def test_each_preset_variant_of_chapter_07_changed_only_the_settings_it_names():
     for folder in folders:
         saved = read(folder, "config.json")
         assert saved["preset"] == "sentiment" and saved["model"] == PRESET["model"] and saved["reward"] == PRESET["reward"]
-        ran = {**PPOConfig.from_dict(saved["config"]).to_dict(), "updates": saved["updates"],
-               "kl_budget": saved.get("kl_budget")}
-        preset = {**PPOConfig.from_dict(PRESET["config"]).to_dict(), "updates": PRESET["updates"],
-                  "kl_budget": PRESET["kl_budget"]}
+        ran = {**settings(saved["config"]), "updates": saved["updates"], "kl_budget": saved.get("kl_budget")}
+        preset = {**settings(PRESET["config"]), "updates": PRESET["updates"], "kl_budget": PRESET["kl_budget"]}
         changed = {k for k in preset if ran[k] != preset[k]} - {"seed"}
         assert changed and changed <= set(_SETTING_NAMES), (folder, changed)
         history = (FIGURES / folder / "history.jsonl").read_text().splitlines()
@@ -162,7 +180,7 @@ def test_the_trajectories_of_chapter_07_ran_the_current_preset_and_were_evaluate
     for seed, evals in runs.items():
         folder = FIGURES / TRAJECTORY_RUNS / f"seed{seed}"
         fields = read(f"{TRAJECTORY_RUNS}/seed{seed}", "config.json")
-        assert PPOConfig.from_dict(fields).to_dict() == PPOConfig.from_dict({**PRESET["config"], "seed": seed}).to_dict()
+        assert settings(fields) == settings({**PRESET["config"], "seed": seed})
         updates = [e["update"] for e in evals]
         assert updates[0] == 0 and evals[0]["kl"] == 0 and updates == sorted(set(updates))
         history = [json.loads(line)["update"] for line in (folder / "history.jsonl").read_text().splitlines()]

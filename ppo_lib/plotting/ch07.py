@@ -11,13 +11,20 @@ import matplotlib.pyplot as plt
 
 from ..profiling import plot_time_breakdown, time_breakdown
 from ..schedules import adaptive_lr_scale, lr_factor
+from ..trainer import SPEED_ONLY_FIELDS
 from . import figure, figures_dir
 from .ch09 import PPO_RUNS
 
 PRESET_RUNS = {0: "runs/sentiment_cpu", **{s: f"runs/sentiment_cpu_seed{s}" for s in range(1, 5)}}
 """The ``sentiment`` preset's committed seeds, relative to ``figures/``
 (``python -m ppo_lib train --preset sentiment --set seed=N --out figures/runs/sentiment_cpu...``);
-each ends at the preset's KL budget or after its most updates (``eval.json`` says which)."""
+each ends at the preset's KL budget or after its most updates (``eval.json`` says which). They ran
+with MKL's packed products, before the preset measured its product form (``cpu_products``, a
+speed-only field; ``--set cpu_products=packed`` repeats them)."""
+
+AUTO_PRODUCTS_RUNS = {s: f"runs/sentiment_cpu_auto/seed{s}" for s in range(5)}
+"""The same five seeds of the preset as it is, ``cpu_products="auto"`` included, on one 2-core
+AMD EPYC: its wall-time benchmark (``--out figures/runs/sentiment_cpu_auto/seedN``)."""
 
 
 def read_history(path: Path) -> list[dict]:
@@ -87,8 +94,8 @@ def _setting(run: dict) -> str:
     def show(v):
         return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
-    changed = [f"{_SETTING_NAMES.get(k, k)} = {show(ran[k])}" for k in spec["config"] if k != "seed"
-               and ran[k] != spec["config"][k]]
+    changed = [f"{_SETTING_NAMES.get(k, k)} = {show(ran[k])}" for k in spec["config"]
+               if k != "seed" and k not in SPEED_ONLY_FIELDS and ran[k] != spec["config"][k]]
     if budget is None and spec["kl_budget"] is not None:
         changed.append(f"{run['updates']} updates")
     elif budget != spec["kl_budget"] or run["updates"] != spec["updates"]:
