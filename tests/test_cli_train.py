@@ -46,6 +46,19 @@ def test_the_cli_trains_a_learnable_reward_and_the_weights_move(straight):
     assert len(common) > 20 and len(moved) > len(common) // 2, (len(common), moved)
 
 
+def test_the_preset_measures_the_form_of_the_products_and_the_run_records_its_choice(straight):
+    """The ``sentiment`` preset samples with ``cpu_products="auto"``: the run measures the forms
+    once per batch size (here the training batch and the evaluation's 4 prompts are both 4 rows)
+    and ``eval.json`` says what it chose and why."""
+    from ppo_lib.rollout import _choose
+
+    saved = json.loads((straight / "config.json").read_text())["config"]
+    assert saved["cpu_products"] == "auto"
+    chosen = json.loads((straight / "eval.json").read_text())["cpu_products"]
+    assert list(chosen) == ["4"]
+    assert set(chosen["4"]["ms"]) >= {"plain", "transposed"} and chosen["4"]["form"] == _choose(chosen["4"]["ms"])
+
+
 class Killed(BaseException):
     """Stands in for kill -9 at one point of the run."""
 
