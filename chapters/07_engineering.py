@@ -1110,7 +1110,7 @@ with torch.no_grad():
 print(f"packing {n_packed} linear layers ({mm_bytes / 1e6:.0f} MB): {t_pack * 1e3:.0f} ms, once per sampling")
 print(f"the model's matmuls at {B_dec} rows: plain {t_plain_mm * 1e3:.0f} ms, packed {t_packed_mm * 1e3:.0f} ms "
       f"({mm_bytes / t_plain_mm / 1e9:.1f} and {mm_bytes / t_packed_mm / 1e9:.1f} GB/s of weights)")
-print(f"a decode step drawing with draw_tokens: plain {step_ms("plain"):.0f} ms, packed {step_ms("packed"):.0f} ms")
+print(f"a decode step drawing with draw_tokens: plain {step_ms('plain'):.0f} ms, packed {step_ms('packed'):.0f} ms")
 
 # %% [markdown]
 # **The same tokens.** The products are the same, and on this machine their outputs were bitwise equal to the plain
