@@ -180,8 +180,8 @@ class PPOConfig:
     """The form of the decode steps' linear products on a CPU (chapter 07, Section 11; no effect
     on a GPU): "packed" (MKL's packed GEMM), "transposed", "plain", or "auto", which times the
     three once per process (about 3 s for SmolLM2) and takes the fastest. The same products up to
-    rounding; which is fastest depends on the CPU (packed was 1.14× faster than plain on an Intel
-    Xeon, 0.85× on an AMD EPYC)."""
+    rounding; which is fastest depends on the CPU (with packed products a whole sampling was 1.14×
+    as fast as with plain ones on an Intel Xeon, 0.85× as fast on an AMD EPYC)."""
     seed: int = 0
     """Seeds the prompt order, minibatch order and sampling."""
 
