@@ -1231,14 +1231,18 @@ for pair, r in pr["speedup"].items():
 #   `python -m ppo_lib.profiling compiled-sampling` (the compilation timed alone, then seven interleaved rounds):
 
 # %%
-cs = json.loads((RUNS / "ch07_compiled_sampling" / "compiled-sampling.json").read_text())
-print("command:", cs["command"])
-print(f"  compilation (first sampling): {cs['compile_s']:.0f} s;  agreement with eager:", cs["agreement"])
-for arm, secs in cs["seconds"].items():
-    print(f"{arm:>17}: {' '.join(f'{x:.2f}' for x in secs)} s   (median {cs['median'][arm]:.2f} s)")
-for pair, r in cs["speedup"].items():
-    print(f"{pair:>34}, round by round: {min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f})")
-print(f"the compilation is won back after {cs['payback_samplings']:.0f} samplings at this shape")
+def show_compiled_sampling(folder):  # a committed `profiling compiled-sampling` measurement
+    cs = json.loads((RUNS / folder / "compiled-sampling.json").read_text())
+    print("command:", cs["command"])
+    print(f"  compilation (first sampling): {cs['compile_s']:.0f} s;  agreement with eager:", cs["agreement"])
+    for arm, secs in cs["seconds"].items():
+        print(f"{arm:>17}: {' '.join(f'{x:.2f}' for x in secs)} s   (median {cs['median'][arm]:.2f} s)")
+    for pair, r in cs["speedup"].items():
+        print(f"{pair:>34}, round by round: {min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f})")
+    print(f"the compilation is won back after {cs['payback_samplings']:.0f} samplings at this shape")
+
+
+show_compiled_sampling("ch07_compiled_sampling")
 
 # %% [markdown]
 # The compiled step samples the same tokens, leaves the generator in the same state, and agrees on log-probs to
@@ -1258,14 +1262,7 @@ print(f"the compilation is won back after {cs['payback_samplings']:.0f} sampling
 # transposed`; Inductor traces them like any other `torch.mm`, so they need no opaque operator):
 
 # %%
-csa = json.loads((RUNS / "ch07_compiled_sampling_amd" / "compiled-sampling.json").read_text())
-print("command:", csa["command"])
-print(f"  compilation (first sampling): {csa['compile_s']:.0f} s;  agreement with eager:", csa["agreement"])
-for arm, secs in csa["seconds"].items():
-    print(f"{arm:>17}: {' '.join(f'{x:.2f}' for x in secs)} s   (median {csa['median'][arm]:.2f} s)")
-for pair, r in csa["speedup"].items():
-    print(f"{pair:>34}, round by round: {min(r):.2f}–{max(r):.2f} (median {statistics.median(r):.2f})")
-print(f"the compilation is won back after {csa['payback_samplings']:.0f} samplings at this shape")
+show_compiled_sampling("ch07_compiled_sampling_amd")
 
 # %% [markdown]
 # There the compiled step is 1.22× faster than the eager sampler with the same products (1.17–1.38), and **1.54×

@@ -35,7 +35,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["PHASES", "machine", "time_breakdown", "plot_time_breakdown", "interleaved_timing", "compare_samplers",
-           "roofline_inputs", "compare_products", "compiled_sampling", "int8_copy", "reduced_precision_sampling", "compile_speedup", "first_updates"]
+           "roofline_inputs", "compare_products", "compiled_sampling", "int8_copy", "reduced_precision_sampling",
+           "compile_speedup", "first_updates"]
 
 PHASES = ("generate", "forward_old", "ref_forward", "score", "train_forward", "backward", "optimizer")
 
@@ -292,11 +293,9 @@ def compare_products(model_name: str = "smollm2-135m", batch_size: int = 16, max
                 "flop_ms": flop / limits["matmul_gflop_s"] / 1e6}
     kw = dict(temperature=0.7, stop_at_eos=False, return_logprobs=True)
     forms = list(products_ms)
-    runs = {f: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(seed),
-                      products=f, **kw) for f in forms}
-    agreement = {f: {"tokens_equal": bool(torch.equal(runs[f].response_ids, runs["plain"].response_ids)),
-                     "logprob_max_abs_diff": float((runs[f].old_logprobs - runs["plain"].old_logprobs).abs().max())}
-                 for f in forms if f != "plain"}
+    generators = {f: torch.Generator().manual_seed(seed) for f in forms}
+    runs = {f: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=generators[f], products=f, **kw) for f in forms}
+    agreement = {f: _agreement(runs[f], runs["plain"], generators[f], generators["plain"]) for f in forms if f != "plain"}
 
     def run(**extra):
         return lambda: sample(lm, tokenizer, ids, mask, max_new_tokens, generator=torch.Generator().manual_seed(1), **kw,
